@@ -1,0 +1,1 @@
+"""peewee-migrate migrations (``NNN_name.py``); they never import today's models."""

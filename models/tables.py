@@ -1,0 +1,81 @@
+"""The tables of the store: events, dead_letters, kv_store."""
+
+from __future__ import annotations
+
+import peewee
+
+from .base import BaseModel, SequenceField
+
+
+class Event(BaseModel):
+    """One stored event. ``seq`` is the global, never reused replay cursor."""
+
+    seq = SequenceField()
+    id = peewee.TextField(unique=True)
+    topic = peewee.TextField()
+    type = peewee.TextField()
+    source = peewee.TextField()
+    payload = peewee.TextField()  # JSON text
+    metadata = peewee.TextField()  # JSON text
+    created_at = peewee.BigIntegerField()  # ms since the epoch, from the event or receive time
+    received_at = peewee.BigIntegerField()  # ms since the epoch
+    correlation_id = peewee.TextField(null=True)
+    causation_id = peewee.TextField(null=True)
+    trace_id = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "events"
+        indexes = (
+            (("type", "created_at"), False),
+            (("created_at",), False),
+        )
+
+
+# Partial indexes: most events carry no correlation or trace id, so only index the ones that do.
+Event.add_index(Event.index(Event.correlation_id, name="events_correlation_id")
+                .where(Event.correlation_id.is_null(False)))
+Event.add_index(Event.index(Event.trace_id, name="events_trace_id")
+                .where(Event.trace_id.is_null(False)))
+
+
+class DeadLetter(BaseModel):
+    """A message that could not be stored as an event, with the reason."""
+
+    id = peewee.BigAutoField()
+    topic = peewee.TextField()
+    payload = peewee.BlobField()  # raw bytes, capped at [ingest] dead_letter_max_bytes
+    payload_size = peewee.IntegerField()  # the original size before capping
+    reason = peewee.TextField()
+    received_at = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "dead_letters"
+
+
+class KVStore(BaseModel):
+    """Key-value state snapshots (used by a later issue)."""
+
+    key = peewee.TextField(primary_key=True)
+    value = peewee.TextField()  # JSON text
+    updated_at = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "kv_store"
+
+
+class DeliveryId(BaseModel):
+    """The id given to the last id-less QoS 1 message per MQTT packet id.
+
+    A broker re-sends an unacknowledged message with its original packet id and DUP set; this
+    lets the writer give the copy the same generated id, so insert-or-ignore drops it.
+    """
+
+    mid = peewee.IntegerField(primary_key=True)
+    event_id = peewee.TextField()
+    digest = peewee.BlobField()
+
+    class Meta:
+        table_name = "delivery_ids"
+
+
+ALL_MODELS = (Event, DeadLetter, KVStore, DeliveryId)

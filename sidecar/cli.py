@@ -1,0 +1,84 @@
+"""The command line: a thin layer over the library; errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, load_config
+from .errors import SidecarError
+from .logs import configure_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kairo-sidecar",
+        description="Durable event store for the Kairo MQTT bus: stores kairo/# in SQLite.",
+    )
+    parser.add_argument("--version", action="version", version=f"kairo-sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon",
+                         description="Run the daemon. Example: kairo-sidecar run --config "
+                                     "/etc/kairo-sidecar/sidecar.toml")
+    run.add_argument("--config", metavar="PATH", help="TOML config file (default: built-in "
+                     "defaults, overridden by KAIRO_SIDECAR_<SECTION>__<KEY> variables)")
+
+    mig = sub.add_parser("migrate", help="apply pending database migrations",
+                         description="Apply pending migrations. Example: kairo-sidecar migrate "
+                                     "--config sidecar.toml")
+    mig.add_argument("--config", metavar="PATH")
+
+    show = sub.add_parser("config", help="print the effective configuration as JSON",
+                          description="Validate and print the effective configuration. "
+                                      "Example: kairo-sidecar config --config sidecar.toml")
+    show.add_argument("--config", metavar="PATH")
+    return parser
+
+
+def _cmd_run(config: Config) -> int:
+    from .app import Sidecar
+
+    return Sidecar(config).run()
+
+
+def _cmd_migrate(config: Config) -> int:
+    from .db import migrate, open_database
+
+    db = open_database(config.database)
+    applied = migrate(db)
+    db.close()
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return 0
+
+
+def _cmd_config(config: Config) -> int:
+    import msgspec
+
+    cfg = config
+    if cfg.mqtt.password is not None:
+        cfg = msgspec.structs.replace(cfg, mqtt=msgspec.structs.replace(cfg.mqtt, password="***"))
+    print(msgspec.json.format(msgspec.json.encode(cfg)).decode())
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "migrate": _cmd_migrate, "config": _cmd_config}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        configure_logging(config.log)
+        return COMMANDS[args.command](config)
+    except SidecarError as exc:
+        print(f"kairo-sidecar: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

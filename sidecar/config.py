@@ -1,0 +1,208 @@
+"""The one explicit configuration object: TOML file + KAIRO_SIDECAR_* environment overlay.
+
+This is the only module that reads ``os.environ``. Everything else receives a ``Config``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .errors import ConfigError
+
+ENV_PREFIX = "KAIRO_SIDECAR_"
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Policy for every config section: immutable, unknown keys are errors."""
+
+
+class TLSConfig(_Section):
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    insecure: bool = False
+
+
+class MQTTConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    client_id: Annotated[str, Meta(min_length=1, max_length=128)] = "kairo-sidecar"
+    topics: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["kairo/#"]
+    )
+    qos: Annotated[int, Meta(ge=0, le=1)] = 1
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password: str | None = None
+    tls: TLSConfig | None = None
+    keepalive: Annotated[int, Meta(ge=5, le=65535)] = 60
+    session_expiry: Annotated[int, Meta(ge=0, le=4294967295)] = 7 * 24 * 3600
+    max_inflight: Annotated[int, Meta(ge=1, le=65535)] = 20
+    reconnect_min_delay: Annotated[float, Meta(gt=0)] = 1.0
+    reconnect_max_delay: Annotated[float, Meta(gt=0)] = 30.0
+    state_topic: Annotated[str, Meta(min_length=1)] = "kairo-sidecar/state"
+
+
+class DatabaseConfig(_Section):
+    url: str = ""
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    busy_timeout_ms: Annotated[int, Meta(ge=0)] = 5000
+    cache_size_kib: Annotated[int, Meta(ge=0)] = 8192
+    migrate_on_start: bool = True
+
+
+class WriterConfig(_Section):
+    batch_size: Annotated[int, Meta(ge=1, le=10000)] = 500
+    flush_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    queue_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 5000
+    retry_max_delay: Annotated[float, Meta(gt=0)] = 5.0
+    shutdown_timeout: Annotated[float, Meta(gt=0)] = 10.0
+
+
+class IngestConfig(_Section):
+    max_payload_bytes: PositiveInt = 262144
+    dead_letter_max_bytes: Annotated[int, Meta(ge=0)] = 65536
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    mqtt: MQTTConfig = msgspec.field(default_factory=MQTTConfig)
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    writer: WriterConfig = msgspec.field(default_factory=WriterConfig)
+    ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+def default_database_url(environ: Mapping[str, str]) -> str:
+    """``$STATE_DIRECTORY/kairo.db`` under systemd, ``./data/kairo.db`` otherwise."""
+    state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    base = Path(state_dir) if state_dir else Path("data")
+    return "sqlite:///" + str(base / "kairo.db")
+
+
+def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Decode ``path`` (or the defaults), overlay the environment, validate, resolve defaults."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        data = _read_toml(Path(path))
+    _convert(data, source)  # the file alone must be valid: errors name the file
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
+            _apply_env(data, name, value)
+    config = _convert(data, "environment")
+    if not config.database.url:
+        database = msgspec.structs.replace(config.database, url=default_database_url(env))
+        config = msgspec.structs.replace(config, database=database)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+
+
+_PATH_RE = re.compile(r" - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`$")
+_UNKNOWN_RE = re.compile(r"^Object contains unknown field `([^`]+)`")
+
+
+def _convert(data: dict[str, Any], source: str) -> Config:
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise _config_error(str(exc), source) from None
+
+
+def _config_error(message: str, source: str) -> ConfigError:
+    """Turn msgspec's ``... - at `$.mqtt.port``` into a ConfigError naming ``mqtt.port``."""
+    match = _PATH_RE.search(message)
+    path = match.group(1).lstrip(".") if match else ""
+    text = message[: match.start()] if match else message
+    unknown = _UNKNOWN_RE.match(text)
+    if unknown:
+        key = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+        return ConfigError("unknown key", source=source, key=key)
+    return ConfigError(text, source=source, key=path or None)
+
+
+def _apply_env(data: dict[str, Any], name: str, value: str) -> None:
+    """``KAIRO_SIDECAR_MQTT__PORT=1884`` sets ``data["mqtt"]["port"]``, typed as the field."""
+    parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+    struct_type: type[msgspec.Struct] = Config
+    node = data
+    for depth, part in enumerate(parts):
+        field_type = _field_type(struct_type, part)
+        if field_type is None:
+            raise ConfigError("unknown key", source=f"environment variable {name}",
+                              key=".".join(parts[: depth + 1]))
+        nested = _struct_in(field_type)
+        if depth == len(parts) - 1:
+            if nested is not None:
+                raise ConfigError("is a section, set its keys instead",
+                                  source=f"environment variable {name}", key=".".join(parts))
+            node[part] = _env_value(value, field_type, name, ".".join(parts))
+            return
+        if nested is None:
+            raise ConfigError("unknown key", source=f"environment variable {name}",
+                              key=".".join(parts[: depth + 2]))
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node, struct_type = child, nested
+
+
+def _field_type(struct_type: type[msgspec.Struct], name: str) -> Any:
+    for field in msgspec.structs.fields(struct_type):
+        if field.name == name:
+            return field.type
+    return None
+
+
+def _struct_in(field_type: Any) -> type[msgspec.Struct] | None:
+    info = msgspec.inspect.type_info(field_type)
+    if isinstance(info, msgspec.inspect.UnionType):
+        for member in info.types:
+            if isinstance(member, msgspec.inspect.StructType):
+                return member.cls
+    if isinstance(info, msgspec.inspect.StructType):
+        return info.cls
+    return None
+
+
+def _env_value(value: str, field_type: Any, name: str, key: str) -> Any:
+    raw: Any = value
+    if value.lstrip().startswith(("[", "{")):
+        try:
+            raw = msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            raw = value
+    try:
+        return msgspec.convert(raw, field_type, strict=False)
+    except msgspec.ValidationError as exc:
+        text = _PATH_RE.sub("", str(exc))
+        raise ConfigError(text, source=f"environment variable {name}", key=key) from None

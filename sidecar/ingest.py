@@ -1,0 +1,327 @@
+"""Message -> event: turn one MQTT message into an ``events`` row or a ``dead_letters`` row.
+
+Pure functions, no I/O. Runs on the paho network thread, so it stays cheap: the common case (a
+JSON Kairo envelope) is one msgspec decode into a Struct with the payload kept as raw bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import msgspec
+
+from . import wire
+from .errors import PayloadError
+
+# Timestamps outside these bounds (ms) are rejected: before 1970 or after the year 9999.
+MIN_TS_MS = 0
+MAX_TS_MS = 253402300799999
+
+
+class EventRow(NamedTuple):
+    """The columns of ``events`` (all but ``seq``), in insert order.
+
+    ``id`` is ``None`` when the message carried none: the writer assigns a UUIDv7 there, so that
+    a redelivered copy of the same MQTT message gets the same id (see ``writer``).
+    """
+
+    id: str | None
+    topic: str
+    type: str
+    source: str
+    payload: str
+    metadata: str
+    created_at: int
+    received_at: int
+    correlation_id: str | None
+    causation_id: str | None
+    trace_id: str | None
+
+
+class DeadLetterRow(NamedTuple):
+    """The columns of ``dead_letters`` (all but ``id``), in insert order."""
+
+    topic: str
+    payload: bytes
+    payload_size: int
+    reason: str
+    received_at: int
+
+
+EVENT_COLUMNS = EventRow._fields
+DEAD_LETTER_COLUMNS = DeadLetterRow._fields
+
+
+# ---------------------------------------------------------------------------- ids and times
+class _UUID7:
+    """Time-ordered UUIDv7 (RFC 9562), monotonic within a process (12-bit counter per ms)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._counter = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            if ms <= self._last_ms:
+                self._counter += 1
+                if self._counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                    self._last_ms += 1
+                    self._counter = 0
+                ms = self._last_ms
+            else:
+                self._last_ms = ms
+                self._counter = 0
+            counter = self._counter
+        rand = int.from_bytes(os.urandom(8)) & 0x3FFFFFFFFFFFFFFF
+        value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
+        return str(uuid.UUID(int=value))
+
+
+uuid7 = _UUID7()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def parse_timestamp(value: Any, field: str) -> int:
+    """Epoch milliseconds (int or float) or an RFC 3339 string -> epoch ms."""
+    if isinstance(value, bool):
+        raise PayloadError(f"{field}: expected epoch ms or an RFC 3339 string, got a boolean")
+    if isinstance(value, int | float):
+        if value != value or not MIN_TS_MS <= value <= MAX_TS_MS:  # NaN or out of range
+            raise PayloadError(f"{field}: epoch ms {value!r} out of range")
+        return int(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise PayloadError(f"{field}: {value[:64]!r} is not an RFC 3339 timestamp") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        ms = int(parsed.timestamp() * 1000)
+        if not MIN_TS_MS <= ms <= MAX_TS_MS:
+            raise PayloadError(f"{field}: {value[:64]!r} out of range")
+        return ms
+    raise PayloadError(f"{field}: expected epoch ms or an RFC 3339 string, got {_kind(value)}")
+
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id_from_traceparent(value: Any) -> str | None:
+    """The trace id of a W3C ``traceparent`` header, or ``None`` when it is not one."""
+    if isinstance(value, str):
+        match = _TRACEPARENT.match(value)
+        if match and match.group(1) != "0" * 32:
+            return match.group(1)
+    return None
+
+
+def topic_to_type(topic: str) -> str:
+    """``kairo/user/message`` -> ``kairo.user.message``."""
+    return topic.replace("/", ".")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), "a value")
+
+
+def _optional_str(metadata: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = metadata.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise PayloadError(f"metadata.{key}: expected a string, got {_kind(value)}")
+        if len(value) > 1024:
+            raise PayloadError(f"metadata.{key}: longer than 1024 characters")
+        return value
+    return None
+
+
+# ---------------------------------------------------------------------------- building rows
+def _event_row(
+    *, topic: str, received_at: int, id: Any, type: Any, source: Any, payload: str,
+    metadata: dict[str, Any],
+) -> EventRow:
+    """Apply the defaults and lift the indexed metadata out into columns."""
+    timestamp = metadata.get("timestamp")
+    created_at = received_at if timestamp is None else parse_timestamp(timestamp, "metadata.timestamp")
+    trace_id = _optional_str(metadata, "traceId", "trace_id")
+    if trace_id is None:
+        trace_id = trace_id_from_traceparent(metadata.get("traceparent"))
+    try:
+        metadata_json = wire.JSON_ENCODER.encode(metadata).decode()
+    except (TypeError, msgspec.EncodeError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"metadata cannot be stored as JSON: {exc}") from None
+    return EventRow(
+        id=None if id is wire.UNSET else id,
+        topic=topic,
+        type=topic_to_type(topic) if type is wire.UNSET else type,
+        source=topic if source is wire.UNSET else source,
+        payload=payload,
+        metadata=metadata_json,
+        created_at=created_at,
+        received_at=received_at,
+        correlation_id=_optional_str(metadata, "correlationId", "correlation_id"),
+        causation_id=_optional_str(metadata, "causationId", "causation_id"),
+        trace_id=trace_id,
+    )
+
+
+def _json_text(value: Any, what: str) -> str:
+    try:
+        return wire.JSON_ENCODER.encode(value).decode()
+    except (TypeError, msgspec.EncodeError, UnicodeDecodeError, OverflowError) as exc:
+        raise PayloadError(f"{what} cannot be stored as JSON: {exc}") from None
+
+
+def _raw_payload(raw: msgspec.Raw, fmt: str) -> str:
+    """The envelope's ``payload`` as JSON text: JSON bytes as they came, MessagePack converted."""
+    data = bytes(raw)
+    if not data:
+        return "null"
+    if fmt == "msgpack":
+        return _json_text(wire.MSGPACK_ANY.decode(data), "payload")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise PayloadError("payload: invalid UTF-8") from None
+
+
+def _from_envelope(env: wire.KairoEnvelope, fmt: str, topic: str, received_at: int) -> EventRow:
+    return _event_row(
+        topic=topic, received_at=received_at, id=env.id, type=env.type, source=env.source,
+        payload=_raw_payload(env.payload, fmt),
+        metadata={} if env.metadata is wire.UNSET else env.metadata,
+    )
+
+
+def _from_mapping(obj: dict[str, Any], topic: str, received_at: int) -> EventRow:
+    """An object the fast path could not take: a CloudEvent, an envelope with extra keys, or a
+    bare object (all of it becomes the payload)."""
+    if "specversion" in obj:
+        return _from_cloudevent(obj, topic, received_at)
+    if "payload" not in obj and "metadata" not in obj:
+        return _event_row(topic=topic, received_at=received_at, id=wire.UNSET, type=wire.UNSET,
+                          source=wire.UNSET, payload=_json_text(obj, "payload"), metadata={})
+    env = msgspec.convert(obj, wire.KairoEnvelopeLoose)
+    metadata = {k: v for k, v in obj.items() if k not in wire.KAIRO_KEYS}  # extras are kept
+    metadata.update(env.metadata)
+    return _event_row(topic=topic, received_at=received_at, id=env.id, type=env.type,
+                      source=env.source, payload=_json_text(env.payload, "payload"),
+                      metadata=metadata)
+
+
+def _from_cloudevent(obj: dict[str, Any], topic: str, received_at: int) -> EventRow:
+    """CloudEvents 1.0 structured mode: extensions and attributes go into metadata."""
+    ce = msgspec.convert(obj, wire.CloudEvent)
+    metadata = {k: v for k, v in obj.items() if k not in wire.CLOUDEVENT_COLUMNS}
+    if ce.data_base64 is not wire.UNSET:
+        payload = _json_text(ce.data_base64, "data_base64")
+        metadata["dataencoding"] = "base64"
+    else:
+        payload = "null" if ce.data is wire.UNSET else _json_text(ce.data, "data")
+    return _event_row(topic=topic, received_at=received_at, id=ce.id, type=ce.type,
+                      source=ce.source, payload=payload, metadata=_normalise_ce(metadata))
+
+
+def _normalise_ce(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Add the Kairo names (timestamp, correlationId, ...) beside the CloudEvents ones."""
+    if "time" in metadata and "timestamp" not in metadata:
+        metadata["timestamp"] = metadata["time"]
+    for ce_key, kairo_key in (("correlationid", "correlationId"), ("causationid", "causationId")):
+        if ce_key in metadata and kairo_key not in metadata:
+            metadata[kairo_key] = metadata[ce_key]
+    if "traceId" not in metadata:
+        trace_id = trace_id_from_traceparent(metadata.get("traceparent"))
+        if trace_id:
+            metadata["traceId"] = trace_id
+    return metadata
+
+
+def _from_binary_cloudevent(
+    data: bytes, props: dict[str, str], content_type: str | None, topic: str, received_at: int
+) -> EventRow:
+    """CloudEvents binary mode: attributes in MQTT 5 user properties, data in the payload."""
+    metadata: dict[str, Any] = {k: v for k, v in props.items() if k not in wire.CLOUDEVENT_COLUMNS}
+    if content_type:
+        metadata["datacontenttype"] = content_type
+    fmt = wire.format_of(content_type, data)
+    media = wire.media_type(content_type)
+    if not data:
+        payload = "null"
+    elif fmt == "json" or (media is None and fmt is None and data.lstrip()[:1] in b'["0123456789-tfn'):
+        payload = _json_text(wire.JSON_ANY.decode(data), "data")
+    elif fmt == "msgpack":
+        payload = _json_text(wire.MSGPACK_ANY.decode(data), "data")
+    elif media is not None and media.startswith("text/"):
+        try:
+            payload = _json_text(data.decode(), "data")
+        except UnicodeDecodeError:
+            raise PayloadError("data: text content type but invalid UTF-8") from None
+    else:
+        payload = _json_text(base64.b64encode(data).decode(), "data")
+        metadata["dataencoding"] = "base64"
+    ce = msgspec.convert({k: v for k, v in props.items() if k in ("specversion", "id", "type",
+                                                               "source")}, wire.CloudEvent)
+    return _event_row(topic=topic, received_at=received_at, id=ce.id, type=ce.type,
+                      source=ce.source, payload=payload, metadata=_normalise_ce(metadata))
+
+
+# ---------------------------------------------------------------------------- entry point
+def decode_message(
+    topic: str,
+    data: bytes,
+    *,
+    received_at: int,
+    max_payload_bytes: int,
+    content_type: str | None = None,
+    user_properties: list[tuple[str, str]] | None = None,
+) -> EventRow:
+    """Turn one message into an event row, or raise ``PayloadError`` with the reason."""
+    if len(data) > max_payload_bytes:
+        raise PayloadError(f"payload too large: {len(data)} bytes > max_payload_bytes "
+                           f"{max_payload_bytes}")
+    try:
+        if user_properties:
+            props = dict(user_properties)
+            if "specversion" in props:
+                return _from_binary_cloudevent(data, props, content_type, topic, received_at)
+        fmt = wire.format_of(content_type, data)
+        if fmt is None:
+            media = wire.media_type(content_type)
+            raise PayloadError(f"unsupported content type {media!r}" if media else
+                               "not a JSON object or a MessagePack map")
+        fast = wire.JSON_ENVELOPE if fmt == "json" else wire.MSGPACK_ENVELOPE
+        try:
+            return _from_envelope(fast.decode(data), fmt, topic, received_at)
+        except msgspec.ValidationError as exc:
+            if not str(exc).startswith("Object contains unknown field"):
+                raise
+        obj = (wire.JSON_ANY if fmt == "json" else wire.MSGPACK_ANY).decode(data)
+        return _from_mapping(obj, topic, received_at)
+    except msgspec.ValidationError as exc:
+        raise PayloadError(f"invalid event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        name = "JSON" if wire.format_of(content_type, data) == "json" else "MessagePack"
+        raise PayloadError(f"malformed {name}: {exc}") from None
+    except RecursionError:
+        raise PayloadError("payload nested too deeply") from None
+
+
+def dead_letter(topic: str, data: bytes, reason: str, *, received_at: int,
+                max_bytes: int) -> DeadLetterRow:
+    return DeadLetterRow(topic=topic, payload=bytes(data[:max_bytes]), payload_size=len(data),
+                         reason=reason[:1000], received_at=received_at)

@@ -1,0 +1,264 @@
+"""The batch writer: one thread, one write connection, one transaction per batch, acks after.
+
+The paho network thread calls ``submit``; the writer thread takes up to ``batch_size``
+deliveries (or what arrived within ``flush_interval``), writes them in ONE transaction with
+insert-or-ignore on the event id, commits, and only then releases the acks, in receive order.
+A database error never acks: the writer logs, backs off and retries the same batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import peewee
+
+from models import DeadLetter, DeliveryId, Event
+
+from .config import WriterConfig
+from .ingest import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, DeadLetterRow, EventRow, now_ms, uuid7
+from .logs import get_logger
+from .stats import Stats
+
+log = get_logger("sidecar.writer")
+
+AckToken = tuple[int, int]  # (connection generation, packet id)
+AckFn = Callable[[Sequence[AckToken]], None]
+
+
+class Delivery(NamedTuple):
+    """One received message on its way to the database."""
+
+    row: EventRow | DeadLetterRow
+    qos: int
+    mid: int = 0
+    generation: int = 0
+    dup: bool = False
+
+
+_STOP = object()
+
+
+def _insert_sql(model: type[peewee.Model], columns: Sequence[str], *, replace: bool = False) -> str:
+    """The parametrised INSERT for ``columns``, built once through Peewee (dialect-neutral)."""
+    query = model.insert({getattr(model, c): None for c in columns})
+    query = query.on_conflict_replace() if replace else query.on_conflict_ignore()
+    sql, _ = query.sql()
+    return sql
+
+
+def _digest(row: EventRow) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for part in (row.topic, row.type, row.source, row.payload, row.metadata):
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.digest()
+
+
+class Writer:
+    """Owns the queue and the only write connection."""
+
+    def __init__(self, db: peewee.Database, config: WriterConfig, *, ack: AckFn, window: int,
+                 stats: Stats) -> None:
+        self._db = db
+        self._config = config
+        self._ack = ack
+        self._window = window
+        self.stats = stats
+        self._queue: queue.SimpleQueue[Delivery | object] = queue.SimpleQueue()
+        self._received_qos1 = 0  # written by the network thread only
+        self._acked_qos1 = 0  # written by the writer thread only
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._deadline = float("inf")
+        self.heartbeat = time.monotonic()
+        self.failing = False
+        self._event_sql = _insert_sql(Event, EVENT_COLUMNS)
+        self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
+        self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
+
+    # -------------------------------------------------------------- network thread side
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, delivery: Delivery) -> bool:
+        """Queue a delivery. A QoS 0 one is refused (False) when the queue is full; QoS 1 never
+        is: the broker's in-flight window, sized to the queue, bounds those."""
+        if delivery.qos == 0 and self._queue.qsize() >= self._config.queue_size:
+            self.stats.qos0_dropped += 1
+            return False
+        if delivery.qos:
+            self._received_qos1 += 1
+        self.stats.received += 1
+        self._queue.put(delivery)
+        return True
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kairo-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Write and ack everything queued so far, then stop; False if the deadline passed."""
+        self._deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._queue.put(_STOP)
+        if self._thread is None:
+            return True
+        self._thread.join(timeout + 1.0)
+        drained = not self._thread.is_alive() and self._queue.empty()
+        if not drained:
+            log.error("writer_stop_timeout", queued=self._queue.qsize())
+        return drained
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -------------------------------------------------------------- writer thread
+    def _window_full(self) -> bool:
+        """True when the broker will send no more QoS 1 messages until we ack some."""
+        return self._received_qos1 - self._acked_qos1 >= self._window
+
+    def _collect(self) -> tuple[list[Delivery], bool]:
+        """Block for the first delivery, then take more until a flush condition holds."""
+        batch: list[Delivery] = []
+        stop = False
+        try:
+            first = self._queue.get(timeout=0.5)
+        except queue.Empty:
+            return batch, self._stopping.is_set()
+        if first is _STOP:
+            return batch, True
+        batch.append(first)  # type: ignore[arg-type]
+        deadline = time.monotonic() + self._config.flush_interval
+        size = self._config.batch_size
+        get_nowait = self._queue.get_nowait
+        while len(batch) < size:
+            try:
+                item = get_nowait()
+            except queue.Empty:
+                if self._stopping.is_set() or self._window_full():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=min(remaining, 0.01))
+                except queue.Empty:
+                    continue
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)  # type: ignore[arg-type]
+        return batch, stop
+
+    def _run(self) -> None:
+        log.info("writer_started", batch_size=self._config.batch_size,
+                 flush_interval=self._config.flush_interval, window=self._window)
+        while True:
+            self.heartbeat = time.monotonic()
+            batch, stop = self._collect()
+            if batch and not self._write_with_retry(batch):
+                break  # shutdown deadline passed while the database failed: nothing acked
+            if stop or (self._stopping.is_set() and self._queue.empty()):
+                break
+        log.info("writer_stopped", queued=self._queue.qsize())
+
+    def _write_with_retry(self, batch: list[Delivery]) -> bool:
+        delay = 0.05
+        while True:
+            try:
+                self._write(batch)
+            except (peewee.DatabaseError, sqlite3.Error) as exc:
+                self.failing = True
+                self.stats.write_errors += 1
+                log.error("batch_write_failed", error=str(exc), rows=len(batch), retry_in=delay)
+                if time.monotonic() + delay > self._deadline:
+                    log.error("batch_abandoned_at_shutdown", rows=len(batch))
+                    return False
+                self.heartbeat = time.monotonic()
+                time.sleep(delay)
+                delay = min(delay * 2, self._config.retry_max_delay)
+                continue
+            if self.failing:
+                log.info("batch_write_recovered")
+                self.failing = False
+            self._release(batch)
+            return True
+
+    def _write(self, batch: list[Delivery]) -> None:
+        started = time.perf_counter()
+        events: list[EventRow] = []
+        dead: list[DeadLetterRow] = []
+        for delivery in batch:
+            if type(delivery.row) is EventRow:
+                events.append(delivery.row)
+            else:
+                dead.append(delivery.row)  # type: ignore[arg-type]
+        with self._db.atomic("IMMEDIATE"):
+            cursor = self._db.cursor()
+            id_less = [i for i, d in enumerate(batch)
+                       if type(d.row) is EventRow and d.row.id is None]
+            if id_less:
+                events = self._assign_ids(cursor, batch, id_less)
+            inserted = 0
+            if events:
+                cursor.executemany(self._event_sql, events)
+                inserted = max(cursor.rowcount, 0)
+            if dead:
+                cursor.executemany(self._dead_sql, dead)
+        stats = self.stats
+        stats.events_stored += inserted
+        stats.duplicates += len(events) - inserted
+        stats.dead_letters += len(dead)
+        stats.batches += 1
+        stats.last_commit_at = time.time()
+        oldest = min(d.row.received_at for d in batch)
+        stats.last_commit_lag_ms = now_ms() - oldest
+        log.debug("batch_committed", rows=len(events), inserted=inserted, dead_letters=len(dead),
+                  ms=round((time.perf_counter() - started) * 1000, 2))
+
+    def _assign_ids(self, cursor: sqlite3.Cursor, batch: list[Delivery],
+                    id_less: list[int]) -> list[EventRow]:
+        """Give id-less events an id; a redelivered copy (DUP, same packet id and content) gets
+        the id its first copy got, so insert-or-ignore drops it."""
+        known: dict[int, tuple[str, bytes]] = {}
+        dup_mids = [batch[i].mid for i in id_less if batch[i].dup and batch[i].qos]
+        if dup_mids:
+            rows = DeliveryId.select(DeliveryId.mid, DeliveryId.event_id, DeliveryId.digest).where(
+                DeliveryId.mid.in_(sorted(set(dup_mids)))).tuples()
+            known = {mid: (event_id, bytes(digest)) for mid, event_id, digest in rows}
+        records: list[tuple[int, str, bytes]] = []
+        for i in id_less:
+            delivery = batch[i]
+            row: EventRow = delivery.row  # type: ignore[assignment]
+            event_id = None
+            digest = _digest(row) if delivery.qos else b""
+            if delivery.qos and delivery.dup:
+                previous = known.get(delivery.mid)
+                if previous is not None and previous[1] == digest:
+                    event_id = previous[0]
+            if event_id is None:
+                event_id = uuid7()
+            if delivery.qos:
+                known[delivery.mid] = (event_id, digest)
+                records.append((delivery.mid, event_id, digest))
+            batch[i] = delivery._replace(row=row._replace(id=event_id))
+        if records:
+            cursor.executemany(self._delivery_sql, records)
+        return [d.row for d in batch if type(d.row) is EventRow]  # type: ignore[misc]
+
+    def _release(self, batch: list[Delivery]) -> None:
+        tokens = [(d.generation, d.mid) for d in batch if d.qos]
+        if tokens:
+            try:
+                self._ack(tokens)
+            finally:
+                self._acked_qos1 += len(tokens)

@@ -1,0 +1,139 @@
+"""Shared fixtures: a real Mosquitto broker, a real SQLite file, a sidecar process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.logs import configure_logging
+from sidecar.config import LogConfig
+from tests.broker import Broker, start_broker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+configure_logging(LogConfig(level="warning", format="console"))
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A Mosquitto on a free loopback port, without persistence."""
+    b = start_broker(tmp_path / "broker")
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A Mosquitto with persistence on, so restarts keep sessions and queued messages."""
+    b = start_broker(tmp_path / "pbroker", persistence=True)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def count_rows(db_path: Path, table: str = "events") -> int:
+    if not db_path.exists():
+        return 0
+    con = sqlite3.connect(db_path, timeout=30)
+    try:
+        return con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+class SidecarProcess:
+    """``python -m sidecar run`` as a child process, configured through environment variables."""
+
+    def __init__(self, tmp_path: Path, broker: Broker, **overrides: object) -> None:
+        self.db_path = tmp_path / "kairo.db"
+        self.log_path = tmp_path / "sidecar.log"
+        self.env = dict(os.environ)
+        self.env.update({
+            "KAIRO_SIDECAR_MQTT__HOST": broker.host,
+            "KAIRO_SIDECAR_MQTT__PORT": str(broker.port),
+            "KAIRO_SIDECAR_MQTT__CLIENT_ID": f"kairo-sidecar-test-{os.getpid()}-{id(self)}",
+            "KAIRO_SIDECAR_MQTT__RECONNECT_MIN_DELAY": "1",
+            "KAIRO_SIDECAR_MQTT__RECONNECT_MAX_DELAY": "2",
+            "KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{self.db_path}",
+            "KAIRO_SIDECAR_LOG__FORMAT": "json",
+        })
+        for key, value in overrides.items():
+            self.env["KAIRO_SIDECAR_" + key.upper()] = str(value)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait_ready: bool = True) -> SidecarProcess:
+        offset = len(self.log_text())
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.db_path.parent)
+        log.close()
+        if wait_ready:
+            self.wait_log("sidecar_ready", after=offset, timeout=20)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, needle: str, *, after: int = 0, timeout: float = 20.0) -> None:
+        def seen() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"sidecar exited ({self.proc.returncode}):\n{self.log_text()}")
+            return needle in self.log_text()[after:]
+        wait_until(seen, timeout=timeout, message=f"{needle!r} in the sidecar log")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def sidecar_factory(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
+    made: list[SidecarProcess] = []
+
+    def make(broker: Broker, **overrides: object) -> SidecarProcess:
+        proc = SidecarProcess(tmp_path, broker, **overrides)
+        made.append(proc)
+        return proc
+
+    try:
+        yield make
+    finally:
+        for proc in made:
+            proc.close()
