@@ -27,14 +27,14 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """Policy for every config section: immutable, unknown keys are errors."""
 
 
-class TLSConfig(_Section):
+class TLSConfig(_Section, frozen=True):
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
     insecure: bool = False
 
 
-class MQTTConfig(_Section):
+class MQTTConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 1883
     client_id: Annotated[str, Meta(min_length=1, max_length=128)] = "kairo-sidecar"
@@ -54,7 +54,7 @@ class MQTTConfig(_Section):
     state_topic: Annotated[str, Meta(min_length=1)] = "kairo-sidecar/state"
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(_Section, frozen=True):
     url: str = ""
     synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     busy_timeout_ms: Annotated[int, Meta(ge=0)] = 5000
@@ -62,7 +62,7 @@ class DatabaseConfig(_Section):
     migrate_on_start: bool = True
 
 
-class WriterConfig(_Section):
+class WriterConfig(_Section, frozen=True):
     batch_size: Annotated[int, Meta(ge=1, le=10000)] = 500
     flush_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
     queue_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 5000
@@ -70,17 +70,17 @@ class WriterConfig(_Section):
     shutdown_timeout: Annotated[float, Meta(gt=0)] = 10.0
 
 
-class IngestConfig(_Section):
+class IngestConfig(_Section, frozen=True):
     max_payload_bytes: PositiveInt = 262144
     dead_letter_max_bytes: Annotated[int, Meta(ge=0)] = 65536
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     mqtt: MQTTConfig = msgspec.field(default_factory=MQTTConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     writer: WriterConfig = msgspec.field(default_factory=WriterConfig)

@@ -20,6 +20,8 @@ import msgspec
 from . import wire
 from .errors import PayloadError
 
+Data = bytes | bytearray
+
 # Timestamps outside these bounds (ms) are rejected: before 1970 or after the year 9999.
 MIN_TS_MS = 0
 MAX_TS_MS = 253402300799999
@@ -252,7 +254,7 @@ def _normalise_ce(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_binary_cloudevent(
-    data: bytes, props: dict[str, str], content_type: str | None, topic: str, received_at: int
+    data: Data, props: dict[str, str], content_type: str | None, topic: str, received_at: int
 ) -> EventRow:
     """CloudEvents binary mode: attributes in MQTT 5 user properties, data in the payload."""
     metadata: dict[str, Any] = {k: v for k, v in props.items() if k not in wire.CLOUDEVENT_COLUMNS}
@@ -283,7 +285,7 @@ def _from_binary_cloudevent(
 # ---------------------------------------------------------------------------- entry point
 def decode_message(
     topic: str,
-    data: bytes,
+    data: Data,
     *,
     received_at: int,
     max_payload_bytes: int,
@@ -321,7 +323,7 @@ def decode_message(
         raise PayloadError("payload nested too deeply") from None
 
 
-def dead_letter(topic: str, data: bytes, reason: str, *, received_at: int,
+def dead_letter(topic: str, data: Data, reason: str, *, received_at: int,
                 max_bytes: int) -> DeadLetterRow:
     return DeadLetterRow(topic=topic, payload=bytes(data[:max_bytes]), payload_size=len(data),
                          reason=reason[:1000], received_at=received_at)

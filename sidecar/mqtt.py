@@ -7,6 +7,7 @@ previous connection are never acked on a new one (the broker re-sends those mess
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 from collections.abc import Sequence
@@ -114,10 +115,8 @@ class Subscriber:
         self._closing = True
         if self.connected.is_set():
             info = client.publish(self._config.state_topic, b"offline", qos=1, retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
-                pass
         client.disconnect()
         client.loop_stop()
         log.info("mqtt_closed")

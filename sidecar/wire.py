@@ -72,7 +72,7 @@ def media_type(content_type: str | None) -> str | None:
     return content_type.split(";", 1)[0].strip().lower() or None
 
 
-def sniff_format(data: bytes) -> str | None:
+def sniff_format(data: bytes | bytearray) -> str | None:
     """``"json"`` for a JSON object, ``"msgpack"`` for a MessagePack map, else ``None``."""
     first = data.lstrip(b" \t\r\n")[:1]
     if first == b"{":
@@ -82,7 +82,7 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def format_of(content_type: str | None, data: bytes) -> str | None:
+def format_of(content_type: str | None, data: bytes | bytearray) -> str | None:
     """The encoding of ``data``: from the MQTT 5 content type when given, else sniffed."""
     media = media_type(content_type)
     if media in JSON_CONTENT_TYPES or (media and media.endswith("+json")):

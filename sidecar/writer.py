@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import peewee
 
@@ -78,6 +78,7 @@ class Writer:
         self._deadline = float("inf")
         self.heartbeat = time.monotonic()
         self.failing = False
+        self._abandoned = 0  # deliveries left unwritten (and unacked) at a shutdown deadline
         self._event_sql = _insert_sql(Event, EVENT_COLUMNS)
         self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
         self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
@@ -112,10 +113,22 @@ class Writer:
         if self._thread is None:
             return True
         self._thread.join(timeout + 1.0)
-        drained = not self._thread.is_alive() and self._queue.empty()
+        left = 0 if self.alive else self._count_left()
+        drained = not self.alive and not self._abandoned and not left
         if not drained:
-            log.error("writer_stop_timeout", queued=self._queue.qsize())
+            log.error("writer_not_drained", abandoned=self._abandoned, queued=left,
+                      hint="unacked messages stay with the broker and come again at next start")
         return drained
+
+    def _count_left(self) -> int:
+        """Deliveries still queued after the thread ended (they were never acked)."""
+        left = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return left
+            left += item is not _STOP
 
     @property
     def alive(self) -> bool:
@@ -182,6 +195,7 @@ class Writer:
                 log.error("batch_write_failed", error=str(exc), rows=len(batch), retry_in=delay)
                 if time.monotonic() + delay > self._deadline:
                     log.error("batch_abandoned_at_shutdown", rows=len(batch))
+                    self._abandoned += len(batch)
                     return False
                 self.heartbeat = time.monotonic()
                 time.sleep(delay)
@@ -232,7 +246,7 @@ class Writer:
         known: dict[int, tuple[str, bytes]] = {}
         dup_mids = [batch[i].mid for i in id_less if batch[i].dup and batch[i].qos]
         if dup_mids:
-            rows = DeliveryId.select(DeliveryId.mid, DeliveryId.event_id, DeliveryId.digest).where(
+            rows: Any = DeliveryId.select(DeliveryId.mid, DeliveryId.event_id, DeliveryId.digest).where(
                 DeliveryId.mid.in_(sorted(set(dup_mids)))).tuples()
             known = {mid: (event_id, bytes(digest)) for mid, event_id, digest in rows}
         records: list[tuple[int, str, bytes]] = []
@@ -253,7 +267,7 @@ class Writer:
             batch[i] = delivery._replace(row=row._replace(id=event_id))
         if records:
             cursor.executemany(self._delivery_sql, records)
-        return [d.row for d in batch if type(d.row) is EventRow]  # type: ignore[misc]
+        return [d.row for d in batch if type(d.row) is EventRow]
 
     def _release(self, batch: list[Delivery]) -> None:
         tokens = [(d.generation, d.mid) for d in batch if d.qos]

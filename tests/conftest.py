@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.logs import configure_logging
 from sidecar.config import LogConfig
+from sidecar.logs import configure_logging
 from tests.broker import Broker, start_broker
 
 ROOT = Path(__file__).resolve().parent.parent
