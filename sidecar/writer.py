@@ -43,6 +43,10 @@ class Delivery(NamedTuple):
 
 _STOP = object()
 
+# Errors worth retrying: the database is locked, busy, full, read-only or failing I/O. Anything
+# else is about the data, and retrying the same batch would block ingest forever.
+TRANSIENT_ERRORS = (sqlite3.OperationalError, peewee.OperationalError)
+
 
 def _insert_sql(model: type[peewee.Model], columns: Sequence[str], *, replace: bool = False) -> str:
     """The parametrised INSERT for ``columns``, built once through Peewee (dialect-neutral)."""
@@ -185,11 +189,20 @@ class Writer:
         log.info("writer_stopped", queued=self._queue.qsize())
 
     def _write_with_retry(self, batch: list[Delivery]) -> bool:
+        """Write the batch; retry transient database errors with back-off, never acking
+        meanwhile. A batch the database refuses for its content is written event by event so
+        the offending one becomes a dead letter instead of blocking everything behind it."""
         delay = 0.05
         while True:
             try:
-                self._write(batch)
-            except (peewee.DatabaseError, sqlite3.Error) as exc:
+                try:
+                    self._write(batch)
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as exc:
+                    log.error("batch_refused_isolating", error=repr(exc), rows=len(batch))
+                    batch = self._write_isolating(batch)
+            except TRANSIENT_ERRORS as exc:
                 self.failing = True
                 self.stats.write_errors += 1
                 log.error("batch_write_failed", error=str(exc), rows=len(batch), retry_in=delay)
@@ -206,6 +219,28 @@ class Writer:
                 self.failing = False
             self._release(batch)
             return True
+
+    def _write_isolating(self, batch: list[Delivery]) -> list[Delivery]:
+        """The slow path: one transaction per delivery; refused ones become dead letters."""
+        written: list[Delivery] = []
+        for delivery in batch:
+            try:
+                self._write([delivery])
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                row = delivery.row
+                raw = (row.payload.encode("utf-8", "backslashreplace")
+                       if isinstance(row, EventRow) else b"")
+                reason = f"storage refused the event: {exc!r}"
+                delivery = delivery._replace(row=DeadLetterRow(
+                    topic=row.topic.encode("utf-8", "backslashreplace").decode(),
+                    payload=raw[:65536], payload_size=len(raw), reason=reason[:1000],
+                    received_at=row.received_at))
+                self._write([delivery])
+                log.warning("event_refused_by_storage", topic=delivery.row.topic, reason=reason)
+            written.append(delivery)
+        return written
 
     def _write(self, batch: list[Delivery]) -> None:
         started = time.perf_counter()

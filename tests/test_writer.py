@@ -204,3 +204,21 @@ def test_sequence_is_never_reused_after_delete(db):
     wait_until(lambda: len(acks.tokens) == 4)
     assert rows(db, "SELECT seq FROM events")[0][0] == 4
     writer.stop(5)
+
+
+def test_event_the_database_refuses_becomes_a_dead_letter(db):
+    """An event SQLite refuses for its content (here: a string too big for the column limit)
+    becomes a dead letter; the rest of its batch is stored and everything is acked."""
+    writer, acks, _ = make_writer(db, batch_size=3, flush_interval=5)
+    writer.start()
+    good = [_row(i) for i in range(2)]
+    # a lone surrogate cannot be encoded for SQLite: the driver raises UnicodeEncodeError
+    poison = _row(7)._replace(payload='"\ud800"')
+    writer.submit(Delivery(good[0], qos=1, mid=1, generation=1))
+    writer.submit(Delivery(poison, qos=1, mid=2, generation=1))
+    writer.submit(Delivery(good[1], qos=1, mid=3, generation=1))
+    wait_until(lambda: len(acks.tokens) == 3, message="all three acked")
+    assert rows(db)[0][0] == 2
+    (reason,), = rows(db, "SELECT reason FROM dead_letters")
+    assert "storage refused the event" in reason
+    assert writer.stop(5)
