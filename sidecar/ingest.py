@@ -104,8 +104,10 @@ def parse_timestamp(value: Any, field: str) -> int:
             raise PayloadError(f"{field}: epoch ms {value!r} out of range")
         return int(value)
     if isinstance(value, str):
+        if not _RFC3339.match(value):
+            raise PayloadError(f"{field}: {value[:64]!r} is not an RFC 3339 timestamp")
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value.upper())
         except ValueError:
             raise PayloadError(f"{field}: {value[:64]!r} is not an RFC 3339 timestamp") from None
         if parsed.tzinfo is None:
@@ -117,7 +119,10 @@ def parse_timestamp(value: Any, field: str) -> int:
     raise PayloadError(f"{field}: expected epoch ms or an RFC 3339 string, got {_kind(value)}")
 
 
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+# RFC 3339 date-time; a missing offset is read as UTC, a space may stand for the "T".
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$")
+# W3C traceparent: version (not ff) - trace id - parent id - flags.
+_TRACEPARENT = re.compile(r"^(?!ff)[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 def trace_id_from_traceparent(value: Any) -> str | None:
@@ -253,6 +258,40 @@ def _normalise_ce(metadata: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
+def _decode_data(decoder: Any, data: Data, name: str) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"malformed {name} data: {exc}") from None
+
+
+def _binary_data(data: Data, content_type: str | None) -> tuple[str, str | None]:
+    """The data of a binary-mode CloudEvent as JSON text, and its encoding if not plain.
+
+    A JSON or MessagePack content type must match the bytes (else PayloadError); text is stored
+    as a JSON string; without a content type, JSON is tried and anything else is kept as base64.
+    """
+    if not data:
+        return "null", None
+    media = wire.media_type(content_type)
+    fmt = wire.format_of(content_type, data)
+    if fmt == "json" and media is not None:
+        return _json_text(_decode_data(wire.JSON_ANY, data, "JSON"), "data"), None
+    if fmt == "msgpack":
+        return _json_text(_decode_data(wire.MSGPACK_ANY, data, "MessagePack"), "data"), None
+    if media is not None and media.startswith("text/"):
+        try:
+            return _json_text(data.decode(), "data"), None
+        except UnicodeDecodeError:
+            raise PayloadError("data: text content type but invalid UTF-8") from None
+    if media is None:
+        try:
+            return _json_text(wire.JSON_ANY.decode(data), "data"), None
+        except (msgspec.DecodeError, UnicodeDecodeError, PayloadError):
+            pass
+    return _json_text(base64.b64encode(data).decode(), "data"), "base64"
+
+
 def _from_binary_cloudevent(
     data: Data, props: dict[str, str], content_type: str | None, topic: str, received_at: int
 ) -> EventRow:
@@ -260,22 +299,9 @@ def _from_binary_cloudevent(
     metadata: dict[str, Any] = {k: v for k, v in props.items() if k not in wire.CLOUDEVENT_COLUMNS}
     if content_type:
         metadata["datacontenttype"] = content_type
-    fmt = wire.format_of(content_type, data)
-    media = wire.media_type(content_type)
-    if not data:
-        payload = "null"
-    elif fmt == "json" or (media is None and fmt is None and data.lstrip()[:1] in b'["0123456789-tfn'):
-        payload = _json_text(wire.JSON_ANY.decode(data), "data")
-    elif fmt == "msgpack":
-        payload = _json_text(wire.MSGPACK_ANY.decode(data), "data")
-    elif media is not None and media.startswith("text/"):
-        try:
-            payload = _json_text(data.decode(), "data")
-        except UnicodeDecodeError:
-            raise PayloadError("data: text content type but invalid UTF-8") from None
-    else:
-        payload = _json_text(base64.b64encode(data).decode(), "data")
-        metadata["dataencoding"] = "base64"
+    payload, encoding = _binary_data(data, content_type)
+    if encoding:
+        metadata["dataencoding"] = encoding
     ce = msgspec.convert({k: v for k, v in props.items() if k in ("specversion", "id", "type",
                                                                "source")}, wire.CloudEvent)
     return _event_row(topic=topic, received_at=received_at, id=ce.id, type=ce.type,
@@ -317,10 +343,20 @@ def decode_message(
     except msgspec.ValidationError as exc:
         raise PayloadError(f"invalid event: {exc}") from None
     except msgspec.DecodeError as exc:
-        name = "JSON" if wire.format_of(content_type, data) == "json" else "MessagePack"
-        raise PayloadError(f"malformed {name}: {exc}") from None
+        raise PayloadError(f"malformed {_format_name(exc, content_type, data)}: {exc}") from None
+    except UnicodeDecodeError:
+        raise PayloadError("invalid UTF-8 in a string") from None
     except RecursionError:
         raise PayloadError("payload nested too deeply") from None
+
+
+def _format_name(exc: msgspec.DecodeError, content_type: str | None, data: Data) -> str:
+    """Which decoder failed: msgspec's JSON errors say "JSON"; a sniffed "{" is JSON too."""
+    if "JSON" in str(exc) or wire.format_of(content_type, data) == "json":
+        return "JSON"
+    if wire.format_of(content_type, data) == "msgpack":
+        return "MessagePack"
+    return "data"
 
 
 def dead_letter(topic: str, data: Data, reason: str, *, received_at: int,
