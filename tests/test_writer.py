@@ -222,3 +222,39 @@ def test_event_the_database_refuses_becomes_a_dead_letter(db):
     (reason,), = rows(db, "SELECT reason FROM dead_letters")
     assert "storage refused the event" in reason
     assert writer.stop(5)
+
+
+def test_packet_id_reused_by_a_fresh_message_forgets_the_old_record(db):
+    """A fresh (not DUP) message reusing a packet id makes the old record obsolete, so a DUP
+    copy of an identical id-less event after that is not merged with the earlier one."""
+    writer, acks, _ = make_writer(db)
+    writer.start()
+    reading = '{"t": 21.5}'
+    writer.submit(Delivery(_row(0, id=None, payload=reading), qos=1, mid=5, generation=1))
+    wait_until(lambda: len(acks.tokens) == 1)
+    # packet id 5 comes back (wrap-around) carrying an enveloped event: the broker got our ack
+    writer.submit(Delivery(_row(1), qos=1, mid=5, generation=1))
+    wait_until(lambda: len(acks.tokens) == 2)
+    assert rows(db, "SELECT count(*) FROM delivery_ids")[0][0] == 0
+    # an identical reading, delivered with DUP under packet id 5, is a new event
+    writer.submit(Delivery(_row(0, id=None, payload=reading), qos=1, mid=5, generation=2,
+                           dup=True))
+    wait_until(lambda: len(acks.tokens) == 3)
+    assert rows(db)[0][0] == 3
+    writer.stop(5)
+
+
+def test_session_reset_forgets_records_before_the_callback(db):
+    """session_reset writes what was queued before it, deletes the packet-id records, and only
+    then calls back (the subscriber subscribes there)."""
+    writer, acks, _ = make_writer(db)
+    seen: list[int] = []
+    writer.start()
+    writer.submit(Delivery(_row(0, id=None), qos=1, mid=3, generation=1))
+    writer.session_reset(then=lambda: seen.append(
+        rows(db, "SELECT count(*) FROM delivery_ids")[0][0]))
+    wait_until(lambda: seen, message="reset callback")
+    assert seen == [0] and acks.tokens == [(1, 3)]
+    assert rows(db)[0][0] == 1
+    assert writer.alive
+    writer.stop(5)
