@@ -1,0 +1,316 @@
+"""A small Python client for the sidecar's request API (paho; MQTT 5 or 3.1.1).
+
+    from sidecar.client import SidecarClient
+
+    with SidecarClient("127.0.0.1", 1883) as kairo:
+        page = kairo.query(correlation_id="workflow-123", limit=50)
+        event = kairo.get(page.events[0]["id"])
+        for event in kairo.replay(type="kairo.user.*"):
+            ...
+
+Answers come back on a topic of this client's own (``<base>/response/<client id>``): with
+MQTT 5 as the request's Response Topic, matched by Correlation Data; with 3.1.1 as ``reply_to``,
+matched by ``transaction``. An error answer raises ``RequestError`` with the sidecar's code; no
+answer within ``timeout`` raises ``TimeoutError``. This module is user-side: the daemon never
+imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import ssl
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .errors import BrokerError, RequestError
+
+_CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a query: the events and the cursor of the next page (``None`` at the end)."""
+
+    events: list[dict[str, Any]]
+    next: int | None
+
+
+class SidecarClient:
+    """One connection to the broker, shared by any number of requests (thread-safe)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, protocol: str = "5",
+                 base_topic: str = "kairo-sidecar", timeout: float = 10.0,
+                 username: str | None = None, password: str | None = None,
+                 tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, tls_insecure: bool = False,
+                 encoding: str = "json", keepalive: int = 60,
+                 client_id: str | None = None) -> None:
+        if protocol not in ("5", "3.1.1"):
+            raise ValueError("protocol must be '5' or '3.1.1'")
+        if encoding not in _CONTENT_TYPES:
+            raise ValueError("encoding must be 'json' or 'msgpack'")
+        self.host, self.port = host, port
+        self.timeout = timeout
+        self.base_topic = base_topic
+        self._v5 = protocol == "5"
+        self._encoding = encoding
+        self._keepalive = keepalive
+        self.client_id = client_id or f"kairo-client-{uuid.uuid4().hex[:12]}"
+        # Answers come to <base>/response/<client id>: a broker ACL pattern
+        # "kairo-sidecar/response/%c/#" lets each client read only its own answers.
+        self._reply_topic = f"{base_topic}/response/{self.client_id}"
+        self._pending: dict[str, queue.Queue[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._failure: str | None = None
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self._v5 else True,
+        )
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if tls_ca or tls_cert:
+            self._client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key,
+                                 cert_reqs=ssl.CERT_REQUIRED)
+            self._client.tls_insecure_set(tls_insecure)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._client.on_socket_open = _no_delay
+
+    # ------------------------------------------------------------------ connection
+    def connect(self) -> SidecarClient:
+        try:
+            self._client.connect(self.host, self.port, keepalive=self._keepalive)
+        except OSError as exc:
+            raise BrokerError(f"cannot connect to the broker at {self.host}:{self.port}: "
+                              f"{exc}") from None
+        self._client.loop_start()
+        if not self._ready.wait(self.timeout) or self._failure:
+            self.close()
+            raise BrokerError(self._failure or f"no answer from the broker at {self.host}:"
+                              f"{self.port} within {self.timeout}s")
+        return self
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> SidecarClient:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            self._failure = f"the broker refused the connection: {reason}"
+            self._ready.set()
+            return
+        client.subscribe(self._reply_topic, qos=1)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            self._failure = f"the broker refused the subscription to {self._reply_topic}"
+        self._ready.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            body = _decode(msg.payload)
+        except (msgspec.DecodeError, ValueError):
+            return
+        key: Any = None
+        props = getattr(msg, "properties", None)
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        if self._v5 and correlation is not None:
+            key = bytes(correlation).decode(errors="replace")
+        elif isinstance(body, dict):
+            key = body.get("transaction")
+        with self._lock:
+            target = self._pending.get(key) if isinstance(key, str) else None
+        if target is not None and isinstance(body, dict):
+            target.put(body)
+
+    # ------------------------------------------------------------------ requests
+    def _send(self, op: str, body: dict[str, Any]) -> tuple[str, queue.Queue[dict[str, Any]]]:
+        key = uuid.uuid4().hex
+        inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        with self._lock:
+            self._pending[key] = inbox
+        message = {k: v for k, v in body.items() if v is not None}
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = self._reply_topic
+            properties.CorrelationData = key.encode()
+            properties.ContentType = _CONTENT_TYPES[self._encoding]
+        else:
+            message["reply_to"] = self._reply_topic
+            message["transaction"] = key
+        payload = (msgspec.msgpack.encode(message) if self._encoding == "msgpack"
+                   else msgspec.json.encode(message))
+        self._client.publish(f"{self.base_topic}/request/{op}", payload, qos=1,
+                             properties=properties)
+        return key, inbox
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._pending.pop(key, None)
+
+    def request(self, op: str, body: dict[str, Any] | None = None, *,
+                timeout: float | None = None) -> Any:
+        """Send one request and return the ``data`` of its answer."""
+        key, inbox = self._send(op, body or {})
+        try:
+            answer = _take(inbox, self.timeout if timeout is None else timeout, op)
+        finally:
+            self._forget(key)
+        return _data(answer)
+
+    def query(self, *, limit: int | None = None, order: str | None = None,
+              **filters: Any) -> Page:
+        """One page of events matching ``filters`` (type, source, topic, since, until,
+        correlation_id, causation_id, trace_id, after, where)."""
+        data = self.request("query", {**filters, "limit": limit, "order": order})
+        return Page(events=data["events"], next=data["next"])
+
+    def query_all(self, *, limit: int | None = None, order: str | None = None,
+                  **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every matching event, walking the ``next`` cursor page by page."""
+        after = filters.pop("after", None)
+        while True:
+            page = self.query(limit=limit, order=order, after=after, **filters)
+            yield from page.events
+            if page.next is None:
+                return
+            after = page.next
+
+    def get(self, event_id: str) -> dict[str, Any]:
+        """The event with ``event_id``; ``RequestError`` with code ``not_found`` if none."""
+        data: dict[str, Any] = self.request("get", {"id": event_id})
+        return data
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.request("stats")
+        return data
+
+    def cancel(self, stream: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.request("replay/cancel", {"stream": stream})
+        return data
+
+    def replay(self, **options: Any) -> Replay:
+        """Start a replay; iterate the returned ``Replay`` for the events (it ends at ``done``).
+        Options: the filters of ``query`` plus batch, rate, pace, speed, live, max_duration."""
+        key, inbox = self._send("replay", options)
+        paced = options.get("pace") == "original" or options.get("rate") is not None
+        return Replay(self, key, inbox, idle_timeout=None if paced else self.timeout)
+
+
+class Replay:
+    """The events of one replay stream, in sequence order.
+
+    ``stream`` is the stream id (known from the first message on), ``caught_up`` is set when a
+    live stream has sent every stored event, ``done`` holds the final message. A missing stream
+    message (the broker dropped it) raises ``RequestError("lost", ...)``; resume with
+    ``after=replay.last``.
+    """
+
+    def __init__(self, client: SidecarClient, key: str, inbox: queue.Queue[dict[str, Any]], *,
+                 idle_timeout: float | None) -> None:
+        self._client = client
+        self._key = key
+        self._inbox = inbox
+        self._idle_timeout = idle_timeout  # None: paced streams may be quiet for long
+        self.stream: str | None = None
+        self.caught_up = threading.Event()
+        self.done: dict[str, Any] | None = None
+        self.count = 0
+        self.last: int | None = None
+        self._messages = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for message in self.messages():
+            yield from message.get("events", ())
+
+    def messages(self) -> Iterator[dict[str, Any]]:
+        """Every stream message (events, ``caught_up``, ``done``) as it arrives."""
+        try:
+            while self.done is None:
+                idle = None if self.caught_up.is_set() else self._idle_timeout
+                message = _take(self._inbox, idle, "replay")
+                if message.get("status") == "error":
+                    self.done = message
+                    _data(message)
+                self.stream = message.get("stream", self.stream)
+                if "events" in message:
+                    self._messages += 1
+                    if message.get("seq") != self._messages:
+                        raise RequestError("lost", f"stream message {self._messages} missing "
+                                           f"(got {message.get('seq')}); resume with after="
+                                           f"{self.last}")
+                    self.count += len(message["events"])
+                    if message["events"]:
+                        self.last = message["events"][-1]["seq"]
+                elif message.get("caught_up"):
+                    self.caught_up.set()
+                elif message.get("done"):
+                    self.done = message
+                    if message.get("count") != self.count:
+                        raise RequestError("lost", f"received {self.count} events, the stream "
+                                           f"sent {message.get('count')}")
+                yield message
+        finally:
+            if self.done is None and self.stream is not None:
+                with contextlib.suppress(RequestError, TimeoutError):
+                    self._client.cancel(self.stream)
+            self._client._forget(self._key)
+
+    def cancel(self) -> None:
+        """Ask the sidecar to end the stream; iteration then ends at its ``done``."""
+        if self.stream is None:
+            raise RuntimeError("the stream id is not known yet (no message arrived)")
+        self._client.cancel(self.stream)
+
+
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Disable Nagle: a request written right after a PUBACK would wait for a delayed ACK."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _decode(payload: bytes | bytearray) -> Any:
+    first = payload[:1]
+    if first and (0x80 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
+        return msgspec.msgpack.decode(payload)
+    return msgspec.json.decode(payload)
+
+
+def _take(inbox: queue.Queue[dict[str, Any]], timeout: float | None, op: str) -> dict[str, Any]:
+    try:
+        return inbox.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"no answer to {op!r} within {timeout}s (is the sidecar running, "
+                           "with this base topic?)") from None
+
+
+def _data(answer: dict[str, Any]) -> Any:
+    if answer.get("status") == "error":
+        err = answer.get("error") or {}
+        raise RequestError(str(err.get("code", "error")), str(err.get("message", "")),
+                           field=err.get("field"))
+    return answer.get("data")

@@ -1,0 +1,202 @@
+"""Wire types of the request/response API (msgspec): requests, answers, events in answers.
+
+Requests are ``Struct``s with ``forbid_unknown_fields``; decoders are built once at import. A
+request that does not decode becomes a ``RequestError("bad_request", field=...)`` naming the
+field, never a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, NamedTuple
+
+import msgspec
+from msgspec import Meta
+
+from . import wire
+from .errors import RequestError
+
+OPS = ("query", "get", "replay", "replay/cancel", "stats")
+
+Text = Annotated[str, Meta(min_length=1, max_length=1024)]
+Scalar = str | int | float | bool | None
+
+
+class RequestMessage(NamedTuple):
+    """One request as it came off the broker (no paho types past ``mqtt``)."""
+
+    op: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    content_type: str | None = None
+    retain: bool = False
+
+
+class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Fields every request may carry: where to answer (MQTT 3.1.1) and what to echo."""
+
+    transaction: Any = None
+    reply_to: str | None = None
+
+
+class Filter(_Request, frozen=True):
+    """The filters shared by ``query`` and ``replay``."""
+
+    type: Text | Annotated[list[Text], Meta(min_length=1, max_length=100)] | None = None
+    source: Text | Annotated[list[Text], Meta(min_length=1, max_length=100)] | None = None
+    topic: Annotated[str, Meta(min_length=1, max_length=65535)] | None = None
+    since: int | str | None = None
+    until: int | str | None = None
+    correlation_id: Text | None = None
+    causation_id: Text | None = None
+    trace_id: Text | None = None
+    after: Annotated[int, Meta(ge=0)] | None = None
+    where: Annotated[dict[str, Scalar], Meta(min_length=1, max_length=16)] | None = None
+
+
+class QueryRequest(Filter, frozen=True):
+    limit: Annotated[int, Meta(ge=1)] = 100
+    order: Literal["asc", "desc"] = "asc"
+
+
+class GetRequest(_Request, frozen=True):
+    id: Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class ReplayRequest(Filter, frozen=True):
+    batch: Annotated[int, Meta(ge=1)] = 100
+    rate: Annotated[float, Meta(gt=0)] | None = None
+    pace: Literal["instant", "original"] = "instant"
+    speed: Annotated[float, Meta(gt=0, le=1_000_000)] = 1.0
+    live: bool = False
+    max_duration: Annotated[float, Meta(gt=0)] | None = None
+
+
+class CancelRequest(_Request, frozen=True):
+    stream: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class StatsRequest(_Request, frozen=True):
+    pass
+
+
+class _Envelope(msgspec.Struct):
+    """Read loosely first, so even a bad request is answered where it asked and echoed."""
+
+    transaction: Any = None
+    reply_to: Any = None
+
+
+REQUEST_TYPES: dict[str, type[_Request]] = {
+    "query": QueryRequest, "get": GetRequest, "replay": ReplayRequest,
+    "replay/cancel": CancelRequest, "stats": StatsRequest,
+}
+_DECODERS: dict[tuple[str, str], Any] = {}
+for _op, _type in REQUEST_TYPES.items():
+    _DECODERS[(_op, "json")] = msgspec.json.Decoder(_type)
+    _DECODERS[(_op, "msgpack")] = msgspec.msgpack.Decoder(_type)
+_ENVELOPE: dict[str, Any] = {"json": msgspec.json.Decoder(_Envelope),
+                             "msgpack": msgspec.msgpack.Decoder(_Envelope)}
+
+_AT = re.compile(r" - at `\$(.*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+
+
+def body_format(msg: RequestMessage) -> str:
+    """``"msgpack"`` when the request was MessagePack (content type or first byte), else JSON."""
+    return "msgpack" if wire.format_of(msg.content_type, msg.payload) == "msgpack" else "json"
+
+
+def envelope(msg: RequestMessage) -> tuple[Any, Any]:
+    """``(transaction, reply_to)`` of a request, whatever else is wrong with it."""
+    if not msg.payload.strip():
+        return None, None
+    try:
+        env = _ENVELOPE[body_format(msg)].decode(msg.payload)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None, None
+    return env.transaction, env.reply_to
+
+
+def decode_request(msg: RequestMessage) -> _Request:
+    """Decode the body for ``msg.op`` or raise ``RequestError`` naming the bad field."""
+    fmt = body_format(msg)
+    payload = msg.payload if msg.payload.strip() else (b"\x80" if fmt == "msgpack" else b"{}")
+    try:
+        request: _Request = _DECODERS[(msg.op, fmt)].decode(payload)
+        return request
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        name = "MessagePack" if fmt == "msgpack" else "JSON"
+        raise RequestError("bad_request", f"malformed {name}: {exc}") from None
+    except RecursionError:
+        raise RequestError("bad_request", "request nested too deeply") from None
+
+
+def validation_error(message: str) -> RequestError:
+    """msgspec's ``Expected `int`, got `str` - at `$.limit``` -> bad_request on ``limit``."""
+    match = _AT.search(message)
+    path = match.group(1).lstrip(".") if match else ""
+    text = message[: match.start()] if match else message
+    unknown = _UNKNOWN.match(text)
+    if unknown:
+        field = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+        return RequestError("bad_request", f"{field}: unknown field", field=field)
+    missing = _MISSING.match(text)
+    if missing:
+        field = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        return RequestError("bad_request", f"{field}: required", field=field)
+    if not path:
+        return RequestError("bad_request", text)
+    return RequestError("bad_request", f"{path}: {text}", field=path)
+
+
+# ------------------------------------------------------------------------------ answers
+EventTuple = Sequence[Any]  # (seq, id, topic, type, source, payload, metadata, created_at, received_at)
+
+
+def event_out(row: EventTuple, fmt: str) -> dict[str, Any]:
+    """An ``events`` row as it appears in an answer; JSON columns embedded without re-encoding
+    (JSON answers) or decoded (MessagePack answers)."""
+    seq, id_, topic, type_, source, payload, metadata, created_at, received_at = row
+    if fmt == "json":
+        body: Any = msgspec.Raw(payload.encode())
+        meta: Any = msgspec.Raw(metadata.encode())
+    else:
+        body, meta = wire.JSON_ANY.decode(payload), wire.JSON_ANY.decode(metadata)
+    return {"seq": seq, "id": id_, "topic": topic, "type": type_, "source": source,
+            "payload": body, "metadata": meta, "created_at": created_at,
+            "received_at": received_at}
+
+
+def event_size(row: EventTuple) -> int:
+    """About how many bytes an event takes in an answer (for ``max_response_bytes``)."""
+    return 160 + sum(len(v) for v in row[1:7])
+
+
+def ok(data: Any, transaction: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = {"status": "ok", "data": data}
+    if transaction is not None:
+        answer["transaction"] = transaction
+    return answer
+
+
+def error(exc: RequestError, transaction: Any) -> dict[str, Any]:
+    detail: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.field is not None:
+        detail["field"] = exc.field
+    answer: dict[str, Any] = {"status": "error", "error": detail}
+    if transaction is not None:
+        answer["transaction"] = transaction
+    return answer
+
+
+def encode(answer: Any, fmt: str) -> bytes:
+    return wire.MSGPACK_ENCODER.encode(answer) if fmt == "msgpack" else wire.JSON_ENCODER.encode(answer)
+
+
+CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}

@@ -1,0 +1,54 @@
+"""The history CLI helpers: argument -> request body, progress line, --db limits."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+
+from sidecar import history
+from sidecar.config import load_config
+from sidecar.errors import RequestError
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    history.add_parsers(parser.add_subparsers(dest="command"))
+    return parser.parse_args(list(argv))
+
+
+def test_filter_arguments_become_the_request_body():
+    """Repeated --type is a list, --where values parse as JSON when they can, times as ints."""
+    args = parse("query", "--type", "a.*", "--type", "b", "--source", "s", "--since", "1700",
+                 "--until", "2026-01-01T00:00:00Z", "--where", "payload.n=5",
+                 "--where", 'payload.code="5"', "--where", "metadata.who=ann")
+    body = history._filter_body(args)
+    assert body["type"] == ["a.*", "b"] and body["source"] == "s"
+    assert body["since"] == 1700 and body["until"] == "2026-01-01T00:00:00Z"
+    assert body["where"] == {"payload.n": 5, "payload.code": "5", "metadata.who": "ann"}
+
+
+def test_where_without_equals_is_a_bad_request():
+    """--where needs PATH=VALUE."""
+    with pytest.raises(RequestError) as info:
+        history._filter_body(parse("query", "--where", "payload.n"))
+    assert info.value.field == "where"
+
+
+def test_db_replay_refuses_options_that_need_a_sidecar(tmp_path):
+    """replay --db with --live (or --rate/--pace) is refused before reading anything."""
+    args = parse("replay", "--db", str(tmp_path / "none.db"), "--live")
+    with pytest.raises(RequestError, match="--live needs a running sidecar"):
+        history.cmd_replay(args, load_config(environ={}))
+
+
+def test_progress_line_counts_events():
+    """The progress line shows the count and the last seq, and ends with a newline."""
+    out = io.StringIO()
+    progress = history.Progress(out)
+    for seq in range(1, 1235):
+        progress.event(seq)
+    progress.finish()
+    assert "1,234 events" in out.getvalue() and "seq 1234" in out.getvalue()
+    assert out.getvalue().endswith("\n")
