@@ -1,0 +1,161 @@
+"""Human-friendly durations ("30d", "1h30m") and sizes ("512MiB") for the configuration.
+
+``Duration`` (seconds, ``float``) and ``ByteSize`` (bytes, ``int``) are ``Annotated`` numbers, so
+the decoded ``Config`` holds plain numbers (it encodes and compares as usual). ``parse_units``
+turns the strings a user wrote into those numbers before msgspec validates the rest; its errors
+carry the key's path so the config error names it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, get_args, get_origin
+
+import msgspec
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+FOREVER = ("forever", "never", "off", "none")
+
+
+class _Unit:
+    """Marks an ``Annotated`` number as given with a unit; ``parse`` reads the user's value."""
+
+    def __init__(self, parse: Callable[[object], float]) -> None:
+        self.parse = parse
+
+
+class UnitError(ValueError):
+    """A value with a unit could not be read; ``key`` is its dotted path in the config."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+def parse_duration(value: object) -> float:
+    """``30`` / ``"30"`` (seconds), ``"500ms"``, ``"90s"``, ``"5m"``, ``"1h30m"``, ``"30d"``,
+    ``"2w"``; ``"forever"`` (or ``"off"``) is 0."""
+    if isinstance(value, bool):
+        raise TypeError(f"expected a duration such as \"30d\" or a number of seconds, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text in FOREVER:
+            return 0.0
+        seconds = _parse_duration_text(text, value)
+    else:
+        raise TypeError(f"expected a duration such as \"30d\" or a number of seconds, "
+                        f"got {type(value).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: must be a finite number >= 0")
+    return seconds
+
+
+def _parse_duration_text(text: str, original: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos and text[pos:match.start()].strip():
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or text[pos:].strip():
+        raise ValueError(f"invalid duration {original!r}: use a number with a unit "
+                         "(ms, s, m, h, d, w), e.g. \"30d\", \"1h30m\", or \"forever\"")
+    return total
+
+
+def parse_size(value: object) -> int:
+    """``1048576`` (bytes), ``"512MiB"``, ``"2GB"``, ``"1.5GiB"``, ``"64k"`` (k/M/G alone are
+    binary, KB/MB/GB decimal); ``"off"``/``"none"`` is 0."""
+    if isinstance(value, bool):
+        raise TypeError(f"expected a size such as \"512MiB\" or a number of bytes, got {value!r}")
+    if isinstance(value, int):
+        number = float(value)
+    elif isinstance(value, float):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text in FOREVER:
+            return 0
+        match = _SIZE.fullmatch(text)
+        if match is None or match.group(2) not in _SIZE_UNITS:
+            raise ValueError(f"invalid size {value!r}: use a number with a unit (B, KiB, MiB, GiB, "
+                             "KB, MB, GB), e.g. \"512MiB\"")
+        number = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    else:
+        raise TypeError(f"expected a size such as \"512MiB\" or a number of bytes, "
+                        f"got {type(value).__name__}")
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"invalid size {value!r}: must be a finite number >= 0")
+    return int(number)
+
+
+Duration = Annotated[float, msgspec.Meta(ge=0), _Unit(parse_duration)]
+"""Seconds; the config accepts ``30``, ``"90s"``, ``"1h30m"``, ``"30d"``, ``"forever"`` (0)."""
+ByteSize = Annotated[int, msgspec.Meta(ge=0), _Unit(parse_size)]
+"""Bytes; the config accepts ``1048576``, ``"512MiB"``, ``"2GB"``, ``"off"`` (0)."""
+
+
+def parse_units(value: Any, type_: Any, key: str = "") -> Any:
+    """Return ``value`` (decoded TOML/JSON for ``type_``) with every ``Duration``/``ByteSize``
+    inside it parsed to a number; leave anything else for msgspec to validate."""
+    origin = get_origin(type_)
+    if origin is Annotated:
+        base, *extras = get_args(type_)
+        for extra in extras:
+            if isinstance(extra, _Unit):
+                try:
+                    return extra.parse(value)
+                except (TypeError, ValueError) as exc:
+                    raise UnitError(str(exc), key=key) from None
+        return parse_units(value, base, key)
+    if isinstance(type_, type) and issubclass(type_, msgspec.Struct) and isinstance(value, dict):
+        out = dict(value)
+        for field in msgspec.structs.fields(type_):
+            if field.encode_name in out:
+                name = f"{key}.{field.encode_name}" if key else field.encode_name
+                out[field.encode_name] = parse_units(out[field.encode_name], field.type, name)
+        return out
+    if origin is list and isinstance(value, list):
+        (item,) = get_args(type_)
+        return [parse_units(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    for member in get_args(type_) if origin is not None else ():
+        if isinstance(member, type) and issubclass(member, msgspec.Struct) and isinstance(value, dict):
+            return parse_units(value, member, key)
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """``2592000`` -> ``"30d"``; 0 -> ``"forever"`` (for messages)."""
+    if seconds <= 0:
+        return "forever"
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def format_size(size: int) -> str:
+    """``536870912`` -> ``"512.0 MiB"`` (for messages)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
