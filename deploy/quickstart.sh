@@ -56,6 +56,7 @@ persistence true
 persistence_location $data/
 autosave_interval 10
 max_queued_messages 100000
+set_tcp_nodelay true
 log_dest file $data/mosquitto.log
 pid_file $data/mosquitto.pid
 CONF

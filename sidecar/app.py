@@ -14,8 +14,14 @@ from . import __version__
 from .config import Config
 from .db import check_schema, migrate, open_database, sqlite_path
 from .errors import StorageError
+from .handlers import Handlers
+from .integrity import verify_on_start
 from .logs import get_logger
+from .maintenance import Maintenance, ensure_incremental_vacuum, truncate_wal
 from .mqtt import Subscriber, receive_window
+from .notify import Notifier, Watchdog, stall_after
+from .reads import Reader, open_reader
+from .replay import CommitSignal
 from .stats import Stats
 from .writer import Writer
 
@@ -26,13 +32,18 @@ class Sidecar:
     """One running daemon. ``run()`` blocks until a stop signal, then shuts down in order:
     stop intake, flush and ack, publish ``offline``, disconnect."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None,
+                 watchdog_sec: float | None = None) -> None:
         self.config = config
+        self.notifier = notifier if notifier is not None else Notifier(None)  # systemd sd_notify
+        self.watchdog_sec = watchdog_sec  # $WATCHDOG_USEC: ping at half of it while healthy
+        self.maintenance: Maintenance | None = None
         self.stats = Stats()
         self._stop = threading.Event()
         self.db: peewee.SqliteDatabase | None = None
         self.writer: Writer | None = None
         self.subscriber: Subscriber | None = None
+        self.handlers: Handlers | None = None
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -40,9 +51,12 @@ class Sidecar:
     def open(self) -> None:
         """Open the database and bring the schema up to date (or refuse)."""
         cfg = self.config
+        verify_on_start(sqlite_path(cfg.database.url), cfg.database.startup_check)
         self.db = open_database(cfg.database)
+        truncate_wal(self.db, when="start")  # fold in what a crash left in the WAL
         if cfg.database.migrate_on_start:
             migrate(self.db)
+            ensure_incremental_vacuum(self.db)
         else:
             pending = check_schema(self.db)
             if pending:
@@ -60,18 +74,39 @@ class Sidecar:
         assert self.db is not None
         window = receive_window(cfg.mqtt, cfg.writer.queue_size)
         subscriber_ref: list[Subscriber] = []
+        commits = CommitSignal()
+        self.maintenance = Maintenance(self.db, cfg,
+                                       pending=lambda: self.writer.depth if self.writer else 0)
         self.writer = Writer(self.db, cfg.writer, ack=lambda tokens: subscriber_ref[0].ack(tokens),
-                             window=window, stats=self.stats)
+                             window=window, stats=self.stats, on_commit=commits.notify,
+                             maintenance=self.maintenance)
+        self.handlers = self._make_handlers(commits, subscriber_ref)
         self.subscriber = Subscriber(cfg.mqtt, cfg.ingest, self.writer,
-                                     queue_size=cfg.writer.queue_size)
+                                     queue_size=cfg.writer.queue_size,
+                                     on_request=self.handlers.submit if self.handlers else None,
+                                     api_base_topic=cfg.api.base_topic)
         subscriber_ref.append(self.subscriber)
         log.info("sidecar_starting", version=__version__, database=cfg.database.url,
                  synchronous=cfg.database.synchronous, batch_size=cfg.writer.batch_size,
                  flush_interval=cfg.writer.flush_interval, topics=cfg.mqtt.topics)
         self.writer.start()
+        if self.handlers is not None:
+            self.handlers.start()
         self.subscriber.start()
         code = self._main_loop(on_ready)
         return self._shutdown(code)
+
+    def _make_handlers(self, commits: CommitSignal,
+                       subscriber_ref: list[Subscriber]) -> Handlers | None:
+        """The request API (``[api]``): workers answer through the subscriber's client."""
+        cfg = self.config
+        if not cfg.api.enabled:
+            return None
+        writer = self.writer
+        return Handlers(cfg.api, Reader(open_reader(cfg.database)),
+                        publish=lambda *a, **k: subscriber_ref[0].publish(*a, **k),
+                        stats=self.stats, commits=commits, event_topics=cfg.mqtt.topics,
+                        queue_depth=lambda: writer.depth if writer is not None else 0)
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("stop_requested", signal=signal.Signals(signum).name)
@@ -80,24 +115,53 @@ class Sidecar:
     def _main_loop(self, on_ready: Callable[[], None] | None) -> int:
         assert self.writer is not None and self.subscriber is not None
         ready = False
+        watchdog = self._watchdog()
         while not self._stop.wait(0.2):
             if not self.writer.alive:
                 log.error("writer_died")
                 return 1
+            if watchdog is not None:
+                watchdog.tick()
             if not ready and self.subscriber.subscribed.is_set():
                 ready = True
                 log.info("sidecar_ready")
+                self.notifier.ready(f"storing {', '.join(self.config.mqtt.topics)}")
                 if on_ready is not None:
                     on_ready()
         return 0
 
+    def _watchdog(self) -> Watchdog | None:
+        """Pings systemd while the writer loops; a writer stuck longer than it ever legitimately
+        waits stops the pings, and systemd restarts the service."""
+        if self.watchdog_sec is None or not self.notifier.enabled:
+            return None
+        cfg = self.config
+        limit = stall_after(flush_interval=cfg.writer.flush_interval,
+                            busy_timeout=cfg.database.busy_timeout_ms / 1000,
+                            retry_max_delay=cfg.writer.retry_max_delay,
+                            watchdog_sec=self.watchdog_sec)
+        writer = self.writer
+        assert writer is not None
+
+        def health(now: float) -> str | None:
+            idle = now - writer.heartbeat
+            return f"writer stalled for {idle:.1f}s" if idle > limit else None
+
+        log.info("watchdog_enabled", interval=self.watchdog_sec / 2, stall_after=round(limit, 2))
+        return Watchdog(self.notifier, self.watchdog_sec, health)
+
     def _shutdown(self, code: int) -> int:
         assert self.writer is not None and self.subscriber is not None and self.db is not None
         started = time.monotonic()
+        self.notifier.stopping("stopping: flushing the queue")
         timeout = self.config.writer.shutdown_timeout
         self.subscriber.stop_intake()
+        if self.handlers is not None:
+            self.handlers.stop(min(timeout, 5.0))  # replay streams end with "shutdown"
         drained = self.writer.stop(timeout)
         self.subscriber.close()
+        if not self.writer.alive:
+            truncate_wal(self.db, when="stop")
         self.db.close()
         log.info("sidecar_stopped", drained=drained, seconds=round(time.monotonic() - started, 3),
                  events_stored=self.stats.events_stored, duplicates=self.stats.duplicates,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, admin, history
 from .config import Config, load_config
 from .errors import SidecarError
 from .logs import configure_logging
@@ -35,20 +35,31 @@ def _parser() -> argparse.ArgumentParser:
                           description="Validate and print the effective configuration. "
                                       "Example: kairo-sidecar config --config sidecar.toml")
     show.add_argument("--config", metavar="PATH")
+    history.add_parsers(sub)  # query, get, replay
+    admin.add_parsers(sub)  # purge, check, recover, backup, export, import
     return parser
 
 
 def _cmd_run(config: Config) -> int:
     from .app import Sidecar
+    from .config import systemd_environment
+    from .notify import Notifier
 
-    return Sidecar(config).run()
+    systemd = systemd_environment()
+    return Sidecar(config, notifier=Notifier(systemd.notify_socket),
+                   watchdog_sec=systemd.watchdog_sec).run()
 
 
 def _cmd_migrate(config: Config) -> int:
-    from .db import migrate, open_database
+    from .db import migrate, open_database, sqlite_path
+    from .integrity import verify_on_start
+    from .maintenance import ensure_incremental_vacuum, truncate_wal
 
+    verify_on_start(sqlite_path(config.database.url), config.database.startup_check)
     db = open_database(config.database)
+    truncate_wal(db, when="start")
     applied = migrate(db)
+    ensure_incremental_vacuum(db)
     db.close()
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
     return 0
@@ -72,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         configure_logging(config.log)
+        if args.command in history.COMMANDS:
+            return history.COMMANDS[args.command](args, config)
+        if args.command in admin.COMMANDS:
+            return admin.COMMANDS[args.command](args, config)
         return COMMANDS[args.command](config)
     except SidecarError as exc:
         print(f"kairo-sidecar: error: {exc}", file=sys.stderr)

@@ -10,12 +10,14 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
 
+from . import topics, units
 from .errors import ConfigError
+from .units import ByteSize, Duration
 
 ENV_PREFIX = "KAIRO_SIDECAR_"
 
@@ -49,8 +51,8 @@ class MQTTConfig(_Section, frozen=True):
     keepalive: Annotated[int, Meta(ge=5, le=65535)] = 60
     session_expiry: Annotated[int, Meta(ge=0, le=4294967295)] = 7 * 24 * 3600
     max_inflight: Annotated[int, Meta(ge=1, le=65535)] = 20
-    reconnect_min_delay: Annotated[float, Meta(gt=0)] = 1.0
-    reconnect_max_delay: Annotated[float, Meta(gt=0)] = 30.0
+    reconnect_min_delay: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    reconnect_max_delay: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     state_topic: Annotated[str, Meta(min_length=1)] = "kairo-sidecar/state"
 
 
@@ -60,6 +62,9 @@ class DatabaseConfig(_Section, frozen=True):
     busy_timeout_ms: Annotated[int, Meta(ge=0)] = 5000
     cache_size_kib: Annotated[int, Meta(ge=0)] = 8192
     migrate_on_start: bool = True
+    startup_check: Literal["quick", "full", "off"] = "quick"
+    checkpoint_interval: Duration = 300.0
+    journal_size_limit: ByteSize = 32 * 1024 * 1024
 
 
 class WriterConfig(_Section, frozen=True):
@@ -80,12 +85,48 @@ class LogConfig(_Section, frozen=True):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class ApiConfig(_Section, frozen=True):
+    """The request/response API on ``<base_topic>/request/<op>`` (see README "Request API")."""
+
+    enabled: bool = True
+    base_topic: Annotated[str, Meta(min_length=1, max_length=256,
+                                    pattern=r"^[^$#+/\x00]([^#+\x00]*[^#+/\x00])?$")] = "kairo-sidecar"
+    max_limit: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    max_streams: Annotated[int, Meta(ge=1, le=1000)] = 4
+    replay_inflight: Annotated[int, Meta(ge=1, le=1000)] = 8
+    max_duration: Annotated[float, Meta(gt=0)] = 3600.0
+    max_request_bytes: Annotated[int, Meta(ge=256, le=16_777_216)] = 65536
+    max_response_bytes: Annotated[int, Meta(ge=4096, le=268_435_455)] = 1_048_576
+    workers: Annotated[int, Meta(ge=1, le=64)] = 2
+    queue_size: Annotated[int, Meta(ge=1, le=100_000)] = 64
+
+
+class RetentionRule(_Section, frozen=True):
+    """``max_age`` for the event types matching the glob ``type`` (first matching rule wins)."""
+
+    type: Annotated[str, Meta(min_length=1)]
+    max_age: Duration
+
+
+class RetentionConfig(_Section, frozen=True):
+    """What the purge deletes (see README "Retention"); 0 means no limit."""
+
+    max_age: Duration = 0.0
+    max_events: Annotated[int, Meta(ge=0)] = 0
+    max_db_bytes: ByteSize = 0
+    rules: list[RetentionRule] = msgspec.field(default_factory=list)
+    interval: Duration = 3600.0
+    batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 2000
+
+
 class Config(_Section, frozen=True):
     mqtt: MQTTConfig = msgspec.field(default_factory=MQTTConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     writer: WriterConfig = msgspec.field(default_factory=WriterConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
 
 
 def default_database_url(environ: Mapping[str, str]) -> str:
@@ -95,11 +136,36 @@ def default_database_url(environ: Mapping[str, str]) -> str:
     return "sqlite:///" + str(base / "kairo.db")
 
 
+class SystemdEnv(NamedTuple):
+    """What systemd tells a ``Type=notify`` service through its environment."""
+
+    notify_socket: str | None  # $NOTIFY_SOCKET: where sd_notify messages go
+    watchdog_sec: float | None  # $WATCHDOG_USEC as seconds, when the watchdog is for this process
+
+
+def systemd_environment(environ: Mapping[str, str] | None = None) -> SystemdEnv:
+    """Read ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` (as sd_watchdog_enabled)."""
+    env = os.environ if environ is None else environ
+    socket_path = env.get("NOTIFY_SOCKET") or None
+    watchdog: float | None = None
+    pid = env.get("WATCHDOG_PID", "")
+    if not pid or pid == str(os.getpid()):
+        try:
+            usec = int(env.get("WATCHDOG_USEC", ""))
+        except ValueError:
+            usec = 0
+        watchdog = usec / 1_000_000 if usec > 0 else None
+    return SystemdEnv(socket_path, watchdog)
+
+
 def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
-    """Decode ``path`` (or the defaults), overlay the environment, validate, resolve defaults."""
+    """Decode ``path`` (or ``$KAIRO_SIDECAR_CONFIG``, or the defaults), overlay the environment,
+    validate, resolve defaults."""
     env = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     source = "defaults"
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
     if path is not None:
         source = str(path)
         data = _read_toml(Path(path))
@@ -108,10 +174,35 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
         if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
             _apply_env(data, name, value)
     config = _convert(data, "environment")
+    _check(config, source)
+    _check_api_topics(config, source)
     if not config.database.url:
         database = msgspec.structs.replace(config.database, url=default_database_url(env))
         config = msgspec.structs.replace(config, database=database)
     return config
+
+
+def _check(config: Config, source: str) -> None:
+    """Rules that involve more than one key."""
+    if config.mqtt.reconnect_min_delay > config.mqtt.reconnect_max_delay:
+        raise ConfigError("must not exceed mqtt.reconnect_max_delay", source=source,
+                          key="mqtt.reconnect_min_delay")
+
+
+def _check_api_topics(config: Config, source: str) -> None:
+    """The stored topics must never match the API's request or response topics: a request
+    must not become an event, and a stored answer would feed a live replay its own output."""
+    if not config.api.enabled:
+        return
+    base = config.api.base_topic
+    for i, topic in enumerate(config.mqtt.topics):
+        problem = topics.filter_error(topic)
+        if problem:
+            raise ConfigError(problem, source=source, key=f"mqtt.topics[{i}]")
+        for own in (f"{base}/request/#", f"{base}/response/#"):
+            if topics.overlaps(topic, own):
+                raise ConfigError(f"{topic!r} overlaps the API topics {own!r}: narrow it or "
+                                  "change api.base_topic", source=source, key=f"mqtt.topics[{i}]")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -132,7 +223,9 @@ _UNKNOWN_RE = re.compile(r"^Object contains unknown field `([^`]+)`")
 
 def _convert(data: dict[str, Any], source: str) -> Config:
     try:
-        return msgspec.convert(data, Config)
+        return msgspec.convert(units.parse_units(data, Config), Config)
+    except units.UnitError as exc:
+        raise ConfigError(str(exc), source=source, key=exc.key) from None
     except msgspec.ValidationError as exc:
         raise _config_error(str(exc), source) from None
 
@@ -194,15 +287,25 @@ def _struct_in(field_type: Any) -> type[msgspec.Struct] | None:
     return None
 
 
+def _is_container(field_type: Any) -> bool:
+    """Lists and tables are given as JSON in environment variables; strings never are."""
+    info = msgspec.inspect.type_info(field_type)
+    members = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
+    return any(isinstance(m, msgspec.inspect.ListType | msgspec.inspect.DictType
+                          | msgspec.inspect.StructType) for m in members)
+
+
 def _env_value(value: str, field_type: Any, name: str, key: str) -> Any:
     raw: Any = value
-    if value.lstrip().startswith(("[", "{")):
+    if _is_container(field_type) and value.lstrip().startswith(("[", "{")):
         try:
             raw = msgspec.json.decode(value)
         except msgspec.DecodeError:
             raw = value
     try:
-        return msgspec.convert(raw, field_type, strict=False)
+        return msgspec.convert(units.parse_units(raw, field_type, key), field_type, strict=False)
+    except units.UnitError as exc:
+        raise ConfigError(str(exc), source=f"environment variable {name}", key=exc.key) from None
     except msgspec.ValidationError as exc:
         text = _PATH_RE.sub("", str(exc))
         raise ConfigError(text, source=f"environment variable {name}", key=key) from None

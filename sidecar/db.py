@@ -44,6 +44,7 @@ def pragmas(config: DatabaseConfig) -> list[tuple[str, object]]:
         ("cache_size", -config.cache_size_kib),
         ("temp_store", "memory"),
         ("foreign_keys", 1),
+        ("journal_size_limit", config.journal_size_limit),
     ]
 
 
@@ -61,7 +62,9 @@ def open_database(config: DatabaseConfig, *, create: bool = True) -> peewee.Sqli
                                path=str(path)) from None
     db = peewee.SqliteDatabase(
         str(path),
-        pragmas=pragmas(config),
+        # auto_vacuum first: it only takes on a new file, before journal_mode writes the header
+        # (an existing file is converted once by maintenance.ensure_incremental_vacuum).
+        pragmas=[("auto_vacuum", "incremental"), *pragmas(config)],
         timeout=config.busy_timeout_ms / 1000,
         check_same_thread=False,
     )

@@ -53,7 +53,47 @@ class SchemaTooNewError(StorageError):
         )
 
 
+class CorruptDatabaseError(StorageError):
+    """The database file is damaged (an integrity check failed); it is left untouched."""
+
+    exit_code = 6
+
+    def __init__(self, *, path: str, problems: list[str]) -> None:
+        self.problems = problems
+        shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+        super().__init__(
+            f"database {path} is damaged ({shown}); it was left untouched. Run `kairo-sidecar check` "
+            f"for details, then `kairo-sidecar recover {path} NEW.db` to salvage what can be read "
+            "and point [database] url at NEW.db (or restore a backup)",
+            path=path,
+        )
+
+
+class DatabaseBusyError(StorageError):
+    """Another process kept the database locked for longer than the retry deadline."""
+
+    exit_code = 7
+
+
+class InputFileError(SidecarError):
+    """A file given on the command line (``import FILE``) is not what the command reads."""
+
+    exit_code = 2
+
+
 class BrokerError(SidecarError):
     """The MQTT broker cannot be reached or refused the connection."""
 
     exit_code = 5
+
+
+class RequestError(SidecarError):
+    """A request over the API cannot be served; ``code`` goes into the error answer
+    (``bad_request``, ``not_found``, ``busy``, ``too_large``, ``unknown_op``, ``internal``).
+    On the client side it is raised with the code and message the sidecar answered."""
+
+    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
+        self.code = code
+        self.message = message
+        self.field = field
+        super().__init__(f"{code}: {message}")

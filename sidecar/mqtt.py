@@ -8,9 +8,10 @@ previous connection are never acked on a new one (the broker re-sends those mess
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -22,6 +23,7 @@ from .config import IngestConfig, MQTTConfig
 from .errors import PayloadError
 from .ingest import dead_letter, decode_message, now_ms
 from .logs import RateLimited, get_logger
+from .requests import RequestMessage
 from .writer import Delivery, Writer
 
 log = get_logger("sidecar.mqtt")
@@ -40,14 +42,29 @@ def receive_window(config: MQTTConfig, queue_size: int) -> int:
     return config.max_inflight
 
 
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Disable Nagle: an API answer written right after a PUBACK would otherwise wait for the
+    broker's delayed TCP ACK (about 40 ms per request)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class Subscriber:
     """A persistent-session subscriber feeding the writer."""
 
     def __init__(self, config: MQTTConfig, ingest: IngestConfig, writer: Writer, *,
-                 queue_size: int) -> None:
+                 queue_size: int, on_request: Callable[[RequestMessage], None] | None = None,
+                 api_base_topic: str = "kairo-sidecar") -> None:
         self._config = config
         self._ingest = ingest
         self._writer = writer
+        # Requests (``<base>/request/<op>``) are acked at once and handed to ``on_request``;
+        # they are never events. Config makes sure the event topics cannot match them.
+        self._on_request = on_request
+        self._request_prefix = f"{api_base_topic}/request/" if on_request is not None else None
+        self._subscriptions = [(topic, config.qos) for topic in config.topics]
+        if self._request_prefix is not None:
+            self._subscriptions.append((self._request_prefix + "#", 1))
         self.window = receive_window(config, queue_size)
         self._generation = 0
         self._accepting = True
@@ -83,6 +100,7 @@ class Subscriber:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_socket_open = _no_delay
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -143,14 +161,22 @@ class Subscriber:
         self._generation += 1
         session_present = bool(getattr(flags, "session_present", False))
         log.info("mqtt_connected", session_present=session_present, generation=self._generation)
-        if not session_present and self._generation > 1:
-            log.warning("mqtt_session_lost",
-                        hint="the broker kept no session: messages published while the sidecar "
-                             "was away may be missing (check persistence and session expiry)")
+        if not session_present:
+            # A new session has no subscription yet, so nothing arrives until we subscribe:
+            # subscribe only once the writer has forgotten the old session's packet ids.
+            self._writer.session_reset(then=self._subscribe)
+            event = "mqtt_session_lost" if self._generation > 1 else "mqtt_session_new"
+            (log.warning if self._generation > 1 else log.info)(
+                event, hint="the broker holds no session for this client id: messages published "
+                            "while none existed are not stored (first start, or broker "
+                            "persistence/session expiry lost it)")
+        else:
+            self._subscribe()
         self.connected.set()
-        qos = self._config.qos
-        client.subscribe([(topic, qos) for topic in self._config.topics])
         client.publish(self._config.state_topic, b"online", qos=1, retain=True)
+
+    def _subscribe(self) -> None:
+        self._client.subscribe(self._subscriptions)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         log.warning("mqtt_connect_failed", host=self._config.host, port=self._config.port)
@@ -166,7 +192,7 @@ class Subscriber:
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
                       properties: Any) -> None:
-        failed = [(t, str(r)) for t, r in zip(self._config.topics, reasons, strict=False)
+        failed = [(t, str(r)) for (t, _), r in zip(self._subscriptions, reasons, strict=False)
                   if r.is_failure]
         if failed:
             log.error("mqtt_subscribe_refused", topics=failed)
@@ -177,6 +203,9 @@ class Subscriber:
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if not self._accepting:
             return  # not acked: the broker delivers it again after the restart
+        if self._request_prefix is not None and self._topic(msg).startswith(self._request_prefix):
+            self._request(client, msg)
+            return
         received_at = now_ms()
         try:
             row = self._to_row(msg, received_at)
@@ -214,3 +243,36 @@ class Subscriber:
             return msg.topic
         except UnicodeDecodeError:
             return msg._topic.decode("utf-8", "backslashreplace")
+
+    # ------------------------------------------------------------------ API requests and answers
+    def _request(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
+        """Ack a request at once (it is not an event) and hand it to the API workers."""
+        if msg.qos:
+            client.ack(msg.mid, msg.qos)
+        assert self._on_request is not None and self._request_prefix is not None
+        props = getattr(msg, "properties", None)
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        try:
+            self._on_request(RequestMessage(
+                op=self._topic(msg)[len(self._request_prefix):],
+                payload=bytes(msg.payload),
+                response_topic=getattr(props, "ResponseTopic", None) if props is not None else None,
+                correlation_data=bytes(correlation) if correlation is not None else None,
+                content_type=getattr(props, "ContentType", None) if props is not None else None,
+                retain=bool(msg.retain),
+            ))
+        except Exception:  # never let a request crash the network thread
+            log.exception("request_handoff_failed")
+
+    def publish(self, topic: str, payload: bytes, *, correlation_data: bytes | None = None,
+                content_type: str | None = None) -> paho.MQTTMessageInfo:
+        """Publish an answer at QoS 1 (thread-safe); the returned info tells when the broker
+        has acked it, which is how replay streams bound their messages in flight."""
+        properties = None
+        if self._config.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)
+            if content_type:
+                properties.ContentType = content_type
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
+        return self._client.publish(topic, payload, qos=1, properties=properties)

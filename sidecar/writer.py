@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import peewee
 
@@ -22,11 +22,12 @@ from models import DeadLetter, DeliveryId, Event
 
 from .config import WriterConfig
 from .ingest import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, DeadLetterRow, EventRow, now_ms, uuid7
-from .logs import get_logger
+from .logs import RateLimited, get_logger
 from .stats import Stats
 
 log = get_logger("sidecar.writer")
 
+T = TypeVar("T")
 AckToken = tuple[int, int]  # (connection generation, packet id)
 AckFn = Callable[[Sequence[AckToken]], None]
 
@@ -42,6 +43,13 @@ class Delivery(NamedTuple):
 
 
 _STOP = object()
+
+
+class _Reset(NamedTuple):
+    """Queue marker: the MQTT session is new; forget recorded packet ids, then call ``then``."""
+
+    then: Callable[[], None]
+
 
 # Errors worth retrying: the database is locked, busy, full, read-only or failing I/O. Anything
 # else is about the data, and retrying the same batch would block ingest forever.
@@ -68,10 +76,13 @@ class Writer:
     """Owns the queue and the only write connection."""
 
     def __init__(self, db: peewee.Database, config: WriterConfig, *, ack: AckFn, window: int,
-                 stats: Stats) -> None:
+                 stats: Stats, on_commit: Callable[[], None] | None = None,
+                 maintenance: Callable[[], None] | None = None) -> None:
         self._db = db
+        self._maintenance = maintenance  # one short step between batches (checkpoint, purge)
         self._config = config
         self._ack = ack
+        self._on_commit = on_commit  # called after each commit that stored events (live replay)
         self._window = window
         self.stats = stats
         self._queue: queue.SimpleQueue[Delivery | object] = queue.SimpleQueue()
@@ -83,9 +94,15 @@ class Writer:
         self.heartbeat = time.monotonic()
         self.failing = False
         self._abandoned = 0  # deliveries left unwritten (and unacked) at a shutdown deadline
+        self._room = threading.Event()  # set by the writer after it takes a batch
+        self._overrun_log = RateLimited(period=60.0, burst=1)
+        self._mapped: set[int] | None = None  # packet ids in delivery_ids (writer thread)
+        self._pending_reset: _Reset | None = None
         self._event_sql = _insert_sql(Event, EVENT_COLUMNS)
         self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
         self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
+        self._delivery_delete_sql = DeliveryId.delete().where(DeliveryId.mid == 0).sql()[0]
+        self._delivery_reset_sql = DeliveryId.delete().sql()[0]
 
     # -------------------------------------------------------------- network thread side
     @property
@@ -94,15 +111,39 @@ class Writer:
 
     def submit(self, delivery: Delivery) -> bool:
         """Queue a delivery. A QoS 0 one is refused (False) when the queue is full; QoS 1 never
-        is: the broker's in-flight window, sized to the queue, bounds those."""
-        if delivery.qos == 0 and self._queue.qsize() >= self._config.queue_size:
-            self.stats.qos0_dropped += 1
-            return False
+        is: the broker's in-flight window, sized to the queue, bounds those. Should a broker
+        send more than its window anyway, the caller (the network thread) waits here for room,
+        which pushes back on the broker through TCP instead of growing the queue."""
+        limit = self._config.queue_size
+        if self._queue.qsize() >= limit:
+            if delivery.qos == 0:
+                self.stats.qos0_dropped += 1
+                return False
+            self._wait_for_room(limit)
         if delivery.qos:
             self._received_qos1 += 1
         self.stats.received += 1
         self._queue.put(delivery)
         return True
+
+    def _wait_for_room(self, limit: int) -> None:
+        allowed, _ = self._overrun_log.allow()
+        if allowed:
+            log.warning("broker_exceeded_receive_window", queue_size=limit,
+                        hint="the broker sent more unacked QoS 1 messages than asked; waiting")
+        while self._queue.qsize() >= limit and self.alive and not self._stopping.is_set():
+            self._room.wait(0.05)
+            self._room.clear()
+
+    def session_reset(self, then: Callable[[], None]) -> None:
+        """The broker started a new session: no message of the old one will come again, and
+        packet ids start afresh, so the ids recorded for id-less events must be forgotten.
+
+        After the messages queued before it are written, the records are deleted in their own
+        transaction and ``then`` is called: the subscriber subscribes only then, so no message
+        of the new session can meet a stale record, even across a crash.
+        """
+        self._queue.put(_Reset(then))
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -153,6 +194,9 @@ class Writer:
             return batch, self._stopping.is_set()
         if first is _STOP:
             return batch, True
+        if type(first) is _Reset:
+            self._pending_reset = first
+            return batch, False
         batch.append(first)  # type: ignore[arg-type]
         deadline = time.monotonic() + self._config.flush_interval
         size = self._config.batch_size
@@ -173,10 +217,21 @@ class Writer:
             if item is _STOP:
                 stop = True
                 break
+            if type(item) is _Reset:  # the batch holds the old session's messages: reset after
+                self._pending_reset = item
+                break
             batch.append(item)  # type: ignore[arg-type]
+        self._room.set()
         return batch, stop
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.exception("writer_crashed")  # the app sees the thread gone and exits non-zero
+            raise
+
+    def _loop(self) -> None:
         log.info("writer_started", batch_size=self._config.batch_size,
                  flush_interval=self._config.flush_interval, window=self._window)
         while True:
@@ -184,32 +239,60 @@ class Writer:
             batch, stop = self._collect()
             if batch and not self._write_with_retry(batch):
                 break  # shutdown deadline passed while the database failed: nothing acked
+            if self._pending_reset is not None:
+                reset, self._pending_reset = self._pending_reset, None
+                if self._retrying(self._reset_delivery_ids, 0) is None:
+                    break
+                reset.then()
             if stop or (self._stopping.is_set() and self._queue.empty()):
                 break
+            if self._maintenance is not None and not self._stopping.is_set():
+                self._run_maintenance(self._maintenance)
         log.info("writer_stopped", queued=self._queue.qsize())
 
+    @staticmethod
+    def _run_maintenance(step: Callable[[], None]) -> None:
+        """One maintenance step between two batches; its failure never stops the writer."""
+        try:
+            step()
+        except Exception:
+            log.exception("maintenance_failed")
+
     def _write_with_retry(self, batch: list[Delivery]) -> bool:
-        """Write the batch; retry transient database errors with back-off, never acking
-        meanwhile. A batch the database refuses for its content is written event by event so
-        the offending one becomes a dead letter instead of blocking everything behind it."""
+        """Write the batch and release its acks; False if abandoned at the shutdown deadline."""
+        written = self._retrying(lambda: self._write_or_isolate(batch), len(batch))
+        if written is None:
+            return False
+        self._release(written)
+        return True
+
+    def _write_or_isolate(self, batch: list[Delivery]) -> list[Delivery]:
+        """A batch the database refuses for its content is written event by event so the
+        offending one becomes a dead letter instead of blocking everything behind it."""
+        try:
+            self._write(batch)
+            return batch
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            log.error("batch_refused_isolating", error=repr(exc), rows=len(batch))
+            return self._write_isolating(batch)
+
+    def _retrying(self, action: Callable[[], T], rows: int) -> T | None:
+        """Run ``action``, retrying transient database errors with back-off (nothing is acked
+        meanwhile); ``None`` when the shutdown deadline passes first."""
         delay = 0.05
         while True:
             try:
-                try:
-                    self._write(batch)
-                except TRANSIENT_ERRORS:
-                    raise
-                except Exception as exc:
-                    log.error("batch_refused_isolating", error=repr(exc), rows=len(batch))
-                    batch = self._write_isolating(batch)
+                result = action()
             except TRANSIENT_ERRORS as exc:
                 self.failing = True
                 self.stats.write_errors += 1
-                log.error("batch_write_failed", error=str(exc), rows=len(batch), retry_in=delay)
+                log.error("batch_write_failed", error=str(exc), rows=rows, retry_in=delay)
                 if time.monotonic() + delay > self._deadline:
-                    log.error("batch_abandoned_at_shutdown", rows=len(batch))
-                    self._abandoned += len(batch)
-                    return False
+                    log.error("batch_abandoned_at_shutdown", rows=rows)
+                    self._abandoned += rows
+                    return None
                 self.heartbeat = time.monotonic()
                 time.sleep(delay)
                 delay = min(delay * 2, self._config.retry_max_delay)
@@ -217,8 +300,14 @@ class Writer:
             if self.failing:
                 log.info("batch_write_recovered")
                 self.failing = False
-            self._release(batch)
-            return True
+            return result
+
+    def _reset_delivery_ids(self) -> bool:
+        with self._db.atomic("IMMEDIATE"):
+            self._db.cursor().execute(self._delivery_reset_sql)
+        self._mapped = set()
+        log.info("delivery_ids_reset")
+        return True
 
     def _write_isolating(self, batch: list[Delivery]) -> list[Delivery]:
         """The slow path: one transaction per delivery; refused ones become dead letters."""
@@ -251,18 +340,31 @@ class Writer:
                 events.append(delivery.row)
             else:
                 dead.append(delivery.row)  # type: ignore[arg-type]
+        if self._mapped is None:
+            known_mids: Any = DeliveryId.select(DeliveryId.mid).tuples()
+            self._mapped = {mid for (mid,) in known_mids}
+        mapped = self._mapped
+        # A fresh (not DUP) message with a recorded packet id proves the broker got our ack for
+        # the earlier one: its record is obsolete (else a later DUP copy could match it).
+        stale = [(d.mid,) for d in batch if d.qos and not d.dup and d.mid in mapped]
         with self._db.atomic("IMMEDIATE"):
             cursor = self._db.cursor()
+            if stale:
+                cursor.executemany(self._delivery_delete_sql, stale)
             id_less = [i for i, d in enumerate(batch)
                        if type(d.row) is EventRow and d.row.id is None]
+            recorded: list[int] = []
             if id_less:
-                events = self._assign_ids(cursor, batch, id_less)
+                events, recorded = self._assign_ids(cursor, batch, id_less)
             inserted = 0
             if events:
                 cursor.executemany(self._event_sql, events)
                 inserted = max(cursor.rowcount, 0)
             if dead:
                 cursor.executemany(self._dead_sql, dead)
+        if stale or recorded:
+            mapped.difference_update(mid for (mid,) in stale)
+            mapped.update(recorded)
         stats = self.stats
         stats.events_stored += inserted
         stats.duplicates += len(events) - inserted
@@ -271,13 +373,16 @@ class Writer:
         stats.last_commit_at = time.time()
         oldest = min(d.row.received_at for d in batch)
         stats.last_commit_lag_ms = now_ms() - oldest
+        if inserted and self._on_commit is not None:
+            self._on_commit()
         log.debug("batch_committed", rows=len(events), inserted=inserted, dead_letters=len(dead),
                   ms=round((time.perf_counter() - started) * 1000, 2))
 
     def _assign_ids(self, cursor: sqlite3.Cursor, batch: list[Delivery],
-                    id_less: list[int]) -> list[EventRow]:
+                    id_less: list[int]) -> tuple[list[EventRow], list[int]]:
         """Give id-less events an id; a redelivered copy (DUP, same packet id and content) gets
-        the id its first copy got, so insert-or-ignore drops it."""
+        the id its first copy got, so insert-or-ignore drops it. Returns the event rows and the
+        packet ids recorded."""
         known: dict[int, tuple[str, bytes]] = {}
         dup_mids = [batch[i].mid for i in id_less if batch[i].dup and batch[i].qos]
         if dup_mids:
@@ -302,7 +407,8 @@ class Writer:
             batch[i] = delivery._replace(row=row._replace(id=event_id))
         if records:
             cursor.executemany(self._delivery_sql, records)
-        return [d.row for d in batch if type(d.row) is EventRow]
+        events = [d.row for d in batch if type(d.row) is EventRow]
+        return events, [mid for mid, _, _ in records]
 
     def _release(self, batch: list[Delivery]) -> None:
         tokens = [(d.generation, d.mid) for d in batch if d.qos]
