@@ -35,6 +35,7 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
 
         class Meta:
             table_name = "events"
+            legacy_table_names = False
             indexes = ((("type", "created_at"), False), (("created_at",), False))
 
     Event.add_index(Event.index(Event.correlation_id, name="events_correlation_id")

@@ -60,11 +60,13 @@ def open_database(config: DatabaseConfig, *, create: bool = True) -> peewee.Sqli
         except OSError as exc:
             raise StorageError(f"cannot create directory {path.parent}: {exc.strerror}",
                                path=str(path)) from None
+    # auto_vacuum first, and only on a new file: it takes before journal_mode writes the header
+    # (an existing file is converted once by maintenance.ensure_incremental_vacuum). Setting it
+    # on an existing file would rewrite page 1, and opening must not write.
+    new_file = not path.exists() or path.stat().st_size == 0
     db = peewee.SqliteDatabase(
         str(path),
-        # auto_vacuum first: it only takes on a new file, before journal_mode writes the header
-        # (an existing file is converted once by maintenance.ensure_incremental_vacuum).
-        pragmas=[("auto_vacuum", "incremental"), *pragmas(config)],
+        pragmas=[("auto_vacuum", "incremental"), *pragmas(config)] if new_file else pragmas(config),
         timeout=config.busy_timeout_ms / 1000,
         check_same_thread=False,
     )
