@@ -27,6 +27,7 @@ class Event(BaseModel):
         table_name = "events"
         indexes = (
             (("type", "created_at"), False),
+            (("type", "seq"), False),  # a type's events in seq order (queries); migration 002
             (("created_at",), False),
         )
 
