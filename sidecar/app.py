@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,11 @@ from .stats import Stats
 from .writer import Writer
 
 log = get_logger("sidecar.app")
+
+# Under load the paho network thread runs Python without pause, and the writer re-takes the GIL
+# after each SQLite call: at the default 5 ms switch interval every re-take can wait 5 ms (a
+# measured 16k -> 19k events/s live with 1 ms, BENCHMARKS.md).
+GIL_SWITCH_INTERVAL = 0.001
 
 
 class Sidecar:
@@ -67,6 +73,7 @@ class Sidecar:
     def run(self, *, install_signals: bool = True,
             on_ready: Callable[[], None] | None = None) -> int:
         cfg = self.config
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._signal)

@@ -13,6 +13,7 @@ the request is logged as ``request_dropped`` and not answered.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -39,6 +40,8 @@ from .requests import (
 from .stats import Stats
 
 log = get_logger("sidecar.handlers")
+
+ANSWER_WAIT = 5.0  # seconds a worker waits for the broker to take an answer
 
 
 class Publish(Protocol):
@@ -160,18 +163,30 @@ class Handlers:
                 raise RequestError("too_large", f"request of {len(msg.payload)} bytes exceeds "
                                    f"max_request_bytes {self._config.max_request_bytes}")
             if msg.op not in requests.REQUEST_TYPES:
-                raise RequestError("unknown_op", f"unknown operation {msg.op!r}; one of "
+                raise RequestError("unknown_op", f"unknown operation {msg.op!r:.200}; one of "
                                    + ", ".join(requests.OPS))
             data = self._dispatch(requests.decode_request(msg), reply)
             if data is not _STREAMING:
-                reply.send(requests.ok(data, reply.transaction))
+                self._delivered(reply.send(requests.ok(data, reply.transaction)))
         except RequestError as exc:
             self._log_error(msg.op, exc)
             reply.send(requests.error(exc, reply.transaction))
         except StorageError as exc:
             log.error("request_failed", op=msg.op, error=str(exc))
             reply.send(requests.error(RequestError("internal", str(exc)), reply.transaction))
+        except Exception as exc:  # a bug: still answer, never leave the requester waiting
+            log.exception("request_failed", op=msg.op)
+            reply.send(requests.error(RequestError("internal", f"internal error: {exc!r:.300}"),
+                                      reply.transaction))
         log.debug("request_answered", op=msg.op, ms=round((time.perf_counter() - started) * 1000, 2))
+
+    @staticmethod
+    def _delivered(sent: Sent) -> None:
+        """Wait (at most ``ANSWER_WAIT``) until the broker has the answer, so a worker never has
+        more than one answer (up to ``max_response_bytes``) in the MQTT client's send queue: a
+        flood of large queries cannot pile answers up in memory."""
+        with contextlib.suppress(RuntimeError, ValueError):  # not connected: paho keeps it queued
+            sent.wait_for_publish(ANSWER_WAIT)
 
     def reply_for(self, msg: RequestMessage) -> Reply | None:
         """Where to answer ``msg``, or ``None`` (logged) when it cannot be answered."""
@@ -244,8 +259,10 @@ class Handlers:
     def _query(self, request: QueryRequest, fmt: str) -> dict[str, Any]:
         self._check_limit(request.limit, "limit")
         cond = conditions(request)
-        rows = self._reader.page(cond, limit=request.limit + 1, order=request.order)
-        more = len(rows) > request.limit
+        # Read no further than the answer can hold: large events never fill memory.
+        rows, cut = self._reader.page_within(cond, limit=request.limit + 1, order=request.order,
+                                             max_bytes=self._config.max_response_bytes)
+        more = cut or len(rows) > request.limit
         rows = rows[: request.limit]
         size = 0
         for i, row in enumerate(rows):

@@ -23,6 +23,7 @@ from .config import IngestConfig, MQTTConfig
 from .errors import PayloadError
 from .ingest import dead_letter, decode_message, now_ms
 from .logs import RateLimited, get_logger
+from .mqtt_client import Client
 from .requests import RequestMessage
 from .writer import Delivery, Writer
 
@@ -76,10 +77,10 @@ class Subscriber:
         self._client = self._make_client()
 
     # ------------------------------------------------------------------ set-up
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> Client:
         cfg = self._config
         v5 = cfg.protocol == "5"
-        client = paho.Client(
+        client = Client(  # paho's, with buffered reads and batched acks (mqtt_client)
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
@@ -142,13 +143,9 @@ class Subscriber:
     # ------------------------------------------------------------------ acks (writer thread)
     def ack(self, tokens: Sequence[tuple[int, int]]) -> None:
         generation = self._generation
-        client = self._client
-        stale = 0
-        for token_generation, mid in tokens:
-            if token_generation == generation:
-                client.ack(mid, 1)
-            else:
-                stale += 1
+        mids = [mid for token_generation, mid in tokens if token_generation == generation]
+        self._client.ack_many(mids)  # one write for the batch, in receive order
+        stale = len(tokens) - len(mids)
         if stale:
             log.info("acks_skipped_after_reconnect", count=stale)
 

@@ -19,7 +19,16 @@ from . import topics
 from .config import DatabaseConfig
 from .db import pragmas, sqlite_path
 from .errors import StorageError
-from .queries import MQTT_MATCH_FUNCTION, Conditions, by_id, page, summary
+from .queries import (
+    MQTT_MATCH_FUNCTION,
+    Conditions,
+    by_id,
+    by_seqs,
+    page,
+    page_keys,
+    summary,
+)
+from .requests import event_size
 
 Row = tuple[Any, ...]
 
@@ -67,6 +76,33 @@ class Reader:
     def page(self, cond: Conditions, *, limit: int, order: str = "asc",
              after: int | None = None) -> list[Row]:
         return self._all(page(cond, limit=limit, order=order, after=after))
+
+    def page_within(self, cond: Conditions, *, limit: int, max_bytes: int, order: str = "asc",
+                    after: int | None = None) -> tuple[list[Row], bool]:
+        """A page as ``page`` gives it, in bounded memory whatever the events' size: first the
+        ``seq`` keys of the page (a sort, if the plan needs one, holds only integers), then the
+        rows by key, read one at a time, stopping after the row that takes the answer size
+        (``requests.event_size``) past ``max_bytes``. Returns the rows and whether more rows
+        may match (a full page of keys, or stopped for size): continue after the last row."""
+        rows: list[Row] = []
+        size = 0
+        try:
+            seqs = [seq for (seq,) in self.db.execute(
+                page_keys(cond, limit=limit, order=order, after=after)).fetchall()]
+            if not seqs:
+                return rows, False
+            cursor = self.db.execute(by_seqs(seqs, order=order))
+            try:
+                for row in cursor:
+                    rows.append(row)
+                    size += event_size(row)
+                    if size > max_bytes and len(rows) < len(seqs):
+                        return rows, True
+            finally:
+                cursor.close()
+        except (peewee.DatabaseError, sqlite3.Error) as exc:
+            raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
+        return rows, len(seqs) == limit
 
     def get(self, event_id: str) -> Row | None:
         rows = self._all(by_id(event_id))

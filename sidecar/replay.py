@@ -188,7 +188,9 @@ class ReplayStream:
         while True:
             self._check()
             self._wake.clear()  # a commit after this point wakes the wait below
-            rows = self._reader.page(self._cond, limit=self._page_size, after=cursor)
+            # A page holds at most about one message's worth of events (large events).
+            rows, cut = self._reader.page_within(self._cond, limit=self._page_size, after=cursor,
+                                                 max_bytes=self._max_bytes)
             for row in rows:
                 cursor = row[0]
                 if not live:
@@ -206,7 +208,7 @@ class ReplayStream:
                 if len(batch) >= self._batch_size:
                     self._flush(batch)
                     batch, size = [], 0
-            if len(rows) == self._page_size:
+            if cut or len(rows) == self._page_size:
                 continue
             self._flush(batch)
             batch, size = [], 0

@@ -7,6 +7,8 @@ field, never a silent default.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, NamedTuple
@@ -21,6 +23,7 @@ OPS = ("query", "get", "replay", "replay/cancel", "stats")
 
 Text = Annotated[str, Meta(min_length=1, max_length=1024)]
 Scalar = str | int | float | bool | None
+MAX_INT64 = 2**63 - 1  # SQLite's largest INTEGER (and seq)
 
 
 class RequestMessage(NamedTuple):
@@ -52,7 +55,7 @@ class Filter(_Request, frozen=True):
     correlation_id: Text | None = None
     causation_id: Text | None = None
     trace_id: Text | None = None
-    after: Annotated[int, Meta(ge=0)] | None = None
+    after: Annotated[int, Meta(ge=0, le=MAX_INT64)] | None = None
     where: Annotated[dict[str, Scalar], Meta(min_length=1, max_length=16)] | None = None
 
 
@@ -116,7 +119,7 @@ def envelope(msg: RequestMessage) -> tuple[Any, Any]:
         return None, None
     try:
         env = _ENVELOPE[body_format(msg)].decode(msg.payload)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return None, None
     return env.transaction, env.reply_to
 
@@ -135,6 +138,8 @@ def decode_request(msg: RequestMessage) -> _Request:
         raise RequestError("bad_request", f"malformed {name}: {exc}") from None
     except RecursionError:
         raise RequestError("bad_request", "request nested too deeply") from None
+    except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a string
+        raise RequestError("bad_request", "invalid UTF-8 in a string") from None
 
 
 def validation_error(message: str) -> RequestError:
@@ -167,10 +172,43 @@ def event_out(row: EventTuple, fmt: str) -> dict[str, Any]:
         body: Any = msgspec.Raw(payload.encode())
         meta: Any = msgspec.Raw(metadata.encode())
     else:
-        body, meta = wire.JSON_ANY.decode(payload), wire.JSON_ANY.decode(metadata)
+        body, meta = _json_value(payload), _json_value(metadata)
     return {"seq": seq, "id": id_, "topic": topic, "type": type_, "source": source,
             "payload": body, "metadata": meta, "created_at": created_at,
             "received_at": received_at}
+
+
+def _json_value(text: str) -> Any:
+    """A stored JSON column decoded for a MessagePack answer. The store keeps a payload's numbers
+    as they came, and JSON allows numbers no double or 64-bit integer holds (``1e999``, 400
+    digits): msgspec refuses those, so the slow path reads them as floats (``1e999`` is inf)."""
+    try:
+        return wire.JSON_ANY.decode(text)
+    except msgspec.ValidationError:
+        return json.loads(text, parse_int=_int_or_float)
+
+
+def _int_or_float(digits: str) -> int | float:
+    value = float(digits) if len(digits) > 20 else int(digits)
+    return value if -2**63 <= value < 2**64 else float(value)
+
+
+def _fit_msgpack(value: Any) -> Any:
+    """``value`` with the integers MessagePack cannot carry (beyond 64 bits) as floats."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if -2**63 <= value < 2**64:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, dict):
+        return {k: _fit_msgpack(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_fit_msgpack(v) for v in value]
+    return value
 
 
 def event_size(row: EventTuple) -> int:
@@ -196,7 +234,12 @@ def error(exc: RequestError, transaction: Any) -> dict[str, Any]:
 
 
 def encode(answer: Any, fmt: str) -> bytes:
-    return wire.MSGPACK_ENCODER.encode(answer) if fmt == "msgpack" else wire.JSON_ENCODER.encode(answer)
+    if fmt != "msgpack":
+        return wire.JSON_ENCODER.encode(answer)
+    try:
+        return wire.MSGPACK_ENCODER.encode(answer)
+    except OverflowError:  # an integer beyond 64 bits in a stored payload (the slow path)
+        return wire.MSGPACK_ENCODER.encode(_fit_msgpack(answer))
 
 
 CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}

@@ -20,7 +20,10 @@ import peewee
 
 from models import DeadLetter, DeliveryId, Event
 
+from .bulk import BulkInsert
 from .config import WriterConfig
+from .conflicts import find_conflicts
+from .dberror import describe as describe_error
 from .ingest import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, DeadLetterRow, EventRow, now_ms, uuid7
 from .logs import RateLimited, get_logger
 from .stats import Stats
@@ -99,6 +102,7 @@ class Writer:
         self._mapped: set[int] | None = None  # packet ids in delivery_ids (writer thread)
         self._pending_reset: _Reset | None = None
         self._event_sql = _insert_sql(Event, EVENT_COLUMNS)
+        self._event_insert = BulkInsert.for_sqlite(self._event_sql, len(EVENT_COLUMNS))
         self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
         self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
         self._delivery_delete_sql = DeliveryId.delete().where(DeliveryId.mid == 0).sql()[0]
@@ -288,7 +292,8 @@ class Writer:
             except TRANSIENT_ERRORS as exc:
                 self.failing = True
                 self.stats.write_errors += 1
-                log.error("batch_write_failed", error=str(exc), rows=rows, retry_in=delay)
+                error, code = describe_error(exc)  # the cause, not Peewee's failed ROLLBACK
+                log.error("batch_write_failed", error=error, code=code, rows=rows, retry_in=delay)
                 if time.monotonic() + delay > self._deadline:
                     log.error("batch_abandoned_at_shutdown", rows=rows)
                     self._abandoned += rows
@@ -357,9 +362,13 @@ class Writer:
             if id_less:
                 events, recorded = self._assign_ids(cursor, batch, id_less)
             inserted = 0
+            conflicts = 0
             if events:
-                cursor.executemany(self._event_sql, events)
-                inserted = max(cursor.rowcount, 0)
+                inserted = self._event_insert.run(cursor, events)  # few calls, few GIL waits
+                if inserted < len(events):  # ids already stored: redeliveries, or conflicts?
+                    refused = find_conflicts(cursor, events)
+                    conflicts = len(refused)
+                    dead = [*dead, *refused]
             if dead:
                 cursor.executemany(self._dead_sql, dead)
         if stale or recorded:
@@ -367,7 +376,7 @@ class Writer:
             mapped.update(recorded)
         stats = self.stats
         stats.events_stored += inserted
-        stats.duplicates += len(events) - inserted
+        stats.duplicates += len(events) - inserted - conflicts
         stats.dead_letters += len(dead)
         stats.batches += 1
         stats.last_commit_at = time.time()

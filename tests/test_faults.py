@@ -8,21 +8,30 @@ correctness. Evidence for a failure is in ``tmp_path/sidecar.log`` and
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests import scenarios
 from tests.broker import Broker
 from tests.conftest import SidecarProcess, count_rows, wait_until
+from tests.faultkit import (
+    assert_exactly,
+    exclusive_lock,
+    last_event,
+    log_events,
+    probe,
+    sidecar_env,
+    skip_reason_external,
+    stored_ids,
+    wait_probe_handled,
+    wait_rows,
+)
 from tests.publisher import Message, Publisher, encode, event_messages, make_event, publish_all
 
 pytestmark = pytest.mark.slow
@@ -30,96 +39,10 @@ pytestmark = pytest.mark.slow
 SidecarFactory = Callable[..., SidecarProcess]
 
 
-# ---------------------------------------------------------------------------- helpers
 def skip_if_external() -> None:
-    if os.environ.get("KAIRO_TEST_BROKER", "").startswith("external:"):
-        pytest.skip("broker restarts need a local or docker broker")
-
-
-def stored_ids(db_path: Path) -> tuple[int, int, set[str]]:
-    """(count(*), count(DISTINCT id), the set of ids) of ``events``."""
-    con = sqlite3.connect(db_path, timeout=30)
-    try:
-        total, distinct = con.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone()
-        ids = {row[0] for row in con.execute("SELECT id FROM events")}
-    finally:
-        con.close()
-    return total, distinct, ids
-
-
-def assert_exactly(db_path: Path, expected: set[str]) -> None:
-    total, distinct, ids = stored_ids(db_path)
-    assert total == distinct == len(expected), (total, distinct, len(expected))
-    assert ids == expected, (f"missing {sorted(expected - ids)[:10]}, "
-                             f"unexpected {sorted(ids - expected)[:10]}")
-
-
-def wait_rows(db_path: Path, n: int, timeout: float, table: str = "events",
-              sidecar: SidecarProcess | None = None) -> None:
-    def reached() -> bool:
-        if sidecar is not None and sidecar.proc is not None and sidecar.proc.poll() is not None:
-            raise AssertionError(f"sidecar exited ({sidecar.proc.returncode}) while waiting "
-                                 f"for {n} rows in {table}:\n{sidecar.log_text()[-4000:]}")
-        return count_rows(db_path, table) >= n
-
-    try:
-        wait_until(reached, timeout=timeout, interval=0.1, message=f"{n} rows in {table}")
-    except AssertionError:
-        raise AssertionError(f"{count_rows(db_path, table)} of {n} rows in {table} after "
-                             f"{timeout}s") from None
-
-
-def log_events(text: str) -> list[dict[str, Any]]:
-    """The JSON lines of a sidecar log (other lines, e.g. tracebacks, are skipped)."""
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            with suppress(ValueError):
-                out.append(json.loads(line))
-    return out
-
-
-def last_event(text: str, name: str) -> dict[str, Any]:
-    found = [e for e in log_events(text) if e.get("event") == name]
-    assert found, f"no {name!r} in the sidecar log"
-    return found[-1]
-
-
-def sidecar_env(**overrides: object) -> dict[str, object]:
-    """Config overrides shared by the tests (small reconnect delays come from conftest)."""
-    return {"writer__shutdown_timeout": 10, **overrides}
-
-
-# A message the daemon can only dead-letter: the network thread logs ``event_rejected`` for it
-# while handling it. Mosquitto delivers one publisher's QoS 1 messages in order and the sidecar
-# handles them in order on one thread, so seeing the probe's rejection means every message
-# published before it has been handed to the writer.
-def probe(tag: str) -> Message:
-    return Message(f"probe-{tag}", "kairo/test/probe", f"probe {tag}: not json".encode())
-
-
-def wait_probe_handled(sidecar: SidecarProcess, tag: str, *, after: int, timeout: float = 30) -> None:
-    def seen() -> bool:
-        if sidecar.proc is not None and sidecar.proc.poll() is not None:
-            raise AssertionError(f"sidecar exited:\n{sidecar.log_text()[-4000:]}")
-        return any(e.get("event") == "event_rejected" and e.get("topic") == "kairo/test/probe"
-                   for e in log_events(sidecar.log_text()[after:]))
-
-    wait_until(seen, timeout=timeout, interval=0.05, message=f"probe {tag} handled by the sidecar")
-
-
-@contextmanager
-def exclusive_lock(db_path: Path) -> Iterator[sqlite3.Connection]:
-    """Hold SQLite's write lock from another connection (BEGIN EXCLUSIVE) until the block ends."""
-    con = sqlite3.connect(db_path, timeout=30, isolation_level=None)
-    try:
-        con.execute("BEGIN EXCLUSIVE")
-        try:
-            yield con
-        finally:
-            con.execute("ROLLBACK")
-    finally:
-        con.close()
+    reason = skip_reason_external()
+    if reason:
+        pytest.skip(reason)
 
 
 # ---------------------------------------------------------------------------- 1. SIGKILL storm
@@ -171,7 +94,39 @@ def test_sigkill_during_stream_loses_and_duplicates_nothing(
     print("kills:", *kills, sep="\n  ")
 
 
+def test_sigkill_at_random_instants_loses_and_duplicates_nothing(
+        persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
+    """6 SIGKILLs at seeded random instants of 5,000 events: exactly 5,000 rows, no duplicates.
+
+    6 SIGKILLs at seeded random instants of a 5,000-event stream (the soak's scenario, small),
+    restarted without waiting each time: exactly 5,000 rows, no duplicates."""
+    sidecar = sidecar_factory(persistent_broker, **sidecar_env()).start()
+    result = scenarios.kill_storm(persistent_broker, sidecar, events=5000, kills=6,
+                                  seed=20261122, rate=700)
+    print(result)
+    result.check()
+    assert sidecar.terminate() == 0
+
+
 # ---------------------------------------------------------------------------- 2. broker restart
+@pytest.mark.parametrize("kill_sidecar", [False, True], ids=["broker-only", "with-sidecar-kill"])
+def test_broker_restarted_three_times_mid_stream(
+        persistent_broker: Broker, sidecar_factory: SidecarFactory, kill_sidecar: bool) -> None:
+    """Broker restarted 3 times mid-stream, alone or with a sidecar SIGKILL: exactly 4,000 rows.
+
+    The broker (persistence on) restarted 3 times during 4,000 events, alone or with the sidecar
+    SIGKILLed at the same moment: exactly 4,000 rows, and the session always resumed."""
+    skip_if_external()
+    sidecar = sidecar_factory(persistent_broker, **sidecar_env(
+        writer__queue_size=1500, writer__flush_interval=2)).start()
+    result = scenarios.broker_restarts(persistent_broker, sidecar, events=4000, restarts=3,
+                                       kill_sidecar=kill_sidecar, seed=7, rate=800)
+    print(result)
+    result.check()
+    assert result.notes["session_lost"] == 0
+    assert sidecar.terminate() == 0
+
+
 def test_broker_restart_mid_stream_loses_nothing(
         persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
     """A graceful broker restart (persistence on) mid-stream, sidecar backlogged: all 5,000 rows."""
@@ -297,6 +252,43 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(
     assert accepted == {m.key for m in messages}
     wait_rows(sidecar.db_path, n, timeout=60, sidecar=sidecar)
     assert_exactly(sidecar.db_path, accepted)
+    assert sidecar.terminate() == 0
+
+
+def test_sigterm_under_full_load_exits_in_time_with_everything_acked(
+        persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
+    """SIGTERM at full load: exit 0 within shutdown_timeout, all taken in committed and acked.
+
+    SIGTERM while 20,000 events arrive as fast as the broker delivers them: exit 0 within
+    shutdown_timeout, drained; after a restart the broker redelivers no stored event (what was taken
+    in was committed and acked) and all 20,000 are stored once."""
+    shutdown_timeout = 10
+    sidecar = sidecar_factory(persistent_broker, **sidecar_env(
+        writer__shutdown_timeout=shutdown_timeout)).start()
+    result = scenarios.sigterm_under_load(persistent_broker, sidecar, events=20_000,
+                                          shutdown_timeout=shutdown_timeout)
+    print(result)
+    result.check()
+    notes = result.notes
+    assert notes["exit_code"] == 0 and notes["drained"] is True, notes
+    assert notes["exit_seconds"] < shutdown_timeout, notes  # the documented deadline
+    assert notes["stored_before_exit"] > 0 and notes["duplicates_after_restart"] == 0, notes
+
+
+def test_database_locked_past_busy_timeout_mid_stream(
+        persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
+    """Write lock held past the busy timeout mid-stream, then SIGKILL: nothing acked, nothing lost.
+
+    Another process holds the write lock for 3 s (busy timeout 0.2 s) during a stream, and the
+    sidecar is SIGKILLed before it is released: nothing was acked meanwhile, so after the restart
+    all 3,000 events are stored once."""
+    sidecar = sidecar_factory(persistent_broker, **sidecar_env(
+        database__busy_timeout_ms=200, writer__retry_max_delay=0.5)).start()
+    result = scenarios.locked_database(persistent_broker, sidecar, events=3000, hold_for=3,
+                                       kill_while_locked=True, rate=600)
+    print(result)
+    result.check()
+    assert result.notes["write_failures"] >= 2 and "locked" in result.notes["write_error"], result.notes
     assert sidecar.terminate() == 0
 
 
