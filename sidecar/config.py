@@ -6,7 +6,6 @@ This is the only module that reads ``os.environ``. Everything else receives a ``
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from msgspec import Meta
 from . import topics, units
 from .errors import ConfigError
 from .units import ByteSize, Duration
+from .wire import explain_validation
 
 ENV_PREFIX = "KAIRO_SIDECAR_"
 
@@ -217,8 +217,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
 
 
-_PATH_RE = re.compile(r" - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`$")
-_UNKNOWN_RE = re.compile(r"^Object contains unknown field `([^`]+)`")
 
 
 def _convert(data: dict[str, Any], source: str) -> Config:
@@ -232,14 +230,10 @@ def _convert(data: dict[str, Any], source: str) -> Config:
 
 def _config_error(message: str, source: str) -> ConfigError:
     """Turn msgspec's ``... - at `$.mqtt.port``` into a ConfigError naming ``mqtt.port``."""
-    match = _PATH_RE.search(message)
-    path = match.group(1).lstrip(".") if match else ""
-    text = message[: match.start()] if match else message
-    unknown = _UNKNOWN_RE.match(text)
-    if unknown:
-        key = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    kind, key, text = explain_validation(message)
+    if kind == "unknown":
         return ConfigError("unknown key", source=source, key=key)
-    return ConfigError(text, source=source, key=path or None)
+    return ConfigError(text, source=source, key=key or None)
 
 
 def _apply_env(data: dict[str, Any], name: str, value: str) -> None:
@@ -307,5 +301,5 @@ def _env_value(value: str, field_type: Any, name: str, key: str) -> Any:
     except units.UnitError as exc:
         raise ConfigError(str(exc), source=f"environment variable {name}", key=exc.key) from None
     except msgspec.ValidationError as exc:
-        text = _PATH_RE.sub("", str(exc))
+        text = explain_validation(str(exc))[2]
         raise ConfigError(text, source=f"environment variable {name}", key=key) from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -103,9 +102,6 @@ for _op, _type in REQUEST_TYPES.items():
 _ENVELOPE: dict[str, Any] = {"json": msgspec.json.Decoder(_Envelope),
                              "msgpack": msgspec.msgpack.Decoder(_Envelope)}
 
-_AT = re.compile(r" - at `\$(.*)`$")
-_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
-_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
 
 
 def body_format(msg: RequestMessage) -> str:
@@ -144,20 +140,14 @@ def decode_request(msg: RequestMessage) -> _Request:
 
 def validation_error(message: str) -> RequestError:
     """msgspec's ``Expected `int`, got `str` - at `$.limit``` -> bad_request on ``limit``."""
-    match = _AT.search(message)
-    path = match.group(1).lstrip(".") if match else ""
-    text = message[: match.start()] if match else message
-    unknown = _UNKNOWN.match(text)
-    if unknown:
-        field = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    kind, field, text = wire.explain_validation(message)
+    if kind == "unknown":
         return RequestError("bad_request", f"{field}: unknown field", field=field)
-    missing = _MISSING.match(text)
-    if missing:
-        field = f"{path}.{missing.group(1)}" if path else missing.group(1)
+    if kind == "missing":
         return RequestError("bad_request", f"{field}: required", field=field)
-    if not path:
+    if not field:
         return RequestError("bad_request", text)
-    return RequestError("bad_request", f"{path}: {text}", field=path)
+    return RequestError("bad_request", f"{field}: {text}", field=field)
 
 
 # ------------------------------------------------------------------------------ answers

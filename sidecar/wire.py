@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -65,6 +66,27 @@ MSGPACK_CONTENT_TYPES = frozenset({
 })
 
 
+_AT = re.compile(r" - at `\$(.*)`$")
+_FIELD = re.compile(r"^Object (contains unknown|missing required) field `([^`]+)`")
+
+
+def explain_validation(message: str) -> tuple[str, str, str]:
+    """Split msgspec's ``<text> - at `$.a.b``` into ``(kind, field, text)``.
+
+    ``kind`` is ``"unknown"`` (a field not in the type), ``"missing"`` (a required field is
+    absent) or ``"invalid"``; ``field`` is the dotted path of the offending field (``""`` at the
+    top level); ``text`` is msgspec's message without the location.
+    """
+    match = _AT.search(message)
+    path = match.group(1).lstrip(".") if match else ""
+    text = message[: match.start()] if match else message
+    named = _FIELD.match(text)
+    if named is None:
+        return "invalid", path, text
+    field = f"{path}.{named.group(2)}" if path else named.group(2)
+    return ("unknown" if named.group(1) == "contains unknown" else "missing"), field, text
+
+
 def media_type(content_type: str | None) -> str | None:
     """``"application/json; charset=utf-8"`` -> ``"application/json"``."""
     if not content_type:
@@ -95,6 +117,7 @@ def format_of(content_type: str | None, data: bytes | bytearray) -> str | None:
 __all__ = [
     "CLOUDEVENT_COLUMNS", "JSON_ANY", "JSON_ENCODER", "JSON_ENVELOPE", "KAIRO_KEYS",
     "MSGPACK_ANY", "MSGPACK_ENCODER", "MSGPACK_ENVELOPE", "UNSET", "CloudEvent",
-    "KairoEnvelope", "KairoEnvelopeLoose", "Raw", "UnsetType", "format_of", "media_type",
+    "KairoEnvelope", "KairoEnvelopeLoose", "Raw", "UnsetType", "explain_validation", "format_of",
+    "media_type",
     "sniff_format",
 ]
