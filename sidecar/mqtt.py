@@ -69,6 +69,7 @@ class Subscriber:
         self.window = receive_window(config, queue_size)
         self._generation = 0
         self._accepting = True
+        self._intake = threading.Lock()
         self._closing = False
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -125,8 +126,13 @@ class Subscriber:
         self._client.loop_start()
 
     def stop_intake(self) -> None:
-        """Take no more messages; unacked ones stay with the broker for the next start."""
-        self._accepting = False
+        """Take no more messages; unacked ones stay with the broker for the next start.
+
+        Waits for a message being handed over right now, so that nothing reaches the writer
+        after this returns (the writer's stop marker must be the last thing in its queue).
+        """
+        with self._intake:
+            self._accepting = False
 
     def close(self, timeout: float = 2.0) -> None:
         """Publish ``offline``, disconnect cleanly, stop the network thread."""
@@ -198,8 +204,11 @@ class Subscriber:
         self.subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if not self._accepting:
-            return  # not acked: the broker delivers it again after the restart
+        with self._intake:  # uncontended but for stop_intake
+            if self._accepting:  # else not acked: the broker delivers it again after the restart
+                self._handle(client, msg)
+
+    def _handle(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
         if self._request_prefix is not None and self._topic(msg).startswith(self._request_prefix):
             self._request(client, msg)
             return
