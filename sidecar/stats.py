@@ -18,6 +18,3 @@ class Stats:
     write_errors: int = 0
     last_commit_lag_ms: int | None = None  # receive -> commit of the oldest event of the batch
     last_commit_at: float | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
