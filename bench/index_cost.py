@@ -16,9 +16,10 @@ import random
 import sqlite3
 import statistics
 import tempfile
-import time
 import uuid
 from pathlib import Path
+
+from bench.storage import timed_batches
 
 BASE = """CREATE TABLE events (seq INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,
  topic TEXT NOT NULL, type TEXT NOT NULL, source TEXT NOT NULL, payload TEXT NOT NULL,
@@ -62,12 +63,7 @@ def run_once(path: Path, indexes: list[str], rows: list[tuple], batch: int = 500
     con.executescript(BASE)
     for name in indexes:
         con.execute(INDEXES[name])
-    started = time.perf_counter()
-    for i in range(0, len(rows), batch):
-        con.execute("BEGIN IMMEDIATE")
-        con.executemany(INSERT, rows[i:i + batch])
-        con.execute("COMMIT")
-    elapsed = time.perf_counter() - started
+    elapsed = timed_batches(con, INSERT, rows, batch)
     con.close()
     return elapsed
 

@@ -25,15 +25,19 @@ def _executemany(path: Path, rows: list, batch: int = 1000) -> float:
     con = sqlite3.connect(path, isolation_level=None)
     for name, value in pragmas(DatabaseConfig(url=f"sqlite:///{path}")):
         con.execute(f"PRAGMA {name} = {value}")
-    sql = insert_sql()
+    elapsed = timed_batches(con, insert_sql(), rows, batch)
+    con.close()
+    return elapsed
+
+
+def timed_batches(con: sqlite3.Connection, sql: str, rows: list, batch: int) -> float:
+    """Seconds to insert ``rows`` with ``executemany`` in ``batch``-row transactions."""
     started = time.perf_counter()
     for i in range(0, len(rows), batch):
         con.execute("BEGIN IMMEDIATE")
         con.executemany(sql, rows[i:i + batch])
         con.execute("COMMIT")
-    elapsed = time.perf_counter() - started
-    con.close()
-    return elapsed
+    return time.perf_counter() - started
 
 
 def storage_limit(root: Path, report: Report, n: int, rounds: int) -> None:
