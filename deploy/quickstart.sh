@@ -31,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv || { echo "creating the venv failed: sudo apt-get install python3-venv" >&2; exit 1; }
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet .
+.venv/bin/python -m pip install --quiet -c constraints.txt .
 
 HOST=${KAIRO_SIDECAR_MQTT__HOST:-127.0.0.1}
 PORT=${KAIRO_SIDECAR_MQTT__PORT:-1883}

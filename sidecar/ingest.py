@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from . import wire
+from .decode_errors import decode_failure, explain_validation
 from .errors import PayloadError
 
 Data = bytes | bytearray
@@ -258,11 +259,11 @@ def _normalise_ce(metadata: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def _decode_data(decoder: Any, data: Data, name: str) -> Any:
+def _decode_data(decoder: Any, data: Data, fmt: str) -> Any:
     try:
         return decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"malformed {name} data: {exc}") from None
+    except msgspec.DecodeError:
+        raise PayloadError(f"data: {decode_failure(data, fmt)}") from None
 
 
 def _binary_data(data: Data, content_type: str | None) -> tuple[str, str | None]:
@@ -276,9 +277,9 @@ def _binary_data(data: Data, content_type: str | None) -> tuple[str, str | None]
     media = wire.media_type(content_type)
     fmt = wire.format_of(content_type, data)
     if fmt == "json" and media is not None:
-        return _json_text(_decode_data(wire.JSON_ANY, data, "JSON"), "data"), None
+        return _json_text(_decode_data(wire.JSON_ANY, data, "json"), "data"), None
     if fmt == "msgpack":
-        return _json_text(_decode_data(wire.MSGPACK_ANY, data, "MessagePack"), "data"), None
+        return _json_text(_decode_data(wire.MSGPACK_ANY, data, "msgpack"), "data"), None
     if media is not None and media.startswith("text/"):
         try:
             return _json_text(data.decode(), "data"), None
@@ -322,6 +323,7 @@ def decode_message(
     if len(data) > max_payload_bytes:
         raise PayloadError(f"payload too large: {len(data)} bytes > max_payload_bytes "
                            f"{max_payload_bytes}")
+    fmt: str | None = None
     try:
         if user_properties:
             props = dict(user_properties)
@@ -336,27 +338,20 @@ def decode_message(
         try:
             return _from_envelope(fast.decode(data), fmt, topic, received_at)
         except msgspec.ValidationError as exc:
-            if not str(exc).startswith("Object contains unknown field"):
+            if explain_validation(str(exc))[0] != "unknown":
                 raise
         obj = (wire.JSON_ANY if fmt == "json" else wire.MSGPACK_ANY).decode(data)
         return _from_mapping(obj, topic, received_at)
     except msgspec.ValidationError as exc:
-        raise PayloadError(f"invalid event: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise PayloadError(f"malformed {_format_name(exc, content_type, data)}: {exc}") from None
+        _, field, text = explain_validation(str(exc))
+        raise PayloadError(f"invalid event: {field}: {text}" if field else
+                           f"invalid event: {text}") from None
+    except msgspec.DecodeError:
+        raise PayloadError(decode_failure(data, fmt or "json")) from None
     except UnicodeDecodeError:
         raise PayloadError("invalid UTF-8 in a string") from None
     except RecursionError:
         raise PayloadError("payload nested too deeply") from None
-
-
-def _format_name(exc: msgspec.DecodeError, content_type: str | None, data: Data) -> str:
-    """Which decoder failed: msgspec's JSON errors say "JSON"; a sniffed "{" is JSON too."""
-    if "JSON" in str(exc) or wire.format_of(content_type, data) == "json":
-        return "JSON"
-    if wire.format_of(content_type, data) == "msgpack":
-        return "MessagePack"
-    return "data"
 
 
 def dead_letter(topic: str, data: Data, reason: str, *, received_at: int,

@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from . import wire
+from .decode_errors import decode_failure, explain_validation
 from .errors import RequestError
 
 OPS = ("query", "get", "replay", "replay/cancel", "stats")
@@ -129,9 +130,8 @@ def decode_request(msg: RequestMessage) -> _Request:
         return request
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        name = "MessagePack" if fmt == "msgpack" else "JSON"
-        raise RequestError("bad_request", f"malformed {name}: {exc}") from None
+    except msgspec.DecodeError:
+        raise RequestError("bad_request", decode_failure(payload, fmt)) from None
     except RecursionError:
         raise RequestError("bad_request", "request nested too deeply") from None
     except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a string
@@ -140,7 +140,7 @@ def decode_request(msg: RequestMessage) -> _Request:
 
 def validation_error(message: str) -> RequestError:
     """msgspec's ``Expected `int`, got `str` - at `$.limit``` -> bad_request on ``limit``."""
-    kind, field, text = wire.explain_validation(message)
+    kind, field, text = explain_validation(message)
     if kind == "unknown":
         return RequestError("bad_request", f"{field}: unknown field", field=field)
     if kind == "missing":

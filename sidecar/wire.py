@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, UnsetType
+
+from .decode_errors import explain_validation
 
 Text = Annotated[str, Meta(min_length=1, max_length=1024)]
 Id = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -64,27 +65,6 @@ MSGPACK_CONTENT_TYPES = frozenset({
     "application/msgpack", "application/x-msgpack", "application/vnd.msgpack",
     "application/cloudevents+msgpack",
 })
-
-
-_AT = re.compile(r" - at `\$(.*)`$")
-_FIELD = re.compile(r"^Object (contains unknown|missing required) field `([^`]+)`")
-
-
-def explain_validation(message: str) -> tuple[str, str, str]:
-    """Split msgspec's ``<text> - at `$.a.b``` into ``(kind, field, text)``.
-
-    ``kind`` is ``"unknown"`` (a field not in the type), ``"missing"`` (a required field is
-    absent) or ``"invalid"``; ``field`` is the dotted path of the offending field (``""`` at the
-    top level); ``text`` is msgspec's message without the location.
-    """
-    match = _AT.search(message)
-    path = match.group(1).lstrip(".") if match else ""
-    text = message[: match.start()] if match else message
-    named = _FIELD.match(text)
-    if named is None:
-        return "invalid", path, text
-    field = f"{path}.{named.group(2)}" if path else named.group(2)
-    return ("unknown" if named.group(1) == "contains unknown" else "missing"), field, text
 
 
 def media_type(content_type: str | None) -> str | None:

@@ -184,7 +184,7 @@ def test_mqtt311_answer_goes_to_reply_to_with_transaction(env: Env):
         assert body["data"]["next"] == body["data"]["events"][-1]["seq"]
         (_, err, _), = req.on("reply/v3/err")
         assert err == {"status": "error", "transaction": "t-x", "error": {
-            "code": "bad_request", "message": "limit: Expected `int`, got `str`",
+            "code": "bad_request", "message": "limit: expected an integer, got a string",
             "field": "limit"}}
     finally:
         req.close()

@@ -534,21 +534,22 @@ def test_random_bytes_never_stored(data: bytes) -> None:
 def test_wrong_field_types(encode: Callable[[Any], bytes], obj: dict[str, Any],
                            needle: str) -> None:
     """A field of the wrong type or length is a PayloadError naming the field."""
-    assert needle in reject(encode(obj))
+    assert f"{needle.removeprefix('$.')}: " in reject(encode(obj))
 
 
 @pytest.mark.parametrize("field", ["type", "source"])
 def test_text_fields_limited_to_1024(field: str) -> None:
     """type and source up to 1024 characters are accepted, longer ones rejected."""
     assert getattr(decode(to_json({field: "x" * 1024})), field) == "x" * 1024
-    assert f"$.{field}" in reject(to_json({field: "x" * 1025}))
+    assert reject(to_json({field: "x" * 1025})) == (
+        f"invalid event: {field}: must have at most 1024 characters")
 
 
 @encodings
 def test_id_limited_to_256(encode: Callable[[Any], bytes]) -> None:
     """An id of 256 characters is accepted, one of 257 is a PayloadError."""
     assert decode(encode({"id": "i" * 256})).id == "i" * 256
-    assert "length <= 256" in reject(encode({"id": "i" * 257}))
+    assert reject(encode({"id": "i" * 257})) == "invalid event: id: must have at most 256 characters"
 
 
 @pytest.mark.parametrize(
