@@ -87,6 +87,17 @@ def explain_validation(message: str) -> tuple[str, str, str]:
 
 
 # ------------------------------------------------------------------------------ decode errors
+def describe(exc: Exception, data: bytes | bytearray | memoryview, fmt: str) -> str:
+    """Our words for any msgspec decode or validation error raised while decoding ``data``:
+    ``field: problem`` for a validation error, else what ``decode_failure`` finds."""
+    import msgspec
+
+    if isinstance(exc, msgspec.ValidationError):
+        _, field, text = explain_validation(str(exc))
+        return f"{field}: {text}" if field else text
+    return decode_failure(data, fmt)
+
+
 def decode_failure(data: bytes | bytearray | memoryview, fmt: str) -> str:
     """Why ``data`` is not valid ``fmt`` (``"json"`` or ``"msgpack"``), in our words.
 

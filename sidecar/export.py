@@ -28,6 +28,7 @@ from models import Event
 from .busy import retry_busy
 from .config import DatabaseConfig
 from .db import check_is_sqlite, migrate, open_database, sqlite_path
+from .decode_errors import describe
 from .errors import InputFileError, StorageError
 from .integrity import open_readonly
 from .logs import get_logger
@@ -236,7 +237,8 @@ def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_si
         except msgspec.DecodeError as exc:
             if batch:
                 flush()
-            raise InputFileError(f"{source}: line {number}: not an exported event ({exc}); the "
+            raise InputFileError(f"{source}: line {number}: not an exported event "
+                                 f"({describe(exc, line, 'json')}); the "
                                f"{inserted} events before it were imported, importing again "
                                "is safe") from None
         batch.append((event.id, event.topic, event.type, event.source,

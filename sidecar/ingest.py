@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from . import wire
-from .decode_errors import decode_failure, explain_validation
+from .decode_errors import decode_failure, describe, explain_validation
 from .errors import PayloadError
 
 Data = bytes | bytearray
@@ -343,9 +343,7 @@ def decode_message(
         obj = (wire.JSON_ANY if fmt == "json" else wire.MSGPACK_ANY).decode(data)
         return _from_mapping(obj, topic, received_at)
     except msgspec.ValidationError as exc:
-        _, field, text = explain_validation(str(exc))
-        raise PayloadError(f"invalid event: {field}: {text}" if field else
-                           f"invalid event: {text}") from None
+        raise PayloadError(f"invalid event: {describe(exc, data, fmt or 'json')}") from None
     except msgspec.DecodeError:
         raise PayloadError(decode_failure(data, fmt or "json")) from None
     except UnicodeDecodeError:
