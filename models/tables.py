@@ -48,6 +48,8 @@ class DeadLetter(BaseModel):
     payload_size = peewee.IntegerField()  # the original size before capping
     reason = peewee.TextField()
     received_at = peewee.BigIntegerField()
+    content_type = peewee.TextField(null=True)  # the MQTT 5 Content Type; migration 003
+    user_properties = peewee.TextField(null=True)  # JSON [[name, value], ...]; migration 003
 
     class Meta:
         table_name = "dead_letters"

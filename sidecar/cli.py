@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__, admin, history
+from . import __version__, admin, history, inspect_cmds
 from .config import Config, load_config
 from .errors import SidecarError
 from .logs import configure_logging
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", metavar="PATH")
     history.add_parsers(sub)  # query, get, replay
     admin.add_parsers(sub)  # purge, check, recover, backup, export, import
+    inspect_cmds.add_parsers(sub)  # stats, dead-letters
     return parser
 
 
@@ -87,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return history.COMMANDS[args.command](args, config)
         if args.command in admin.COMMANDS:
             return admin.COMMANDS[args.command](args, config)
+        if args.command in inspect_cmds.COMMANDS:
+            return inspect_cmds.COMMANDS[args.command](args, config)
         return COMMANDS[args.command](config)
     except SidecarError as exc:
         print(f"kairo-sidecar: error: {exc}", file=sys.stderr)

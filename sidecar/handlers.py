@@ -319,15 +319,15 @@ class Handlers:
         return {"stream": request.stream, "cancelled": True}
 
     def stats(self) -> dict[str, Any]:
-        count, oldest, newest = self._reader.summary()
-        db_bytes, wal_bytes = self._reader.file_sizes()
+        store = self._reader.figures()
         s = self._stats
         return {
             "version": __version__,
             "uptime_s": round(time.time() - s.started_at, 3),
-            "events_total": count,
+            "events_total": store.events_total,
             "events_stored": s.events_stored,
             "duplicates": s.duplicates,
+            "dead_letters_total": store.dead_letters_total,
             "dead_letters": s.dead_letters,
             "qos0_dropped": s.qos0_dropped,
             "received": s.received,
@@ -335,9 +335,9 @@ class Handlers:
             "queue_depth": self._queue_depth(),
             "last_commit_lag_ms": s.last_commit_lag_ms,
             "last_commit_at": None if s.last_commit_at is None else int(s.last_commit_at * 1000),
-            "oldest_event_at": oldest,
-            "newest_event_at": newest,
-            "database_bytes": db_bytes,
-            "wal_bytes": wal_bytes,
+            "oldest_event_at": store.oldest_event_at,
+            "newest_event_at": store.newest_event_at,
+            "database_bytes": store.database_bytes,
+            "wal_bytes": store.wal_bytes,
             "replay_streams": self.active_streams,
         }

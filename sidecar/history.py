@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 import msgspec
 
-from . import requests
+from . import render, requests
+from .admin import _time_arg as _age_or_time
 from .config import Config
 from .errors import BrokerError, RequestError
 from .queries import conditions
@@ -39,6 +40,8 @@ def add_parsers(sub: Any) -> None:
     query.add_argument("--order", choices=("asc", "desc"), help="sequence order (default asc)")
     query.add_argument("--all", action="store_true", help="walk every page (default: one page; "
                        "the next cursor is printed on stderr)")
+    query.add_argument("--format", choices=render.FORMATS, default="json",
+                       help="json lines (default) or table: readable columns for a terminal")
     _connection(query)
 
     get = sub.add_parser("get", help="print one event by id",
@@ -96,6 +99,14 @@ def cmd_query(args: argparse.Namespace, config: Config) -> int:
     body = {**_filter_body(args), "limit": args.limit, "order": args.order}
     body = {k: v for k, v in body.items() if v is not None}
     out = sys.stdout.buffer
+    table = render.EventTable(sys.stdout) if args.format == "table" else None
+
+    def show(events: Iterable[Any]) -> None:
+        if table is not None:
+            table.events(events)
+        else:
+            _print(out, events)
+
     if args.db:
         reader = _local(args, config)
         request = _convert(body, requests.QueryRequest)
@@ -105,7 +116,7 @@ def cmd_query(args: argparse.Namespace, config: Config) -> int:
             rows = reader.page(cond, limit=request.limit + 1, order=request.order, after=after)
             more = len(rows) > request.limit
             rows = rows[: request.limit]
-            _print(out, (requests.event_out(r, "json") for r in rows))
+            show([requests.event_out(r, "json") for r in rows])
             after = rows[-1][0] if more else None
             if after is None or not args.all:
                 break
@@ -113,7 +124,7 @@ def cmd_query(args: argparse.Namespace, config: Config) -> int:
         with _client(args, config) as client:
             while True:
                 data = client.request("query", body)
-                _print(out, data["events"])
+                show(data["events"])
                 after = data["next"]
                 if after is None or not args.all:
                     break
@@ -194,16 +205,15 @@ def _filter_body(args: argparse.Namespace) -> dict[str, Any]:
             where[key] = raw
     return {
         "type": one_or_list(args.type), "source": one_or_list(args.source), "topic": args.topic,
-        "since": _time_arg(args.since), "until": _time_arg(args.until),
+        "since": _time_arg(args.since), "until": _time_arg(args.until, "until"),
         "correlation_id": args.correlation_id, "causation_id": args.causation_id,
         "trace_id": args.trace_id, "after": args.after, "where": where or None,
     }
 
 
-def _time_arg(value: str | None) -> int | str | None:
-    if value is None:
-        return None
-    return int(value) if value.isdigit() else value
+def _time_arg(value: str | None, name: str = "since") -> int | str | None:
+    """Epoch ms, RFC 3339, or an age such as ``30d`` (now minus it, in epoch ms)."""
+    return _age_or_time(value, name)
 
 
 def _convert(body: dict[str, Any], kind: type[Any]) -> Any:

@@ -49,13 +49,17 @@ class EventRow(NamedTuple):
 
 
 class DeadLetterRow(NamedTuple):
-    """The columns of ``dead_letters`` (all but ``id``), in insert order."""
+    """The columns of ``dead_letters`` (all but ``id``), in insert order. ``content_type`` and
+    ``user_properties`` (JSON ``[[name, value], ...]``) are the MQTT 5 properties the decode
+    used, kept so that a re-ingest decodes the stored bytes the same way."""
 
     topic: str
     payload: bytes
     payload_size: int
     reason: str
     received_at: int
+    content_type: str | None = None
+    user_properties: str | None = None
 
 
 EVENT_COLUMNS = EventRow._fields
@@ -352,7 +356,27 @@ def decode_message(
         raise PayloadError("payload nested too deeply") from None
 
 
-def dead_letter(topic: str, data: Data, reason: str, *, received_at: int,
-                max_bytes: int) -> DeadLetterRow:
+def dead_letter(topic: str, data: Data, reason: str, *, received_at: int, max_bytes: int,
+                content_type: str | None = None,
+                user_properties: list[tuple[str, str]] | None = None) -> DeadLetterRow:
     return DeadLetterRow(topic=topic, payload=bytes(data[:max_bytes]), payload_size=len(data),
-                         reason=reason[:1000], received_at=received_at)
+                         reason=reason[:1000], received_at=received_at,
+                         content_type=content_type or None,
+                         user_properties=_properties_json(user_properties))
+
+
+def _properties_json(pairs: list[tuple[str, str]] | None) -> str | None:
+    if not pairs:
+        return None
+    try:
+        return wire.JSON_ENCODER.encode([[str(k), str(v)] for k, v in pairs]).decode()
+    except (TypeError, msgspec.EncodeError, UnicodeDecodeError):
+        return None  # not storable text: the dead letter keeps its bytes and reason anyway
+
+
+def properties_from_json(text: str | None) -> list[tuple[str, str]] | None:
+    """``user_properties`` as stored in ``dead_letters`` -> the pairs ``decode_message`` takes."""
+    if not text:
+        return None
+    pairs = wire.JSON_ANY.decode(text.encode())
+    return [(str(k), str(v)) for k, v in pairs]

@@ -241,7 +241,8 @@ class Subscriber:
                 log.warning("event_rejected", topic=topic, reason=exc.reason,
                             size=len(msg.payload), suppressed=suppressed)
             return dead_letter(topic, msg.payload, exc.reason, received_at=received_at,
-                               max_bytes=self._ingest.dead_letter_max_bytes)
+                               max_bytes=self._ingest.dead_letter_max_bytes,
+                               content_type=content_type, user_properties=user_props)
 
     @staticmethod
     def _topic(msg: paho.MQTTMessage) -> str:

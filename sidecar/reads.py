@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import peewee
+
+from models import DeadLetter
 
 from . import topics
 from .config import DatabaseConfig
@@ -31,6 +33,18 @@ from .queries import (
 from .requests import event_size
 
 Row = tuple[Any, ...]
+
+
+class StoreFigures(NamedTuple):
+    """What the database file itself says: the figures of ``stats`` that need no running
+    sidecar (the ``stats`` request adds its counters since start; ``stats --db`` prints these)."""
+
+    events_total: int
+    dead_letters_total: int
+    oldest_event_at: int | None  # created_at, epoch ms
+    newest_event_at: int | None
+    database_bytes: int
+    wal_bytes: int
 
 
 def _mqtt_match(topic_filter: str | None, topic: str | None) -> int:
@@ -111,6 +125,13 @@ class Reader:
     def summary(self) -> tuple[int, int | None, int | None]:
         count, oldest, newest = self._all(summary())[0]
         return int(count), oldest, newest
+
+    def figures(self) -> StoreFigures:
+        """Counts, oldest/newest ``created_at`` and file sizes, read on this connection."""
+        count, oldest, newest = self.summary()
+        (dead,) = self._all(DeadLetter.select(peewee.fn.COUNT(DeadLetter.id)).tuples())[0]
+        db_bytes, wal_bytes = self.file_sizes()
+        return StoreFigures(count, int(dead), oldest, newest, db_bytes, wal_bytes)
 
     def file_sizes(self) -> tuple[int, int]:
         """``(database bytes, WAL bytes)``; 0 for a file that is not there."""

@@ -67,6 +67,23 @@ def _insert_sql(model: type[peewee.Model], columns: Sequence[str], *, replace: b
     return sql
 
 
+class EventInsert:
+    """Insert-or-ignore of event rows, then the conflict check on what was ignored: the one
+    path by which events are stored (the writer's batches and ``letters`` re-ingest)."""
+
+    def __init__(self) -> None:
+        self._bulk = BulkInsert.for_sqlite(_insert_sql(Event, EVENT_COLUMNS), len(EVENT_COLUMNS))
+
+    def run(self, cursor: Any, events: Sequence[EventRow]) -> tuple[int, list[DeadLetterRow]]:
+        """Insert ``events`` (all with an id) in the caller's transaction. Returns how many
+        were new and the ``conflict`` dead letters for ids stored with another body; the rest
+        (ignored, same body) are redeliveries."""
+        inserted = self._bulk.run(cursor, events)  # few calls, few GIL waits
+        if inserted < len(events):  # ids already stored: redeliveries, or conflicts?
+            return inserted, find_conflicts(cursor, events)
+        return inserted, []
+
+
 def _digest(row: EventRow) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for part in (row.topic, row.type, row.source, row.payload, row.metadata):
@@ -101,8 +118,7 @@ class Writer:
         self._overrun_log = RateLimited(period=60.0, burst=1)
         self._mapped: set[int] | None = None  # packet ids in delivery_ids (writer thread)
         self._pending_reset: _Reset | None = None
-        self._event_sql = _insert_sql(Event, EVENT_COLUMNS)
-        self._event_insert = BulkInsert.for_sqlite(self._event_sql, len(EVENT_COLUMNS))
+        self._event_insert = EventInsert()
         self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
         self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
         self._delivery_delete_sql = DeliveryId.delete().where(DeliveryId.mid == 0).sql()[0]
@@ -364,9 +380,8 @@ class Writer:
             inserted = 0
             conflicts = 0
             if events:
-                inserted = self._event_insert.run(cursor, events)  # few calls, few GIL waits
-                if inserted < len(events):  # ids already stored: redeliveries, or conflicts?
-                    refused = find_conflicts(cursor, events)
+                inserted, refused = self._event_insert.run(cursor, events)
+                if refused:
                     conflicts = len(refused)
                     dead = [*dead, *refused]
             if dead:

@@ -60,7 +60,7 @@ def test_every_connection_gets_the_pragmas(tmp_path: Path) -> None:
 def test_migrate_creates_the_tables_once(tmp_path: Path) -> None:
     """The first migrate creates every table and index; the second applies nothing."""
     db = open_database(_cfg(tmp_path / "m.db"))
-    assert migrate(db) == ["001_initial", "002_events_type_seq"]
+    assert migrate(db) == ["001_initial", "002_events_type_seq", "003_dead_letter_properties"]
     assert migrate(db) == []
     tables = {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"events", "dead_letters", "kv_store", "delivery_ids"} <= tables
