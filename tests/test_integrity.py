@@ -198,7 +198,7 @@ def test_recover_of_a_sound_file_loses_nothing(tmp_path: Path) -> None:
     assert query(dest, "SELECT count(*) FROM events") == [(500,)]
 
 
-def test_recover_without_a_readable_index_gives_an_upper_bound(tmp_path: Path) -> None:
+def test_recover_of_a_table_with_no_index_and_no_root_says_lost_unknown(tmp_path: Path) -> None:
     """dead_letters has no index: with its root page destroyed, recover says the table cannot
     be read and gives no made-up count; exit 8 all the same."""
     path = create_db(tmp_path / "kairo.db", ROWS[:10])
