@@ -8,14 +8,17 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
 from .config import Config
-from .errors import ConfigError, CorruptDatabaseError, InputFileError, RequestError
+from .errors import ConfigError, CorruptDatabaseError, InputFileError, RecoveryLossError, RequestError
 from .progress import Progress
 from .units import format_size, parse_duration
+
+if TYPE_CHECKING:
+    from .integrity import TableRecovery
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -109,17 +112,16 @@ def _cmd_purge(args: argparse.Namespace, config: Config) -> int:
         return 0
     db = open_database(config.database, create=False)
     try:
-        progress = Progress("purging", None, unit=" steps")
         runs: list[PurgeRun] = []
+        with Progress("purge", unit=" steps") as progress:
+            def run() -> None:
+                purge = PurgeRun(db, policy, now_ms())
+                runs.append(purge)
+                while purge.step():
+                    progress.update(sum(r.result.steps for r in runs),
+                                    detail=f"{sum(r.result.events for r in runs):,} events deleted")
 
-        def run() -> None:
-            purge = PurgeRun(db, policy, now_ms())
-            runs.append(purge)
-            while purge.step():
-                progress.update(purge.result.steps)
-
-        retry_busy(run, what="purge", path=str(db.database))
-        progress.close()
+            retry_busy(run, what="purge", path=str(db.database))
         deleted = sum(r.result.events for r in runs)
         dead = sum(r.result.dead_letters for r in runs)
         freed = sum(r.result.pages_freed for r in runs)
@@ -172,31 +174,46 @@ def _maybe(value: object) -> str:
 def _cmd_recover(args: argparse.Namespace, config: Config) -> int:
     from .integrity import recover
 
-    report = recover(Path(args.src), Path(args.dest), config=config.database)
+    with Progress("recover", unit=" rowids") as progress:
+        report = recover(Path(args.src), Path(args.dest), config=config.database,
+                         progress=progress.update)
     for table in report.tables:
-        line = f"{table.table:<13} {table.rows} rows recovered"
-        if table.skipped:
-            line += f", {table.skipped} damaged rows skipped"
-        if table.unreadable:
-            ranges = ", ".join(f"{lo}..{hi}" if lo != hi else str(lo) for lo, hi in table.unreadable[:10])
-            line += f", unreadable rowids {ranges}" + (" ..." if len(table.unreadable) > 10 else "")
-        if table.error:
-            line += f" (table unreadable: {table.error})"
-        print(line)
+        print(_recovered_line(table))
     print(f"wrote {report.dest} ({'passes' if report.dest_ok else 'FAILS'} integrity_check) in "
           f"{report.seconds}s; point [database] url at it, or move it into place while the "
           "daemon is stopped")
-    return 0 if report.dest_ok else 1
+    if not report.dest_ok:
+        return 1
+    if report.lost:
+        raise RecoveryLossError(dest=str(report.dest), lost=report.lost,
+                                exact=all(t.exact for t in report.tables if not t.complete))
+    return 0
+
+
+def _recovered_line(table: TableRecovery) -> str:
+    """``events        recovered 2960 of 3000 expected, lost 40 (entries in index events_id)``."""
+    upto = "" if table.exact else "at most "
+    expected = "unknown" if table.expected is None else f"{upto}{table.expected}"
+    lost = "unknown" if table.lost is None else f"{'up to ' if upto else ''}{table.lost}"
+    line = (f"{table.table:<13} recovered {table.rows} of {expected} expected, lost {lost} "
+            f"({table.expected_from})")
+    if table.skipped:
+        line += f", {table.skipped} damaged rows skipped"
+    if table.unreadable:
+        ranges = ", ".join(f"{lo}..{hi}" if lo != hi else str(lo) for lo, hi in table.unreadable[:10])
+        line += f", unreadable rowids {ranges}" + (" ..." if len(table.unreadable) > 10 else "")
+    if table.error:
+        line += f" (table unreadable: {table.error})"
+    return line
 
 
 # ------------------------------------------------------------------------------------ backup
 def _cmd_backup(args: argparse.Namespace, config: Config) -> int:
     from .export import backup
 
-    progress = Progress("backup", None, unit=" pages")
-    result = backup(config.database, Path(args.dest), force=args.force,
-                    progress=lambda done, total: progress.update(done, total))
-    progress.close()
+    with Progress("backup", unit=" pages") as progress:
+        result = backup(config.database, Path(args.dest), force=args.force,
+                        progress=progress.update)
     print(f"backup {result.dest}: {format_size(result.bytes)}, {result.events} events, "
           f"{result.seconds}s")
     return 0
@@ -246,7 +263,7 @@ def _cmd_export(args: argparse.Namespace, config: Config) -> int:
 
     terms = export_terms(args)
     db = open_reader(config.database)
-    progress = Progress("export", None, unit=" events")
+    progress = Progress("export", unit=" events")  # count_first: a total only for the bar
     out: IO[bytes]
     try:
         if args.output == "-":
@@ -257,7 +274,7 @@ def _cmd_export(args: argparse.Namespace, config: Config) -> int:
                 n = export(db, out, terms, progress=progress.update, count_first=progress.enabled)
     finally:
         db.close()
-    progress.close()
+        progress.close()
     print(f"exported {n} events", file=sys.stderr)
     return 0
 
@@ -270,17 +287,18 @@ def _cmd_import(args: argparse.Namespace, config: Config) -> int:
     if path != "-" and not Path(path).is_file():
         raise InputFileError(f"{path}: no such file")
     total = Path(path).stat().st_size if path != "-" else None
-    progress = Progress("import", total, unit=" B")
+    progress = Progress("import", total, amount=format_size)  # bytes read of the file
     db = open_for_import(config.database)
     try:
         if path == "-":
-            result = import_events(db, sys.stdin.buffer, source="standard input")
+            result = import_events(db, sys.stdin.buffer, source="standard input",
+                                   progress=progress.update)
         else:
             with open(path, "rb") as fh:
                 result = import_events(db, _lines(fh), source=path, progress=progress.update)
     finally:
         db.close()
-    progress.close()
+        progress.close()
     print(f"imported {result.inserted} new events; {result.already_present} were already stored")
     return 0
 

@@ -75,6 +75,26 @@ class DatabaseBusyError(StorageError):
     exit_code = 7
 
 
+class RecoveryLossError(SidecarError):
+    """``recover`` wrote a sound DEST, but the source held rows it could not read (or it
+    cannot tell how many): distinct from 6, which means the file was not even worked on."""
+
+    exit_code = 8
+
+    def __init__(self, *, dest: str, lost: dict[str, int | None], exact: bool = True) -> None:
+        self.dest = dest
+        self.lost = lost  # table -> rows lost (None: unknown); upper bounds unless ``exact``
+        self.exact = exact
+        known = sum(n for n in lost.values() if n is not None)
+        parts = ", ".join(f"{table} {'an unknown number' if n is None else n}"
+                          for table, n in lost.items())
+        super().__init__(
+            f"recover lost {'' if exact else 'up to '}{known} rows ({parts}) that could not be "
+            f"read; {dest} holds every row that could. Keep the damaged file (and look for a "
+            "backup) before using it"
+        )
+
+
 class InputFileError(SidecarError):
     """A file given on the command line (``import FILE``) is not what the command reads."""
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TextIO
+from typing import Any
 
 import msgspec
 
@@ -19,6 +18,7 @@ from . import render, requests
 from .admin import _time_arg as _age_or_time
 from .config import Config
 from .errors import BrokerError, RequestError
+from .progress import Progress
 from .queries import conditions
 from .reads import Reader, open_reader
 
@@ -151,7 +151,8 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     body = {**_filter_body(args), "batch": args.batch, "rate": args.rate, "pace": args.pace,
             "speed": args.speed, "live": args.live or None, "max_duration": args.max_duration}
     body = {k: v for k, v in body.items() if v is not None}
-    progress = Progress(sys.stderr) if sys.stderr.isatty() else None
+    bar = Progress("replay", unit=" events")  # count, rate and the last seq; a terminal only
+    progress = bar if bar.enabled else None
     if args.db:
         for option in ("rate", "pace", "speed", "live", "max_duration"):
             if option in body:
@@ -161,8 +162,7 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         try:
             _print(sys.stdout.buffer, events, progress)
         finally:
-            if progress is not None:
-                progress.finish()
+            bar.close()
         return 0
     with _client(args, config) as client:
         replay = client.replay(**body)
@@ -176,8 +176,7 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
                                   "events (Ctrl-C stops)")
         finally:
             messages.close()  # an interrupted stream is cancelled
-            if progress is not None:
-                progress.finish()
+            bar.close()
     return 0
 
 
@@ -274,39 +273,5 @@ def _print(out: Any, events: Iterable[Any], progress: Progress | None = None) ->
     for event in events:
         out.write(encode(event) + b"\n")
         if progress is not None:
-            progress.event(event.get("seq"))
+            progress.advance(detail=f"seq {event.get('seq')}")
     out.flush()
-
-
-class Progress:
-    """``12,345 events  4,321/s  seq 12345`` on one stderr line, redrawn at most 5 times/s."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._start = time.monotonic()
-        self._shown = 0.0
-        self.count = 0
-        self._seq: Any = None
-
-    def event(self, seq: Any) -> None:
-        self.count += 1
-        self._seq = seq
-        now = time.monotonic()
-        if now - self._shown >= 0.2:
-            self._shown = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        rate = self.count / max(now - self._start, 1e-6)
-        self._stream.write(f"\r\x1b[K{self.count:,} events  {rate:,.0f}/s  seq {self._seq}")
-        self._stream.flush()
-
-    def note(self, text: str) -> None:
-        self._draw(time.monotonic())
-        self._stream.write(f"\n{text}\n")
-        self._stream.flush()
-
-    def finish(self) -> None:
-        self._draw(time.monotonic())
-        self._stream.write("\n")
-        self._stream.flush()

@@ -175,7 +175,7 @@ def test_progress_bar_only_on_a_terminal() -> None:
     bar.update(50)
     bar.update(200)
     bar.close()
-    assert "\rbackup [" in tty.getvalue() and "100.0%" in tty.getvalue()
+    assert "\r\x1b[Kbackup [" in tty.getvalue() and "100.0%" in tty.getvalue()
     assert tty.getvalue().endswith("200/200 pages\n")
     pipe = io.StringIO()
     quiet = Progress("export", 10, stream=pipe)

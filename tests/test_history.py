@@ -10,6 +10,7 @@ import pytest
 from sidecar import history
 from sidecar.config import load_config
 from sidecar.errors import RequestError
+from sidecar.progress import Progress
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -44,11 +45,17 @@ def test_db_replay_refuses_options_that_need_a_sidecar(tmp_path):
 
 
 def test_progress_line_counts_events():
-    """The progress line shows the count and the last seq, and ends with a newline."""
-    out = io.StringIO()
-    progress = history.Progress(out)
+    """replay's progress line (the shared Progress) shows the count, the rate and the last seq,
+    and ends with a newline."""
+    out = _Terminal()
+    progress = Progress("replay", unit=" events", stream=out)
     for seq in range(1, 1235):
-        progress.event(seq)
-    progress.finish()
-    assert "1,234 events" in out.getvalue() and "seq 1234" in out.getvalue()
-    assert out.getvalue().endswith("\n")
+        progress.advance(detail=f"seq {seq}")
+    progress.close()
+    assert "1,234 events" in out.getvalue() and "/s" in out.getvalue()
+    assert "seq 1234" in out.getvalue() and out.getvalue().endswith("\n")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
