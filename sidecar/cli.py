@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 from . import __version__, admin, cliargs, history
 from .config import Config
-from .errors import SidecarError, UsageError
+from .dberror import describe
+from .errors import CorruptDatabaseError, SidecarError, StorageError, UsageError
 from .logs import configure_logging
 
 EXIT_READER_GONE = 141  # what a shell shows for a process ended by SIGPIPE (128 + 13)
@@ -110,8 +111,41 @@ def _main(argv: Sequence[str] | None) -> int:
     except SidecarError as exc:
         print(f"kairo-sidecar: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # an SQLite error no library function turned into ours
+        if not _is_database_error(exc):
+            raise
+        message, damaged = _database_error(exc)
+        print(f"kairo-sidecar: error: {message}", file=sys.stderr)
+        return CorruptDatabaseError.exit_code if damaged else StorageError.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _is_database_error(exc: Exception) -> bool:
+    import sqlite3
+
+    import peewee
+
+    return isinstance(exc, sqlite3.DatabaseError | peewee.DatabaseError)
+
+
+_SQLITE_WORDS = {
+    "SQLITE_NOTADB": "it is not an SQLite database",
+    "SQLITE_CANTOPEN": "it cannot be opened",
+    "SQLITE_READONLY": "it is read-only",
+    "SQLITE_PERM": "permission denied",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "an I/O error",
+    "SQLITE_CORRUPT": "it is damaged (run `kairo-sidecar check`)",
+}
+
+
+def _database_error(exc: Exception) -> tuple[str, bool]:
+    """An unexpected SQLite error -> (our words, by its code; whether the file is damaged)."""
+    code = describe(exc)[1] or ""
+    base = "_".join(code.split("_")[:2])  # SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR
+    why = _SQLITE_WORDS.get(base) or f"SQLite error {code or '(no code)'}"
+    return f"the database cannot be used: {why}; it was left untouched", base == "SQLITE_CORRUPT"
 
 
 if __name__ == "__main__":
