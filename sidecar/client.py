@@ -83,7 +83,8 @@ class SidecarClient:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
-        if tls_ca or tls_cert:
+        self._tls = bool(tls_ca or tls_cert)
+        if self._tls:
             self._client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key,
                                  cert_reqs=ssl.CERT_REQUIRED)
             self._client.tls_insecure_set(tls_insecure)
@@ -98,7 +99,7 @@ class SidecarClient:
             self._client.connect(self.host, self.port, keepalive=self._keepalive)
         except OSError as exc:
             raise BrokerError(f"cannot connect to the broker at {self.host}:{self.port}: "
-                              f"{network_reason(exc)}") from None
+                              f"{network_reason(exc, tls=self._tls)}") from None
         self._client.loop_start()
         if not self._ready.wait(self.timeout) or self._failure:
             self.close()

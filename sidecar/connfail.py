@@ -34,8 +34,12 @@ _REFUSALS = {
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL}
 
 
-def network_reason(exc: BaseException) -> str:
-    """``ConnectionRefusedError`` -> ``"connection refused ..."``, and so on."""
+def network_reason(exc: BaseException, *, tls: bool = False) -> str:
+    """``ConnectionRefusedError`` -> ``"connection refused ..."``, and so on. With ``tls``, a
+    connection closed while connecting is a failed handshake (a plain MQTT port does that)."""
+    closed = ConnectionResetError | ConnectionAbortedError | BrokenPipeError
+    if tls and isinstance(exc, closed):
+        return f"{TLS_FAILED} (the broker closed the connection: is this port TLS?)"
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
         return f"{TLS_FAILED} ({str(detail).lower().replace('_', ' ')})" if detail else TLS_FAILED
@@ -45,7 +49,7 @@ def network_reason(exc: BaseException) -> str:
         return CONNECTION_REFUSED
     if isinstance(exc, TimeoutError):
         return TIMED_OUT
-    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+    if isinstance(exc, closed):
         return "the broker closed the connection"
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
         return "network unreachable"

@@ -186,7 +186,8 @@ class Subscriber:
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         exc = getattr(client, "last_connect_error", None)
         log.warning("mqtt_connect_failed", host=self._config.host, port=self._config.port,
-                    reason=network_reason(exc) if exc is not None else "connection failed")
+                    reason=network_reason(exc, tls=self._config.tls is not None)
+                    if exc is not None else "connection failed")
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
