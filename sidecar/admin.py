@@ -12,18 +12,19 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
+from . import cliargs
 from .config import Config
-from .errors import ConfigError, CorruptDatabaseError, InputFileError, RecoveryLossError, RequestError
+from .errors import CorruptDatabaseError, InputFileError, RecoveryLossError, RequestError, UsageError
 from .progress import Progress
-from .units import format_size, parse_duration
+from .units import format_size
+from .wire import explain_validation
 
 if TYPE_CHECKING:
     from .integrity import TableRecovery
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (the database is its "
-                        "[database] url)")
+    cliargs.add_database_options(parser)
 
 
 def add_parsers(sub: Any) -> None:
@@ -49,7 +50,7 @@ def add_parsers(sub: Any) -> None:
                                    "/var/lib/kairo-sidecar/kairo.db /var/lib/kairo-sidecar/recovered.db")
     p.add_argument("src", metavar="SRC")
     p.add_argument("dest", metavar="DEST")
-    _config_arg(p)
+    cliargs.add_config_option(p)
 
     p = sub.add_parser("backup", help="consistent copy of the database while the daemon runs",
                        description="Copy the database with SQLite's online backup API. Example: "
@@ -67,8 +68,7 @@ def add_parsers(sub: Any) -> None:
                    "(repeatable)")
     p.add_argument("--source", action="append", metavar="SOURCE", help="event source (repeatable)")
     p.add_argument("--topic", metavar="FILTER", help="MQTT topic filter (+ and # allowed)")
-    p.add_argument("--since", metavar="WHEN", help="created at or after: RFC 3339, epoch ms, or "
-                   "an age such as 7d")
+    p.add_argument("--since", metavar="WHEN", help=f"created at or after: {cliargs.TIME_HELP}")
     p.add_argument("--until", metavar="WHEN", help="created before (same forms as --since)")
     p.add_argument("--correlation-id", metavar="ID")
     p.add_argument("--causation-id", metavar="ID")
@@ -144,6 +144,8 @@ def _cmd_check(args: argparse.Namespace, config: Config) -> int:
     from .db import sqlite_path
     from .integrity import check
 
+    if args.path and args.db and Path(args.path) != Path(args.db):
+        raise UsageError(f"names another database than --db {args.db}", option="PATH")
     path = Path(args.path) if args.path else sqlite_path(config.database.url)
     report = check(path, full=not args.quick)
     s = report.storage
@@ -220,22 +222,6 @@ def _cmd_backup(args: argparse.Namespace, config: Config) -> int:
 
 
 # ------------------------------------------------------------------------------------ export
-def _time_arg(value: str | None, name: str) -> int | str | None:
-    """RFC 3339 / epoch ms pass through (queries validates them); an age like 7d is now - 7d."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return int(text)
-    if text[:1].isdigit() and text[-1:].lower() in "smhdw" and "-" not in text and ":" not in text:
-        try:
-            seconds = parse_duration(text)
-        except ValueError as exc:
-            raise ConfigError(str(exc), source="command line", key=name) from None
-        return int((datetime.now(UTC).timestamp() - seconds) * 1000)
-    return text
-
-
 def export_terms(args: argparse.Namespace) -> list[Any]:
     """The CLI's filters -> the WHERE terms ``queries`` builds for the same request fields."""
     from .queries import conditions
@@ -243,7 +229,8 @@ def export_terms(args: argparse.Namespace) -> list[Any]:
 
     fields: dict[str, Any] = {
         "type": args.type, "source": args.source, "topic": args.topic,
-        "since": _time_arg(args.since, "since"), "until": _time_arg(args.until, "until"),
+        "since": cliargs.parse_time(args.since, "--since"),
+        "until": cliargs.parse_time(args.until, "--until"),
         "correlation_id": args.correlation_id, "causation_id": args.causation_id,
         "trace_id": args.trace_id,
     }
@@ -252,9 +239,12 @@ def export_terms(args: argparse.Namespace) -> list[Any]:
         request = msgspec.convert(fields, Filter)
         return list(conditions(request).terms)
     except msgspec.ValidationError as exc:
-        raise ConfigError(str(exc), source="command line") from None
-    except RequestError as exc:
-        raise ConfigError(exc.message, source="command line", key=exc.field) from None
+        field = explain_validation(str(exc))[1]
+        raise UsageError("invalid value", option=f"--{field.replace('_', '-')}") from None
+    except RequestError as exc:  # its message names the field already
+        field = exc.field or ""
+        message = exc.message.removeprefix(f"{field}: ")
+        raise UsageError(message, option=f"--{field.replace('_', '-')}" if field else None) from None
 
 
 def _cmd_export(args: argparse.Namespace, config: Config) -> int:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, admin, history, inspect_cmds
-from .config import Config, load_config
-from .errors import SidecarError
+from . import __version__, admin, cliargs, history, inspect_cmds
+from .config import Config
+from .dberror import describe
+from .errors import CorruptDatabaseError, SidecarError, StorageError, UsageError
 from .logs import configure_logging
+
+EXIT_READER_GONE = 141  # what a shell shows for a process ended by SIGPIPE (128 + 13)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cliargs.Parser(
         prog="kairo-sidecar",
         description="Durable event store for the Kairo MQTT bus: stores kairo/# in SQLite.",
     )
@@ -23,18 +27,17 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon",
                          description="Run the daemon. Example: kairo-sidecar run --config "
                                      "/etc/kairo-sidecar/sidecar.toml")
-    run.add_argument("--config", metavar="PATH", help="TOML config file (default: built-in "
-                     "defaults, overridden by KAIRO_SIDECAR_<SECTION>__<KEY> variables)")
+    cliargs.add_database_options(run)
 
     mig = sub.add_parser("migrate", help="apply pending database migrations",
                          description="Apply pending migrations. Example: kairo-sidecar migrate "
                                      "--config sidecar.toml")
-    mig.add_argument("--config", metavar="PATH")
+    cliargs.add_database_options(mig)
 
     show = sub.add_parser("config", help="print the effective configuration as JSON",
                           description="Validate and print the effective configuration. "
                                       "Example: kairo-sidecar config --config sidecar.toml")
-    show.add_argument("--config", metavar="PATH")
+    cliargs.add_config_option(show)
     history.add_parsers(sub)  # query, get, replay
     admin.add_parsers(sub)  # purge, check, recover, backup, export, import
     inspect_cmds.add_parsers(sub)  # stats, dead-letters
@@ -80,9 +83,22 @@ COMMANDS = {"run": _cmd_run, "migrate": _cmd_migrate, "config": _cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of our output went away (`kairo-sidecar export | head`): stop quietly.
+        # Python's docs on SIGPIPE: point stdout at devnull so the final flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_READER_GONE
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    command = "kairo-sidecar"
+    try:
+        args = cliargs.parse(_parser(), argv)
+        command = f"kairo-sidecar {args.command}"
+        config = cliargs.load(args)
         configure_logging(config.log)
         if args.command in history.COMMANDS:
             return history.COMMANDS[args.command](args, config)
@@ -91,11 +107,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in inspect_cmds.COMMANDS:
             return inspect_cmds.COMMANDS[args.command](args, config)
         return COMMANDS[args.command](config)
+    except UsageError as exc:
+        exc.command = exc.command or command
+        print(cliargs.describe_usage_error(exc), file=sys.stderr)
+        return exc.exit_code
     except SidecarError as exc:
         print(f"kairo-sidecar: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # an SQLite error no library function turned into ours
+        if not _is_database_error(exc):
+            raise
+        message, damaged = _database_error(exc)
+        print(f"kairo-sidecar: error: {message}", file=sys.stderr)
+        return CorruptDatabaseError.exit_code if damaged else StorageError.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _is_database_error(exc: Exception) -> bool:
+    import sqlite3
+
+    import peewee
+
+    return isinstance(exc, sqlite3.DatabaseError | peewee.DatabaseError)
+
+
+_SQLITE_WORDS = {
+    "SQLITE_NOTADB": "it is not an SQLite database",
+    "SQLITE_CANTOPEN": "it cannot be opened",
+    "SQLITE_READONLY": "it is read-only",
+    "SQLITE_PERM": "permission denied",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "an I/O error",
+    "SQLITE_CORRUPT": "it is damaged (run `kairo-sidecar check`)",
+}
+
+
+def _database_error(exc: Exception) -> tuple[str, bool]:
+    """An unexpected SQLite error -> (our words, by its code; whether the file is damaged)."""
+    code = describe(exc)[1] or ""
+    base = "_".join(code.split("_")[:2])  # SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR
+    why = _SQLITE_WORDS.get(base) or f"SQLite error {code or '(no code)'}"
+    return f"the database cannot be used: {why}; it was left untouched", base == "SQLITE_CORRUPT"
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .connfail import network_reason, refusal_reason
 from .errors import BrokerError, RequestError
 
 _CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
@@ -82,7 +83,8 @@ class SidecarClient:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
-        if tls_ca or tls_cert:
+        self._tls = bool(tls_ca or tls_cert)
+        if self._tls:
             self._client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key,
                                  cert_reqs=ssl.CERT_REQUIRED)
             self._client.tls_insecure_set(tls_insecure)
@@ -97,7 +99,7 @@ class SidecarClient:
             self._client.connect(self.host, self.port, keepalive=self._keepalive)
         except OSError as exc:
             raise BrokerError(f"cannot connect to the broker at {self.host}:{self.port}: "
-                              f"{exc}") from None
+                              f"{network_reason(exc, tls=self._tls)}") from None
         self._client.loop_start()
         if not self._ready.wait(self.timeout) or self._failure:
             self.close()
@@ -118,7 +120,8 @@ class SidecarClient:
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
         if reason.is_failure:
-            self._failure = f"the broker refused the connection: {reason}"
+            self._failure = (f"cannot connect to the broker at {self.host}:{self.port}: "
+                             f"{refusal_reason(reason.value)}")
             self._ready.set()
             return
         client.subscribe(self._reply_topic, qos=1)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import msgspec
 from msgspec import Meta
 
-from . import topics, units
+from . import choices, topics, units
 from .errors import ConfigError
 from .units import ByteSize, Duration
 from .wire import explain_validation
@@ -221,8 +221,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _convert(data: dict[str, Any], source: str) -> Config:
     try:
-        return msgspec.convert(units.parse_units(data, Config), Config)
-    except units.UnitError as exc:
+        return msgspec.convert(choices.fold_choices(units.parse_units(data, Config), Config), Config)
+    except (units.UnitError, choices.ChoiceError) as exc:
         raise ConfigError(str(exc), source=source, key=exc.key) from None
     except msgspec.ValidationError as exc:
         raise _config_error(str(exc), source) from None
@@ -297,8 +297,9 @@ def _env_value(value: str, field_type: Any, name: str, key: str) -> Any:
         except msgspec.DecodeError:
             raw = value
     try:
-        return msgspec.convert(units.parse_units(raw, field_type, key), field_type, strict=False)
-    except units.UnitError as exc:
+        raw = choices.fold_choices(units.parse_units(raw, field_type, key), field_type, key)
+        return msgspec.convert(raw, field_type, strict=False)
+    except (units.UnitError, choices.ChoiceError) as exc:
         raise ConfigError(str(exc), source=f"environment variable {name}", key=exc.key) from None
     except msgspec.ValidationError as exc:
         text = explain_validation(str(exc))[2]

@@ -95,6 +95,30 @@ class RecoveryLossError(SidecarError):
         )
 
 
+class UsageError(SidecarError):
+    """The command line is wrong: an unknown option, a value that cannot be read, options that
+    do not go together. ``command`` is the sub-command (``query``), ``option`` the flag."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, command: str | None = None,
+                 option: str | None = None) -> None:
+        self.command = command
+        self.option = option
+        self.message = message
+        super().__init__(f"{option}: {message}" if option else message)
+
+
+class DestinationExistsError(SidecarError):
+    """A command would replace an existing file (``backup DEST``) without ``--force``."""
+
+    exit_code = 2
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} already exists: choose a new name or pass --force")
+
+
 class InputFileError(SidecarError):
     """A file given on the command line (``import FILE``) is not what the command reads."""
 
@@ -116,4 +140,6 @@ class RequestError(SidecarError):
         self.code = code
         self.message = message
         self.field = field
+        # a request the sidecar cannot read is the caller's mistake, like a bad option
+        self.exit_code = 2 if code == "bad_request" else 1
         super().__init__(f"{code}: {message}")

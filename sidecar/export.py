@@ -29,7 +29,7 @@ from .busy import retry_busy
 from .config import DatabaseConfig
 from .db import check_is_sqlite, migrate, open_database, sqlite_path
 from .decode_errors import describe
-from .errors import InputFileError, StorageError
+from .errors import DestinationExistsError, InputFileError, StorageError, UsageError
 from .integrity import open_readonly
 from .logs import get_logger
 
@@ -76,9 +76,9 @@ def backup(config: DatabaseConfig, dest: Path, *, force: bool = False, step_page
     if not src.is_file():
         raise StorageError(f"database {src} does not exist", path=str(src))
     if dest.exists() and not force:
-        raise StorageError(f"{dest} already exists: choose a new name or pass --force", path=str(dest))
+        raise DestinationExistsError(str(dest))
     if dest.exists() and dest.resolve() == src.resolve():
-        raise StorageError("the backup must go to another file than the database", path=str(dest))
+        raise UsageError("the backup must go to another file than the database", option="DEST")
     started = time.monotonic()
     partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     partial.unlink(missing_ok=True)

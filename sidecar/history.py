@@ -14,16 +14,16 @@ from typing import Any
 
 import msgspec
 
-from . import render, requests
-from .admin import _time_arg as _age_or_time
+from . import cliargs, render, requests
 from .config import Config
-from .errors import BrokerError, RequestError
+from .errors import BrokerError, RequestError, UsageError
 from .progress import Progress
 from .queries import conditions
 from .reads import Reader, open_reader
 
 _FILTERS_HELP = """filters: --type (exact or glob like kairo.user.*, repeatable), --source (repeatable),
---topic (MQTT filter with + and #), --since/--until (epoch ms or RFC 3339), --correlation-id,
+--topic (MQTT filter with + and #), --since/--until (an age such as 30d, 12h or 90m, an RFC 3339
+time, or epoch ms), --correlation-id,
 --causation-id, --trace-id, --after SEQ, --where payload.PATH=VALUE (repeatable; VALUE is JSON
 if it parses, else a string: --where payload.n=5 --where 'payload.code="5"')"""
 
@@ -37,10 +37,12 @@ def add_parsers(sub: Any) -> None:
                     "query --correlation-id workflow-123 --all")
     _filters(query)
     query.add_argument("--limit", type=int, help="events per page (default 100)")
-    query.add_argument("--order", choices=("asc", "desc"), help="sequence order (default asc)")
+    query.add_argument("--order", type=cliargs.choice(("asc", "desc")), metavar="{asc,desc}",
+                       help="sequence order (default asc)")
     query.add_argument("--all", action="store_true", help="walk every page (default: one page; "
                        "the next cursor is printed on stderr)")
-    query.add_argument("--format", choices=render.FORMATS, default="json",
+    query.add_argument("--format", type=cliargs.choice(render.FORMATS), default="json",
+                       metavar="{json,table}",
                        help="json lines (default) or table: readable columns for a terminal")
     _connection(query)
 
@@ -58,7 +60,8 @@ def add_parsers(sub: Any) -> None:
     _filters(replay)
     replay.add_argument("--batch", type=int, help="events per message (default 100)")
     replay.add_argument("--rate", type=float, help="at most this many events per second")
-    replay.add_argument("--pace", choices=("instant", "original"),
+    replay.add_argument("--pace", type=cliargs.choice(("instant", "original")),
+                        metavar="{instant,original}",
                         help="original: keep the recorded gaps between events")
     replay.add_argument("--speed", type=float, help="with --pace original: speed-up factor")
     replay.add_argument("--live", action="store_true",
@@ -82,16 +85,15 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH", help="TOML config: broker address, "
-                        "credentials, TLS and api.base_topic are taken from it")
     parser.add_argument("--host", help="broker host (default: [mqtt] host)")
     parser.add_argument("--port", type=int, help="broker port (default: [mqtt] port)")
-    parser.add_argument("--protocol", choices=("5", "3.1.1"), help="default: [mqtt] protocol")
+    parser.add_argument("--protocol", type=cliargs.choice(("5", "3.1.1")), metavar="{5,3.1.1}",
+                        help="default: [mqtt] protocol")
     parser.add_argument("--base-topic", help="default: [api] base_topic")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for an answer (default 10)")
-    parser.add_argument("--db", metavar="PATH", help="read this database file directly "
-                        "instead of asking a running sidecar")
+    cliargs.add_database_options(parser, db_help="read this database file directly instead "
+                                 "of asking a running sidecar")
 
 
 # ------------------------------------------------------------------------------ commands
@@ -156,8 +158,8 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     if args.db:
         for option in ("rate", "pace", "speed", "live", "max_duration"):
             if option in body:
-                raise RequestError("bad_request", f"--{option.replace('_', '-')} needs a running "
-                                   "sidecar (leave out --db)")
+                raise UsageError("needs a running sidecar (leave out --db)",
+                                 option=f"--{option.replace('_', '-')}")
         events: Iterable[Any] = _local_replay(_local(args, config), body)
         try:
             _print(sys.stdout.buffer, events, progress)
@@ -204,15 +206,11 @@ def _filter_body(args: argparse.Namespace) -> dict[str, Any]:
             where[key] = raw
     return {
         "type": one_or_list(args.type), "source": one_or_list(args.source), "topic": args.topic,
-        "since": _time_arg(args.since), "until": _time_arg(args.until, "until"),
+        "since": cliargs.parse_time(args.since, "--since"),
+        "until": cliargs.parse_time(args.until, "--until"),
         "correlation_id": args.correlation_id, "causation_id": args.causation_id,
         "trace_id": args.trace_id, "after": args.after, "where": where or None,
     }
-
-
-def _time_arg(value: str | None, name: str = "since") -> int | str | None:
-    """Epoch ms, RFC 3339, or an age such as ``30d`` (now minus it, in epoch ms)."""
-    return _age_or_time(value, name)
 
 
 def _convert(body: dict[str, Any], kind: type[Any]) -> Any:

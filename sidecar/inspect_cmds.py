@@ -6,18 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import msgspec
 
-from . import letters, render
-from .admin import _time_arg
-from .config import Config, DatabaseConfig
-from .errors import ConfigError, PayloadError, RequestError
+from . import cliargs, letters, render
+from .config import Config
+from .errors import RequestError, UsageError
 from .history import _client, _connection
-from .ingest import parse_timestamp
 from .reads import Reader, open_reader
 
 _LETTER_COLUMNS = (render.Column("id", 8), render.Column("received", 20), render.Column("size", 9),
@@ -73,14 +69,13 @@ def add_parsers(sub: Any) -> None:
 
 
 def _format(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=render.FORMATS, default="json",
+    parser.add_argument("--format", type=cliargs.choice(render.FORMATS), default="json",
+                        metavar="{json,table}",
                         help="json (default) or table: readable columns for a terminal")
 
 
 def _database(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (the database is its "
-                        "[database] url)")
-    parser.add_argument("--db", metavar="PATH", help="this database file instead")
+    cliargs.add_database_options(parser)
 
 
 def _letter_filters(parser: argparse.ArgumentParser) -> None:
@@ -148,11 +143,11 @@ def _reingest(args: argparse.Namespace, config: Config) -> int:
 
     flt = _filter(args)
     if (args.id is None) == (not args.all):
-        raise ConfigError("give one dead letter ID, or --all (with filters to narrow it)",
-                          source="command line", key="id")
+        raise UsageError("give one dead letter ID, or --all (with filters to narrow it)",
+                         option="ID")
     if args.id is not None and flt != letters.LetterFilter():
-        raise ConfigError("--topic, --reason and --since go with --all, not with an ID",
-                          source="command line", key="id")
+        raise UsageError("--topic, --reason and --since go with --all, not with an ID",
+                         option="ID")
     ids: list[int] = [args.id] if args.id is not None else []
     if args.all:  # found on a read connection (it has the topic-filter function)
         reader = open_reader(config.database, path=args.db)
@@ -160,7 +155,7 @@ def _reingest(args: argparse.Namespace, config: Config) -> int:
             ids = _command_line(lambda: list(letters.matching_ids(reader, flt)))
         finally:
             reader.close()
-    db = open_database(_database_config(args, config.database), create=False)
+    db = open_database(config.database, create=False)
     counts: dict[str, int] = {}
     try:
         for outcome in letters.reingest(db, ids, max_payload_bytes=config.ingest.max_payload_bytes):
@@ -193,12 +188,7 @@ def _json_line(value: Any) -> None:
 
 
 def _filter(args: argparse.Namespace) -> letters.LetterFilter:
-    since = _time_arg(args.since, "since")
-    if isinstance(since, str):
-        try:
-            since = parse_timestamp(since, "since")
-        except PayloadError as exc:
-            raise ConfigError(exc.reason, source="command line", key="since") from None
+    since = cliargs.parse_time(args.since, "--since")
     return letters.LetterFilter(topic=args.topic, reason=args.reason, since=since)
 
 
@@ -210,10 +200,4 @@ def _command_line(call: Callable[[], Any]) -> Any:
         if exc.code != "bad_request":
             raise
         message = exc.message.removeprefix(f"{exc.field}: ") if exc.field else exc.message
-        raise ConfigError(message, source="command line", key=exc.field) from None
-
-
-def _database_config(args: argparse.Namespace, database: DatabaseConfig) -> DatabaseConfig:
-    if not args.db:
-        return database
-    return msgspec.structs.replace(database, url="sqlite:///" + quote(str(Path(args.db))))
+        raise UsageError(message, option=f"--{exc.field}" if exc.field else None) from None

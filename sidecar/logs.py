@@ -15,9 +15,23 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+class _Stderr:
+    """``sys.stderr`` as it is at each write: a logger cached on first use keeps its stream,
+    and whoever replaces ``sys.stderr`` later (in-process CLI tests) still gets the lines."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(config: LogConfig, *, stream: TextIO | None = None) -> None:
     """Configure structlog once for the process; stdlib loggers (paho, peewee) go the same way."""
-    out = stream if stream is not None else sys.stderr
+    out: Any = stream if stream is not None else _Stderr()
     use_console = config.format == "console" or (config.format == "auto" and out.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

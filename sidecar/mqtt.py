@@ -20,6 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .config import IngestConfig, MQTTConfig
+from .connfail import network_reason, refusal_reason
 from .errors import PayloadError
 from .ingest import dead_letter, decode_message, now_ms
 from .logs import RateLimited, get_logger
@@ -159,7 +160,8 @@ class Subscriber:
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
         if reason.is_failure:
-            log.error("mqtt_connect_refused", reason=str(reason))
+            log.error("mqtt_connect_refused", host=self._config.host, port=self._config.port,
+                      reason=refusal_reason(reason.value), code=reason.value)
             return
         self._generation += 1
         session_present = bool(getattr(flags, "session_present", False))
@@ -182,7 +184,10 @@ class Subscriber:
         self._client.subscribe(self._subscriptions)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        log.warning("mqtt_connect_failed", host=self._config.host, port=self._config.port)
+        exc = getattr(client, "last_connect_error", None)
+        log.warning("mqtt_connect_failed", host=self._config.host, port=self._config.port,
+                    reason=network_reason(exc, tls=self._config.tls is not None)
+                    if exc is not None else "connection failed")
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:

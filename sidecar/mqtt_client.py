@@ -73,7 +73,20 @@ class _BufferedSocket:
 
 
 class Client(paho.Client):
-    """``paho.mqtt.client.Client`` with buffered reads and ``ack_many``."""
+    """``paho.mqtt.client.Client`` with buffered reads, ``ack_many``, and the exception of
+    the last failed connection attempt (``last_connect_error``; paho's ``on_connect_fail``
+    does not say why)."""
+
+    last_connect_error: BaseException | None = None
+
+    def reconnect(self) -> paho.MQTTErrorCode:
+        try:
+            rc = super().reconnect()
+        except OSError as exc:
+            self.last_connect_error = exc
+            raise
+        self.last_connect_error = None
+        return rc
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()

@@ -228,7 +228,7 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path: Path, text: str, key: 
         ('[database]\nsynchronous = "fast"\n', "database.synchronous"),
         ("[database]\nbusy_timeout_ms = -1\n", "database.busy_timeout_ms"),
         ("[ingest]\nmax_payload_bytes = 0\n", "ingest.max_payload_bytes"),
-        ('[log]\nlevel = "INFO"\n', "log.level"),
+        ('[log]\nlevel = "loud"\n', "log.level"),
         ("mqtt = 3\n", "mqtt"),
     ],
 )

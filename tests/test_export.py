@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import DatabaseConfig
-from sidecar.errors import StorageError
+from sidecar.errors import UsageError
 from sidecar.export import backup
 from sidecar.progress import Progress
 from tests.broker import Broker
@@ -117,18 +117,18 @@ def test_import_names_the_bad_line(tmp_path: Path) -> None:
 
 
 def test_backup_refuses_to_overwrite(tmp_path: Path) -> None:
-    """An existing DEST is refused unless --force; with --force it is replaced."""
+    """An existing DEST is refused (exit 2) unless --force; with --force it is replaced."""
     src = create_db(tmp_path / "src.db", varied_rows())
     dest = tmp_path / "copy.db"
     dest.write_bytes(b"keep me")
     result = run_cli("backup", str(dest), db=src)
-    assert result.returncode == 3 and b"already exists" in result.stderr
+    assert result.returncode == 2 and b"already exists" in result.stderr
     assert dest.read_bytes() == b"keep me"
     forced = run_cli("backup", "--force", str(dest), db=src)
     assert forced.returncode == 0, forced.stderr
     assert query(dest, "PRAGMA integrity_check") == [("ok",)]
     assert count_rows(dest) == 302
-    with pytest.raises(StorageError):
+    with pytest.raises(UsageError):
         backup(DatabaseConfig(url=f"sqlite:///{src}"), src, force=True)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from sidecar import history
 from sidecar.config import load_config
-from sidecar.errors import RequestError
+from sidecar.errors import RequestError, UsageError
 from sidecar.progress import Progress
 
 
@@ -20,13 +20,13 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_filter_arguments_become_the_request_body():
-    """Repeated --type is a list, --where values parse as JSON when they can, times as ints."""
+    """Repeated --type is a list, --where values parse as JSON when they can, times as epoch ms."""
     args = parse("query", "--type", "a.*", "--type", "b", "--source", "s", "--since", "1700",
                  "--until", "2026-01-01T00:00:00Z", "--where", "payload.n=5",
                  "--where", 'payload.code="5"', "--where", "metadata.who=ann")
     body = history._filter_body(args)
     assert body["type"] == ["a.*", "b"] and body["source"] == "s"
-    assert body["since"] == 1700 and body["until"] == "2026-01-01T00:00:00Z"
+    assert body["since"] == 1700 and body["until"] == 1_767_225_600_000
     assert body["where"] == {"payload.n": 5, "payload.code": "5", "metadata.who": "ann"}
 
 
@@ -40,7 +40,7 @@ def test_where_without_equals_is_a_bad_request():
 def test_db_replay_refuses_options_that_need_a_sidecar(tmp_path):
     """replay --db with --live (or --rate/--pace) is refused before reading anything."""
     args = parse("replay", "--db", str(tmp_path / "none.db"), "--live")
-    with pytest.raises(RequestError, match="--live needs a running sidecar"):
+    with pytest.raises(UsageError, match="--live: needs a running sidecar"):
         history.cmd_replay(args, load_config(environ={}))
 
 

@@ -93,17 +93,17 @@ def test_reingest_all_with_filters_and_twice(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, key", [
-    (("reingest",), "id"),
-    (("reingest", "1", "--all"), "id"),
-    (("reingest", "1", "--reason", "x"), "id"),
-    (("list", "--topic", "a/#/b"), "topic"),
-    (("list", "--since", "soon"), "since"),
+    (("reingest",), "ID"),
+    (("reingest", "1", "--all"), "ID"),
+    (("reingest", "1", "--reason", "x"), "ID"),
+    (("list", "--topic", "a/#/b"), "--topic"),
+    (("list", "--since", "soon"), "--since"),
 ])
 def test_bad_dead_letter_arguments_exit_2_naming_the_option(tmp_path, capsys, argv, key):
     """A missing/ambiguous id or a bad filter exits 2 with a message naming the option."""
     db = letters_db(tmp_path / "k.db", [])
     code, _, err = run(capsys, "dead-letters", *argv, "--db", str(db))
-    assert code == 2 and f"command line: {key}:" in err and "Traceback" not in err
+    assert code == 2 and f"kairo-sidecar dead-letters: {key}: " in err and "Traceback" not in err
 
 
 def test_since_takes_an_age_or_rfc3339(tmp_path, capsys):
