@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +31,23 @@ from typing import Any, NamedTuple
 import peewee
 
 from .config import RetentionConfig
+from .dberror import describe
 from .ingest import now_ms
 from .logs import get_logger
-from .purge import VACUUM_PAGES, PlanLine, Policy, distinct_types, used_bytes
+from .purge import (
+    VACUUM_PAGES,
+    PlanLine,
+    Policy,
+    distinct_types,
+    incremental_vacuum,
+    used_bytes,
+)
 from .units import format_duration, format_free_space, format_size, parse_free_space
 
 log = get_logger("sidecar.diskguard")
 
 CHECK_INTERVAL = 5.0  # seconds between two measurements in the daemon
+VACUUM_MIN_PAGES = 16  # the smallest chunk the guard's vacuum returns per step
 FLOOR_RECHECK = 60.0  # ... while at the floor (only ageing events can make it delete again)
 
 
@@ -72,7 +82,8 @@ class Space(NamedTuple):
 
     total: int  # size of the file system
     fs_free: int  # bytes free on it for an unprivileged writer (the daemon's user)
-    free_pages: int  # bytes on the database's free list (SQLite reuses them first)
+    free_pages: int  # bytes in the file SQLite reuses or gives back: its free list, and the
+    #                  tail a vacuum cut off that the next checkpoint truncates
 
     @property
     def available(self) -> int:
@@ -84,8 +95,13 @@ def measure(db: Any, path: str | Path) -> Space:
     bytes of the database's free pages."""
     st = os.statvfs(Path(path).parent)
     page_size = int(db.execute_sql("PRAGMA page_size").fetchone()[0])
+    pages = int(db.execute_sql("PRAGMA page_count").fetchone()[0])
     free = int(db.execute_sql("PRAGMA freelist_count").fetchone()[0])
-    return Space(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize, free * page_size)
+    try:
+        tail = max(0, os.stat(path).st_size - pages * page_size)
+    except OSError:
+        tail = 0
+    return Space(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize, free * page_size + tail)
 
 
 def deficit(min_free: MinFree, space: Space) -> int:
@@ -242,6 +258,7 @@ class DiskGuard:
             if at_floor:
                 result.floor_reached = True
                 break
+            self._checkpoint()
             yield
             space = self._measure()
         if result.deleted:
@@ -272,18 +289,37 @@ class DiskGuard:
         return max(n, 0), last, old < len(rows)
 
     def _vacuum(self, result: GuardResult) -> Iterator[None]:
+        """Give the free pages back in chunks the short disk can take: moving pages writes them
+        to the WAL first, so a chunk is at most a quarter of the free bytes (the checkpoint after
+        each step truncates the file, and the chunks grow). Should it fail all the same, the
+        pages stay on the free list, where SQLite reuses them."""
         if self.db.execute_sql("PRAGMA auto_vacuum").fetchone()[0] != 2:
             return  # the free pages stay in the file, and are reused: still room
+        page_size = self.db.execute_sql("PRAGMA page_size").fetchone()[0]
         while True:
             free = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
             if not free:
                 return
-            self.db.execute_sql(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+            room = os.statvfs(Path(self.path).parent)
+            chunk = max(VACUUM_MIN_PAGES, min(VACUUM_PAGES,
+                                              room.f_bavail * room.f_frsize // page_size // 4))
+            try:
+                incremental_vacuum(self.db, chunk)
+            except (peewee.DatabaseError, sqlite3.Error) as exc:
+                log.warning("disk_guard_vacuum_failed", error=describe(exc)[0], free_pages=free,
+                            hint="the pages stay free inside the file and are reused")
+                return
             left = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
             result.pages_freed += free - left
+            self._checkpoint()
             yield
             if left >= free:
                 return
+
+    def _checkpoint(self) -> None:
+        """A PASSIVE checkpoint after each step: the WAL starts again from its beginning instead
+        of growing on a disk that is short of room, and the vacuumed tail leaves the file."""
+        self.db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _finish(self, result: GuardResult) -> None:
         self._run = None
