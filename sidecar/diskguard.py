@@ -97,11 +97,15 @@ def measure(db: Any, path: str | Path) -> Space:
     page_size = int(db.execute_sql("PRAGMA page_size").fetchone()[0])
     pages = int(db.execute_sql("PRAGMA page_count").fetchone()[0])
     free = int(db.execute_sql("PRAGMA freelist_count").fetchone()[0])
-    try:
-        tail = max(0, os.stat(path).st_size - pages * page_size)
-    except OSError:
-        tail = 0
+    tail = max(0, _file_size(path) - pages * page_size)
     return Space(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize, free * page_size + tail)
+
+
+def _file_size(path: str | Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def deficit(min_free: MinFree, space: Space) -> int:
@@ -213,8 +217,9 @@ class DiskGuard:
             return False
         except Exception as exc:
             self._run = None
-            self.state.last_error = str(exc)
-            log.warning("disk_guard_failed", error=str(exc), deleted=self._result.deleted,
+            self.state.last_error = describe(exc)[0]
+            log.warning("disk_guard_failed", error=self.state.last_error,
+                        deleted=self._result.deleted,
                         hint="retried at the next check")
             return False
 
@@ -251,7 +256,11 @@ class DiskGuard:
         per_row = max(1.0, used_bytes(self.db) / max(1, rows))
         cursor = 0
         while (missing := deficit(self.min_free, space)) > 0:
-            want = max(1, min(self.batch_size, math.ceil(missing / per_row)))
+            # a delete writes its pages to the WAL first: a batch must fit in what the disk and
+            # the WAL file (reused after the checkpoint of the previous step) still hold
+            write_room = space.fs_free + _file_size(f"{self.path}-wal")
+            want = max(1, min(self.batch_size, math.ceil(missing / per_row),
+                              int(write_room // (4 * per_row))))
             n, cursor, at_floor = self._delete_oldest(want, protected, cursor)
             result.deleted += n
             self.state.deleted += n

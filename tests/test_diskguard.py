@@ -226,6 +226,24 @@ def test_purge_dry_run_shows_what_the_guard_would_delete(small_fs: SmallFilesyst
     assert sha256(db_path) == before
 
 
+def test_cli_purge_runs_the_guard_with_default_batches_on_a_nearly_full_disk(
+        small_fs: SmallFilesystem) -> None:
+    """`purge` runs the guard; with the default 2000-row batches on a disk with 512 KiB left it
+    sizes its steps to what the disk can take (regression: the first delete failed with
+    SQLITE_FULL and nothing was deleted)."""
+    db_path = seeded(small_fs)
+    small_fs.fill(leave=512 * 1024)
+    env = {**os.environ, "KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{db_path}",
+           "KAIRO_SIDECAR_RETENTION__MIN_FREE": "25%"}
+    out = subprocess.run([sys.executable, "-m", "sidecar", "purge"], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "disk_guard_failed" not in out.stderr and "disk_guard_purged" in out.stderr
+    left = old_ids_left(db_path)
+    assert 0 < len(left) < 8000 and left == list(range(8000 - len(left), 8000))
+    assert f"deleted {8000 - len(left)} of the oldest events" in out.stdout
+
+
 # ------------------------------------------------------------------------------ in the daemon
 @pytest.mark.slow
 def test_daemon_guard_makes_room_while_ingesting_and_stats_show_it(
