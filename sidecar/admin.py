@@ -85,23 +85,30 @@ def add_parsers(sub: Any) -> None:
 
 # ------------------------------------------------------------------------------------ purge
 def _cmd_purge(args: argparse.Namespace, config: Config) -> int:
+    from . import diskguard
     from .busy import retry_busy
     from .db import open_database
     from .ingest import now_ms
     from .purge import Policy, PurgeRun, plan
 
     policy = Policy.from_config(config.retention)
-    if not policy.active:
-        print("retention sets no limit ([retention] max_age, max_events, max_db_bytes and rules "
-              "are all off): nothing to purge")
+    guarded = not diskguard.MinFree.parse(config.retention.min_free).off
+    if not policy.active and not guarded:
+        print("retention sets no limit ([retention] max_age, max_events, max_db_bytes, rules and "
+              "min_free are all off): nothing to purge")
         return 0
     if args.dry_run:
         from .reads import open_reader
 
         reader = open_reader(config.database)  # query_only: the file stays byte for byte
+
+        def plan_all() -> list[Any]:
+            lines = plan(reader, policy, now_ms()) if policy.active else []
+            guard = diskguard.plan(reader, reader.database, config.retention, now_ms())
+            return lines + ([guard] if guard is not None else [])
+
         try:
-            lines = retry_busy(lambda: plan(reader, policy, now_ms()), what="plan the purge",
-                               path=str(reader.database))
+            lines = retry_busy(plan_all, what="plan the purge", path=str(reader.database))
         finally:
             reader.close()
         print(f"{'events':>10}  oldest                    newest                    reason")
@@ -113,21 +120,28 @@ def _cmd_purge(args: argparse.Namespace, config: Config) -> int:
     db = open_database(config.database, create=False)
     try:
         runs: list[PurgeRun] = []
+        guarded_runs: list[diskguard.GuardResult] = []
         with Progress("purge", unit=" steps") as progress:
             def run() -> None:
                 purge = PurgeRun(db, policy, now_ms())
                 runs.append(purge)
-                while purge.step():
+                while policy.active and purge.step():
                     progress.update(sum(r.result.steps for r in runs),
                                     detail=f"{sum(r.result.events for r in runs):,} events deleted")
+                guarded_runs.append(diskguard.DiskGuard.from_config(db, db.database,
+                                                                    config.retention).run())
 
             retry_busy(run, what="purge", path=str(db.database))
         deleted = sum(r.result.events for r in runs)
         dead = sum(r.result.dead_letters for r in runs)
         freed = sum(r.result.pages_freed for r in runs)
         last = runs[-1].result
+        guard = guarded_runs[-1] if guarded_runs else diskguard.GuardResult()
         print(f"deleted {deleted} events (age {last.by_age}, count {last.by_count}, size "
               f"{last.by_size}) and {dead} dead letters; {freed} pages returned to the file system")
+        if guard.deleted:
+            print(f"disk guard (min_free = {config.retention.min_free}): deleted {guard.deleted} "
+                  f"of the oldest events; {guard.pages_freed} pages returned to the file system")
         return 0
     finally:
         db.close()

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import peewee
 
@@ -86,7 +87,7 @@ class Sidecar:
                                        pending=lambda: self.writer.depth if self.writer else 0)
         self.writer = Writer(self.db, cfg.writer, ack=lambda tokens: subscriber_ref[0].ack(tokens),
                              window=window, stats=self.stats, on_commit=commits.notify,
-                             maintenance=self.maintenance)
+                             maintenance=self.maintenance, on_full=self.maintenance.make_room)
         self.handlers = self._make_handlers(commits, subscriber_ref)
         self.subscriber = Subscriber(cfg.mqtt, cfg.ingest, self.writer,
                                      queue_size=cfg.writer.queue_size,
@@ -113,7 +114,13 @@ class Sidecar:
         return Handlers(cfg.api, Reader(open_reader(cfg.database)),
                         publish=lambda *a, **k: subscriber_ref[0].publish(*a, **k),
                         stats=self.stats, commits=commits, event_topics=cfg.mqtt.topics,
-                        queue_depth=lambda: writer.depth if writer is not None else 0)
+                        queue_depth=lambda: writer.depth if writer is not None else 0,
+                        disk_guard=self._disk_guard_state)
+
+    def _disk_guard_state(self) -> dict[str, Any] | None:
+        """The disk guard's state for the ``stats`` answer (``min_free = "off"`` when off)."""
+        guard = self.maintenance.guard if self.maintenance is not None else None
+        return None if guard is None else guard.state.as_dict()
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("stop_requested", signal=signal.Signals(signum).name)

@@ -16,7 +16,7 @@ from msgspec import Meta
 
 from . import choices, topics, units
 from .errors import ConfigError
-from .units import ByteSize, Duration
+from .units import ByteSize, Duration, FreeSpace
 from .wire import explain_validation
 
 ENV_PREFIX = "KAIRO_SIDECAR_"
@@ -117,6 +117,8 @@ class RetentionConfig(_Section, frozen=True):
     rules: list[RetentionRule] = msgspec.field(default_factory=list)
     interval: Duration = 3600.0
     batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 2000
+    min_free: FreeSpace = "10%"  # disk guard (sidecar.diskguard): "10%", "2GiB" or "off"
+    min_free_keep: Duration = 86400.0  # the disk guard never deletes events received this recently
 
 
 class Config(_Section, frozen=True):

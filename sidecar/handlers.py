@@ -73,7 +73,8 @@ class Handlers:
 
     def __init__(self, config: ApiConfig, reader: Reader, *, publish: Publish, stats: Stats,
                  commits: CommitSignal, event_topics: Sequence[str],
-                 queue_depth: Callable[[], int] = lambda: 0) -> None:
+                 queue_depth: Callable[[], int] = lambda: 0,
+                 disk_guard: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
         self._config = config
         self._reader = reader
         self._publish = publish
@@ -81,6 +82,7 @@ class Handlers:
         self._commits = commits
         self._event_topics = list(event_topics)
         self._queue_depth = queue_depth
+        self._disk_guard = disk_guard  # the disk guard's state (sidecar.diskguard), or None
         self._request_filter = f"{config.base_topic}/request/#"
         self._queue: queue.Queue[RequestMessage | None] = queue.Queue(config.queue_size)
         self._workers: list[threading.Thread] = []
@@ -340,4 +342,5 @@ class Handlers:
             "database_bytes": store.database_bytes,
             "wal_bytes": store.wal_bytes,
             "replay_streams": self.active_streams,
+            "disk_guard": self._disk_guard(),
         }

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 import peewee
 
 from .config import Config
+from .diskguard import CHECK_INTERVAL, FLOOR_RECHECK, DiskGuard
 from .ingest import now_ms
 from .logs import get_logger
 from .purge import Policy, PurgeResult, PurgeRun
@@ -119,7 +120,8 @@ def ensure_incremental_vacuum(db: peewee.Database) -> bool:
 
 
 class Maintenance:
-    """The writer's between-batches hook: periodic PASSIVE checkpoints and the retention purge.
+    """The writer's between-batches hook: periodic PASSIVE checkpoints, the disk guard (first:
+    it keeps ingest alive) and the retention purge.
 
     Each call runs one short step while deliveries wait (``pending() > 0``), so ingest waits for
     at most one step; with nothing waiting it keeps stepping for up to ``idle_budget`` seconds.
@@ -147,6 +149,28 @@ class Maintenance:
         self._purge: PurgeRun | None = None
         self._purge_requested = False
         self.last_purge: PurgeResult | None = None
+        path = getattr(db, "database", "")
+        self.guard: DiskGuard | None = (
+            DiskGuard.from_config(db, path, config.retention) if path and path != ":memory:"
+            else None)
+        self._next_guard_check = now  # the first check at the first call
+
+    def make_room(self) -> None:
+        """The disk is full (the writer got SQLITE_FULL and is about to retry): run the guard
+        to its end now, on the writer thread, between two attempts."""
+        guard = self.guard
+        if guard is None or guard.min_free.off:
+            return
+        try:
+            if not guard.running:
+                if not guard.check():
+                    return
+                guard.start()
+            while guard.step():
+                pass
+        except (peewee.DatabaseError, sqlite3.Error, OSError) as exc:
+            log.warning("disk_guard_failed", error=str(exc), hint="retried at the next check")
+        self._next_guard_check = self._clock() + CHECK_INTERVAL
 
     def request_purge(self) -> None:
         self._purge_requested = True
@@ -165,6 +189,8 @@ class Maintenance:
     def _step(self) -> bool:
         """Run one step; False if there was nothing to do."""
         now = self._clock()
+        if self._guard_step(now):
+            return True
         if self._purge is not None:
             self._purge_step(now)
             return True
@@ -179,6 +205,30 @@ class Maintenance:
             self._purge_step(now)
             return True
         return False
+
+    def _guard_step(self, now: float) -> bool:
+        """One step of the disk guard if it runs or its check is due and finds too little room;
+        False if it had nothing to do."""
+        guard = self.guard
+        if guard is None or guard.min_free.off:
+            return False
+        if not guard.running:
+            if now < self._next_guard_check:
+                return False
+            # at the floor nothing changes until events age past min_free_keep: check less often
+            wait = FLOOR_RECHECK if guard.state.floor_reached else CHECK_INTERVAL
+            self._next_guard_check = now + wait
+            try:
+                short = guard.check()
+            except (peewee.DatabaseError, sqlite3.Error, OSError) as exc:
+                log.warning("disk_guard_failed", error=str(exc), hint="retried at the next check")
+                return False
+            if not short:
+                return False
+            guard.start()
+        if not guard.step():
+            self._next_guard_check = now + CHECK_INTERVAL
+        return True
 
     def _checkpoint(self) -> None:
         try:

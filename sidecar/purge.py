@@ -248,12 +248,19 @@ class PurgeRun:
             free = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
             if not free:
                 return
-            self.db.execute_sql(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+            incremental_vacuum(self.db, VACUUM_PAGES)
             left = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
             self.result.pages_freed += free - left
             yield
             if left >= free:
                 return
+
+
+def incremental_vacuum(db: peewee.Database, pages: int) -> None:
+    """``PRAGMA incremental_vacuum(pages)``, run to its end. The pragma returns one empty row per
+    page it frees, and Python's ``sqlite3`` steps a statement without result columns only once:
+    through ``execute`` it would free a single page. ``executescript`` steps it until done."""
+    db.connection().executescript(f"PRAGMA incremental_vacuum({int(pages)})")
 
 
 def used_bytes(db: peewee.Database) -> int:

@@ -30,7 +30,7 @@ FOREVER = ("forever", "never", "off", "none")
 class _Unit:
     """Marks an ``Annotated`` number as given with a unit; ``parse`` reads the user's value."""
 
-    def __init__(self, parse: Callable[[object], float]) -> None:
+    def __init__(self, parse: Callable[[object], Any]) -> None:
         self.parse = parse
 
 
@@ -105,10 +105,49 @@ def parse_size(value: object) -> int:
     return int(number)
 
 
+MAX_FREE_PERCENT = 90.0
+
+
+def parse_free_space(value: object) -> tuple[float, int]:
+    """``[retention] min_free``: ``"10%"`` (a share of the file system) -> ``(10.0, 0)``;
+    ``"2GiB"`` or a number of bytes -> ``(0.0, 2147483648)``; ``"off"``, ``0``, ``"0%"`` ->
+    ``(0.0, 0)``."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        text = value.strip()[:-1].strip()
+        try:
+            percent = float(text)
+        except ValueError:
+            percent = math.nan
+        if not math.isfinite(percent) or not 0 <= percent <= MAX_FREE_PERCENT:
+            raise ValueError(f"invalid share {value!r}: use a percentage from 0% to "
+                             f"{MAX_FREE_PERCENT:g}%, e.g. \"10%\"")
+        return percent, 0
+    try:
+        return 0.0, parse_size(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid free space {value!r}: use a share of the file system such as "
+                         "\"10%\", a size such as \"2GiB\", or \"off\"") from None
+
+
+def format_free_space(percent: float, size: int) -> str:
+    """The canonical text of ``parse_free_space``'s result: ``"10%"``, ``"2147483648"``,
+    ``"off"`` (it parses back to the same value)."""
+    if percent > 0:
+        return f"{percent:g}%"
+    return str(size) if size > 0 else "off"
+
+
+def _free_space_text(value: object) -> str:
+    return format_free_space(*parse_free_space(value))
+
+
 Duration = Annotated[float, msgspec.Meta(ge=0), _Unit(parse_duration)]
 """Seconds; the config accepts ``30``, ``"90s"``, ``"1h30m"``, ``"30d"``, ``"forever"`` (0)."""
 ByteSize = Annotated[int, msgspec.Meta(ge=0), _Unit(parse_size)]
 """Bytes; the config accepts ``1048576``, ``"512MiB"``, ``"2GB"``, ``"off"`` (0)."""
+FreeSpace = Annotated[str, _Unit(_free_space_text)]
+"""A share of a file system or a size, kept as canonical text (``"10%"``, ``"2147483648"``,
+``"off"``) so the config stays plain data; read it with ``parse_free_space``."""
 
 
 def parse_units(value: Any, type_: Any, key: str = "") -> Any:

@@ -97,9 +97,11 @@ class Writer:
 
     def __init__(self, db: peewee.Database, config: WriterConfig, *, ack: AckFn, window: int,
                  stats: Stats, on_commit: Callable[[], None] | None = None,
-                 maintenance: Callable[[], None] | None = None) -> None:
+                 maintenance: Callable[[], None] | None = None,
+                 on_full: Callable[[], None] | None = None) -> None:
         self._db = db
         self._maintenance = maintenance  # one short step between batches (checkpoint, purge)
+        self._on_full = on_full  # SQLITE_FULL: make room (the disk guard) before the retry
         self._config = config
         self._ack = ack
         self._on_commit = on_commit  # called after each commit that stored events (live replay)
@@ -314,6 +316,8 @@ class Writer:
                     log.error("batch_abandoned_at_shutdown", rows=rows)
                     self._abandoned += rows
                     return None
+                if code == "SQLITE_FULL" and self._on_full is not None:
+                    self._run_maintenance(self._on_full)
                 self.heartbeat = time.monotonic()
                 time.sleep(delay)
                 delay = min(delay * 2, self._config.retry_max_delay)

@@ -15,7 +15,15 @@ import pytest
 from sidecar.app import Sidecar
 from sidecar.config import DatabaseConfig, RetentionConfig, RetentionRule, load_config
 from sidecar.db import open_database
-from sidecar.purge import Policy, PurgeRun, age_groups, distinct_types, plan, used_bytes
+from sidecar.purge import (
+    Policy,
+    PurgeRun,
+    age_groups,
+    distinct_types,
+    incremental_vacuum,
+    plan,
+    used_bytes,
+)
 from tests.broker import Broker
 from tests.conftest import ROOT, wait_until
 from tests.publisher import Publisher, event_messages
@@ -120,6 +128,21 @@ def test_purge_by_size_shrinks_the_file(tmp_path: Path) -> None:
     assert newest[1] == 20_000  # the newest event is kept, the oldest went
     count = query(db, "SELECT count(*) FROM events")[0][0]
     assert newest[1] - newest[0] + 1 == count  # what is left is one contiguous newest range
+
+
+def test_one_vacuum_step_returns_a_whole_chunk_of_pages(tmp_path: Path) -> None:
+    """incremental_vacuum(n) frees n pages at once (regression: through execute() Python's
+    sqlite3 stepped the pragma once, so each purge step gave back a single page)."""
+    db = create_db(tmp_path / "k.db", [event(i) for i in range(3000)])
+    conn = open_db(db)
+    try:
+        conn.execute_sql("DELETE FROM events")
+        free = conn.execute_sql("PRAGMA freelist_count").fetchone()[0]
+        assert free > 150
+        incremental_vacuum(conn, 100)
+        assert conn.execute_sql("PRAGMA freelist_count").fetchone()[0] == free - 100
+    finally:
+        conn.close()
 
 
 def test_dead_letters_follow_max_age(tmp_path: Path) -> None:
