@@ -452,7 +452,7 @@ def test_cli_query_get_replay_through_broker_and_db(env: Env):
     assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == expected
 
     done = cli("query", "--type", "kairo.[x*", *broker)
-    assert done.returncode == 1 and "bad_request" in done.stderr
+    assert done.returncode == 2 and "bad_request" in done.stderr
 
     # The --db readers left the running sidecar's WAL in place (it is still in use).
     assert Path(str(env.run.db_path) + "-wal").exists()

@@ -111,7 +111,7 @@ def test_bad_filters_name_the_field(filters: dict[str, Any], field: str):
     (b'{"limit": "ten"}', "limit"),
     (b'{"limit": 0}', "limit"),
     (b'{"order": "sideways"}', "order"),
-    (b'{"where": {"payload.x": {"nested": 1}}}', "where[...]"),
+    (b'{"where": {"payload.x": {"nested": 1}}}', "where"),
     (b'{"after": -1}', "after"),
     (b'[1, 2]', None),
     (b'{"limit": ', None),
