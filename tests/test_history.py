@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import signal
 
 import pytest
 
 from sidecar import history
 from sidecar.config import load_config
 from sidecar.errors import RequestError
+from tests.conftest import wait_until
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -52,3 +55,15 @@ def test_progress_line_counts_events():
     progress.finish()
     assert "1,234 events" in out.getvalue() and "seq 1234" in out.getvalue()
     assert out.getvalue().endswith("\n")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_a_replay_like_ctrl_c(sig: signal.Signals):
+    """While a replay runs, SIGTERM/SIGHUP raise _Stopped (no Exception, so only the clean-up
+    runs) with the signal number; the previous handlers are back afterwards."""
+    before = signal.getsignal(sig)
+    with pytest.raises(history._Stopped) as info, history._stop_signals():
+        os.kill(os.getpid(), sig)
+        wait_until(lambda: False, timeout=5, message="the signal handler")
+    assert info.value.signum == sig and not isinstance(info.value, Exception)
+    assert signal.getsignal(sig) is before
