@@ -13,6 +13,15 @@ MQTT 5 as the request's Response Topic, matched by Correlation Data; with 3.1.1 
 matched by ``transaction``. An error answer raises ``RequestError`` with the sidecar's code; no
 answer within ``timeout`` raises ``TimeoutError``. This module is user-side: the daemon never
 imports it.
+
+Replay streams never outlive their requester. Each replay carries this connection's ``owner``
+token, and the connection's MQTT Will is a ``replay/cancel`` by that owner: when the process is
+killed (even SIGKILL) or its network dies, the broker publishes the Will and the sidecar ends
+every stream the connection opened. Each stream also has a ``lease`` (30 s by default) that a
+thread of this client renews every ``lease / 3`` seconds, so a link cut silently (the Will comes
+only after the broker's keep-alive timeout) frees the stream too. ``close()`` cancels whatever
+still runs; a lost connection fails the requests and replays in progress with code
+``disconnected`` (a new owner token and Will are used from the reconnection on).
 """
 
 from __future__ import annotations
@@ -56,11 +65,13 @@ class SidecarClient:
                  tls_ca: str | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None, tls_insecure: bool = False,
                  encoding: str = "json", keepalive: int = 60,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, lease: float | None = 30.0) -> None:
         if protocol not in ("5", "3.1.1"):
             raise ValueError("protocol must be '5' or '3.1.1'")
         if encoding not in _CONTENT_TYPES:
             raise ValueError("encoding must be 'json' or 'msgpack'")
+        if lease is not None and not 1 <= lease <= 3600:
+            raise ValueError("lease must be between 1 and 3600 seconds, or None")
         self.host, self.port = host, port
         self.timeout = timeout
         self.base_topic = base_topic
@@ -75,6 +86,12 @@ class SidecarClient:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._failure: str | None = None
+        self.lease = lease
+        self._owner = uuid.uuid4().hex  # names this connection's streams (a new one per connection)
+        self._streams: dict[str, str | None] = {}  # replay key -> stream id, while it runs
+        self._replayed = False
+        self._closing = threading.Event()
+        self._renewer: threading.Thread | None = None
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -91,7 +108,9 @@ class SidecarClient:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_socket_open = _no_delay
+        self._set_will()
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> SidecarClient:
@@ -105,11 +124,23 @@ class SidecarClient:
             self.close()
             raise BrokerError(self._failure or f"no answer from the broker at {self.host}:"
                               f"{self.port} within {self.timeout}s")
+        if self.lease is not None and self._renewer is None:
+            self._renewer = threading.Thread(target=self._renew_leases, daemon=True,
+                                             name=f"kairo-client-lease-{self.client_id}")
+            self._renewer.start()
         return self
 
     def close(self) -> None:
+        """Cancel the streams this connection still has (if it opened any), then disconnect."""
+        self._closing.set()
+        if self._replayed and self._client.is_connected():
+            with contextlib.suppress(RuntimeError, ValueError):  # the connection went meanwhile
+                self._publish("replay/cancel", {"owner": self._owner},
+                              key="close").wait_for_publish(min(self.timeout, 5.0))
         self._client.disconnect()
         self._client.loop_stop()
+        if self._renewer is not None:
+            self._renewer.join(5.0)
 
     def __enter__(self) -> SidecarClient:
         return self.connect()
@@ -132,6 +163,40 @@ class SidecarClient:
             self._failure = f"the broker refused the subscription to {self._reply_topic}"
         self._ready.set()
 
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        """The requests and streams of this connection are lost with it (the broker dropped
+        their answers, the Will cancels the streams): fail them now rather than wait forever.
+        The next connection gets a new owner, so this one's Will, however late, cannot cancel
+        a stream opened after the reconnection."""
+        self._owner = uuid.uuid4().hex
+        self._set_will()
+        lost = {"status": "error", "error": {
+            "code": "disconnected", "message": "the connection to the broker was lost; "
+            "a replay can be resumed with after=<its last seq>"}}
+        with self._lock:
+            inboxes = list(self._pending.values())
+            self._streams.clear()
+        for inbox in inboxes:
+            inbox.put(lost)
+
+    def _set_will(self) -> None:
+        """The broker publishes the Will when this connection dies without a DISCONNECT."""
+        body = {"owner": self._owner, "reply_to": self._reply_topic}
+        self._client.will_set(f"{self.base_topic}/request/replay/cancel",
+                              msgspec.json.encode(body), qos=1)
+
+    def _renew_leases(self) -> None:
+        """Renew the lease of every running stream every ``lease / 3`` seconds (two renewals
+        may get lost before one expires)."""
+        assert self.lease is not None
+        while not self._closing.wait(self.lease / 3):
+            with self._lock:
+                streams = [s for s in self._streams.values() if s is not None]
+            for stream in streams:
+                with contextlib.suppress(RuntimeError, ValueError):
+                    self._publish("replay/renew", {"stream": stream}, key="renew")
+
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:
             body = _decode(msg.payload)
@@ -146,15 +211,28 @@ class SidecarClient:
             key = body.get("transaction")
         with self._lock:
             target = self._pending.get(key) if isinstance(key, str) else None
+            if target is not None and key in self._streams and isinstance(body, dict):
+                if body.get("done") or body.get("status") == "error":
+                    self._streams.pop(key, None)  # ended: no more renewals
+                elif isinstance(body.get("stream"), str):
+                    self._streams[key] = body["stream"]
         if target is not None and isinstance(body, dict):
             target.put(body)
 
     # ------------------------------------------------------------------ requests
-    def _send(self, op: str, body: dict[str, Any]) -> tuple[str, queue.Queue[dict[str, Any]]]:
+    def _send(self, op: str, body: dict[str, Any], *,
+              stream: bool = False) -> tuple[str, queue.Queue[dict[str, Any]]]:
         key = uuid.uuid4().hex
         inbox: queue.Queue[dict[str, Any]] = queue.Queue()
         with self._lock:
             self._pending[key] = inbox
+            if stream:
+                self._streams[key] = None  # its id comes with the first message
+        self._publish(op, body, key=key)
+        return key, inbox
+
+    def _publish(self, op: str, body: dict[str, Any], *, key: str) -> paho.MQTTMessageInfo:
+        """Publish one request; its answer comes to this client's topic, matched by ``key``."""
         message = {k: v for k, v in body.items() if v is not None}
         properties = None
         if self._v5:
@@ -167,13 +245,18 @@ class SidecarClient:
             message["transaction"] = key
         payload = (msgspec.msgpack.encode(message) if self._encoding == "msgpack"
                    else msgspec.json.encode(message))
-        self._client.publish(f"{self.base_topic}/request/{op}", payload, qos=1,
-                             properties=properties)
-        return key, inbox
+        return self._client.publish(f"{self.base_topic}/request/{op}", payload, qos=1,
+                                    properties=properties)
 
     def _forget(self, key: str) -> None:
         with self._lock:
             self._pending.pop(key, None)
+            self._streams.pop(key, None)
+
+    def _stream_of(self, key: str) -> str | None:
+        """The stream id of a running replay, as soon as its first message arrived."""
+        with self._lock:
+            return self._streams.get(key)
 
     def request(self, op: str, body: dict[str, Any] | None = None, *,
                 timeout: float | None = None) -> Any:
@@ -218,8 +301,11 @@ class SidecarClient:
 
     def replay(self, **options: Any) -> Replay:
         """Start a replay; iterate the returned ``Replay`` for the events (it ends at ``done``).
-        Options: the filters of ``query`` plus batch, rate, pace, speed, live, max_duration."""
-        key, inbox = self._send("replay", options)
+        Options: the filters of ``query`` plus batch, rate, pace, speed, live, max_duration.
+        The stream carries this connection's owner token and the client's lease."""
+        body = {"owner": self._owner, "lease": self.lease, **options}
+        self._replayed = True
+        key, inbox = self._send("replay", body, stream=True)
         paced = options.get("pace") == "original" or options.get("rate") is not None
         return Replay(self, key, inbox, idle_timeout=None if paced else self.timeout)
 
@@ -278,16 +364,18 @@ class Replay:
                                            f"sent {message.get('count')}")
                 yield message
         finally:
-            if self.done is None and self.stream is not None:
+            stream = self.stream or self._client._stream_of(self._key)
+            if self.done is None and stream is not None:
                 with contextlib.suppress(RequestError, TimeoutError):
-                    self._client.cancel(self.stream)
+                    self._client.cancel(stream)
             self._client._forget(self._key)
 
     def cancel(self) -> None:
         """Ask the sidecar to end the stream; iteration then ends at its ``done``."""
-        if self.stream is None:
+        stream = self.stream or self._client._stream_of(self._key)
+        if stream is None:
             raise RuntimeError("the stream id is not known yet (no message arrived)")
-        self._client.cancel(self.stream)
+        self._client.cancel(stream)
 
 
 def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:

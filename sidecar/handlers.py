@@ -33,6 +33,7 @@ from .requests import (
     CancelRequest,
     GetRequest,
     QueryRequest,
+    RenewRequest,
     ReplayRequest,
     RequestMessage,
     StatsRequest,
@@ -249,6 +250,8 @@ class Handlers:
                 return self._replay(request, reply)
             case CancelRequest():
                 return self._cancel(request)
+            case RenewRequest():
+                return self._renew(request)
             case StatsRequest():
                 return self.stats()
         raise RequestError("unknown_op", "unknown request")
@@ -303,7 +306,8 @@ class Handlers:
                                   on_end=self._stream_ended)
             self._streams[stream.id] = stream
         log.info("replay_started", stream=stream.id, live=request.live, batch=request.batch,
-                 pace=request.pace, rate=request.rate, topic=reply.topic)
+                 pace=request.pace, rate=request.rate, topic=reply.topic, owner=request.owner,
+                 lease=request.lease)
         stream.start()
         return _STREAMING
 
@@ -312,13 +316,36 @@ class Handlers:
             self._streams.pop(stream.id, None)
 
     def _cancel(self, request: CancelRequest) -> dict[str, Any]:
-        with self._lock:
-            stream = self._streams.get(request.stream)
-        if stream is None:
-            raise RequestError("not_found", f"no running stream {request.stream!r}",
-                               field="stream")
+        if (request.stream is None) == (request.owner is None):
+            raise RequestError("bad_request", "give either stream or owner", field="stream")
+        if request.owner is not None:
+            return self._cancel_owner(request.owner)
+        stream = self._running(request.stream)
         stream.cancel()
         return {"stream": request.stream, "cancelled": True}
+
+    def _cancel_owner(self, owner: str) -> dict[str, Any]:
+        """Every stream opened with this owner token: what a requester's Will asks for. None
+        left is no error (the Will fires whether or not its streams still run)."""
+        with self._lock:
+            streams = [s for s in self._streams.values() if s.owner == owner]
+        for stream in streams:
+            stream.cancel()
+        if streams:
+            log.info("replay_owner_cancelled", owner=owner, streams=len(streams))
+        return {"owner": owner, "cancelled": True, "streams": [s.id for s in streams]}
+
+    def _renew(self, request: RenewRequest) -> dict[str, Any]:
+        stream = self._running(request.stream)
+        stream.renew()
+        return {"stream": request.stream, "lease": stream.lease}
+
+    def _running(self, stream_id: str | None) -> ReplayStream:
+        with self._lock:
+            stream = None if stream_id is None else self._streams.get(stream_id)
+        if stream is None:
+            raise RequestError("not_found", f"no running stream {stream_id!r}", field="stream")
+        return stream
 
     def stats(self) -> dict[str, Any]:
         store = self._reader.figures()

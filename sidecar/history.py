@@ -8,7 +8,10 @@ needed; read-only). ``cli`` only wires them in.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -166,20 +169,54 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         finally:
             bar.close()
         return 0
-    with _client(args, config) as client:
-        replay = client.replay(**body)
-        messages = replay.messages()
-        try:
-            for message in messages:
-                if message.get("events"):
-                    _print(sys.stdout.buffer, message["events"], progress)
-                elif message.get("caught_up") and progress is not None:
-                    progress.note(f"caught up at seq {message.get('last')}; waiting for new "
-                                  "events (Ctrl-C stops)")
-        finally:
-            messages.close()  # an interrupted stream is cancelled
-            bar.close()
+    try:
+        with _stop_signals(), _client(args, config) as client:
+            replay = client.replay(**body)
+            messages = replay.messages()
+            try:
+                for message in messages:
+                    if message.get("events"):
+                        _print(sys.stdout.buffer, message["events"], progress)
+                    elif message.get("caught_up") and progress is not None:
+                        progress.note(f"caught up at seq {message.get('last')}; waiting for new "
+                                      "events (Ctrl-C stops)")
+            finally:
+                messages.close()  # an interrupted stream is cancelled
+                bar.close()
+    except _Stopped as stop:  # SIGTERM, SIGHUP: cancelled and disconnected like Ctrl-C
+        return 128 + stop.signum
     return 0
+
+
+class _Stopped(BaseException):
+    """Raised in the main thread by SIGTERM or SIGHUP; like KeyboardInterrupt, not an Exception,
+    so the clean-up on the way out (cancel the stream, disconnect) is all that runs."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal, a dropped ssh session, ``timeout``) stop a replay
+    as Ctrl-C does. A second one kills at once (the connection's Will still cancels)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGTERM, signal.SIGHUP)
+
+    def stop(signum: int, frame: object) -> None:
+        for s in stops:
+            signal.signal(s, signal.SIG_DFL)
+        raise _Stopped(signum)
+
+    previous = [signal.signal(s, stop) for s in stops]
+    try:
+        yield
+    finally:
+        for s, handler in zip(stops, previous, strict=True):
+            signal.signal(s, handler)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {

@@ -4,14 +4,17 @@ A stream reads matching events in ``seq`` order page by page and publishes them 
 ``batch`` events. It never has more than ``inflight`` messages without a PUBACK from the broker:
 beyond that it waits, so a slow consumer slows its own stream and nothing piles up in memory.
 With ``live`` it then sends a ``caught_up`` marker and forwards what the writer commits next
-(``CommitSignal``) until cancelled or ``max_duration``. It always ends with a ``done`` message
-(or an error message when the database fails).
+(``CommitSignal``) until cancelled or ``max_duration``. With a ``lease`` the requester must
+``renew()`` the stream within that many seconds, again and again, or it ends with reason
+``lease_expired``: a requester that vanished without a word (killed, network cut) frees its
+stream. It always ends with a ``done`` message (or an error message when the database fails).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -113,6 +116,10 @@ class ReplayStream:
         self._commits = commits
         self._inflight = inflight
         self._deadline = time.monotonic() + max_duration
+        self.owner = request.owner
+        self.lease = request.lease
+        # monotonic time the lease lapses (a float, replaced whole by renew(): no lock needed)
+        self._lease_until = math.inf if request.lease is None else time.monotonic() + request.lease
         self._max_bytes = max_bytes
         self._fmt = fmt
         self._on_end = on_end
@@ -142,6 +149,11 @@ class ReplayStream:
             self._stop.set()
         self._wake.set()
 
+    def renew(self) -> None:
+        """The requester is still there: the lease runs ``lease`` seconds from now."""
+        if self.lease is not None:
+            self._lease_until = time.monotonic() + self.lease
+
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -156,6 +168,9 @@ class ReplayStream:
                 self._stream()
             except _Stopped as stop:
                 reason = stop.reason
+                if reason == "lease_expired":
+                    log.warning("replay_lease_expired", stream=self.id, owner=self.owner,
+                                lease=self.lease, events=self.count)
             self._publish({"status": "ok", "stream": self.id, "done": True, "count": self.count,
                            "last": self.last, "reason": reason}, wait=False)
         except StorageError as exc:
@@ -218,7 +233,8 @@ class ReplayStream:
                 live = True
                 self._publish({"status": "ok", "stream": self.id, "caught_up": True,
                                "last": self.last})
-            self._wake.wait(min(LIVE_POLL, max(0.0, self._deadline - time.monotonic())))
+            self._wake.wait(min(LIVE_POLL, max(0.0, self._deadline - time.monotonic()),
+                                max(0.0, self._lease_until - time.monotonic())))
 
     def _flush(self, batch: list[Row]) -> None:
         if not batch:
@@ -247,13 +263,16 @@ class ReplayStream:
     def _check(self) -> None:
         if self._stop.is_set():
             raise _Stopped(self._stop_reason)
-        if time.monotonic() >= self._deadline:
+        now = time.monotonic()
+        if now >= self._deadline:
             raise _Stopped("max_duration")
+        if now >= self._lease_until:
+            raise _Stopped("lease_expired")
 
     def _sleep_until(self, due: float) -> None:
         while True:
             self._check()
-            delay = min(due, self._deadline) - time.monotonic()
+            delay = min(due, self._deadline, self._lease_until) - time.monotonic()
             if delay <= 0:
                 self._check()
                 return

@@ -19,9 +19,12 @@ from . import wire
 from .decode_errors import decode_failure, explain_validation
 from .errors import RequestError
 
-OPS = ("query", "get", "replay", "replay/cancel", "stats")
+OPS = ("query", "get", "replay", "replay/cancel", "replay/renew", "stats")
 
 Text = Annotated[str, Meta(min_length=1, max_length=1024)]
+StreamId = Annotated[str, Meta(min_length=1, max_length=64)]
+Owner = Annotated[str, Meta(min_length=1, max_length=128)]
+Lease = Annotated[float, Meta(ge=1, le=3600)]  # seconds a stream lives without a renewal
 Scalar = str | int | float | bool | None
 MAX_INT64 = 2**63 - 1  # SQLite's largest INTEGER (and seq)
 
@@ -75,10 +78,21 @@ class ReplayRequest(Filter, frozen=True):
     speed: Annotated[float, Meta(gt=0, le=1_000_000)] = 1.0
     live: bool = False
     max_duration: Annotated[float, Meta(gt=0)] | None = None
+    owner: Owner | None = None  # a token the requester's Will names in a cancel by owner
+    lease: Lease | None = None  # the stream ends unless renewed within this many seconds
 
 
 class CancelRequest(_Request, frozen=True):
-    stream: Annotated[str, Meta(min_length=1, max_length=64)]
+    """One stream by id, or every stream of an ``owner`` (a requester's Will)."""
+
+    stream: StreamId | None = None
+    owner: Owner | None = None
+
+
+class RenewRequest(_Request, frozen=True):
+    """Extend a leased stream's lease by its ``lease`` seconds from now."""
+
+    stream: StreamId
 
 
 class StatsRequest(_Request, frozen=True):
@@ -94,7 +108,7 @@ class _Envelope(msgspec.Struct):
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
     "query": QueryRequest, "get": GetRequest, "replay": ReplayRequest,
-    "replay/cancel": CancelRequest, "stats": StatsRequest,
+    "replay/cancel": CancelRequest, "replay/renew": RenewRequest, "stats": StatsRequest,
 }
 _DECODERS: dict[tuple[str, str], Any] = {}
 for _op, _type in REQUEST_TYPES.items():

@@ -24,6 +24,9 @@ class _Client:
     def _forget(self, key: str) -> None:
         pass
 
+    def _stream_of(self, key: str) -> str | None:
+        return None
+
 
 def replay_of(*messages: dict[str, Any]) -> tuple[Replay, _Client]:
     inbox: queue.Queue[dict[str, Any]] = queue.Queue()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import signal
 
 import pytest
 
@@ -11,6 +13,7 @@ from sidecar import history
 from sidecar.config import load_config
 from sidecar.errors import RequestError, UsageError
 from sidecar.progress import Progress
+from tests.conftest import wait_until
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -59,3 +62,15 @@ def test_progress_line_counts_events():
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_a_replay_like_ctrl_c(sig: signal.Signals):
+    """While a replay runs, SIGTERM/SIGHUP raise _Stopped (no Exception, so only the clean-up
+    runs) with the signal number; the previous handlers are back afterwards."""
+    before = signal.getsignal(sig)
+    with pytest.raises(history._Stopped) as info, history._stop_signals():
+        os.kill(os.getpid(), sig)
+        wait_until(lambda: False, timeout=5, message="the signal handler")
+    assert info.value.signum == sig and not isinstance(info.value, Exception)
+    assert signal.getsignal(sig) is before

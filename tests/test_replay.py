@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,46 @@ def test_max_duration_ends_a_live_stream(store):
     kinds = [("caught_up" in b, "done" in b) for b in send.bodies]
     assert kinds[-2:] == [(True, False), (False, True)]
     assert send.done()["reason"] == "max_duration" and send.done()["count"] == 3
+
+
+def test_an_unrenewed_lease_ends_the_stream(store):
+    """A live stream with a 1 s lease that nobody renews ends by itself: reason lease_expired."""
+    config, path = store
+    insert(path, 3)
+    send = FakeSend()
+    s = stream(config, send, live=True, lease=1)
+    s.start()
+    assert s.join(10)
+    done = send.done()
+    assert done is not None and (done["reason"], done["count"]) == ("lease_expired", 3)
+
+
+def test_a_lease_also_ends_a_paced_stream_waiting_for_its_next_event(store):
+    """A stream sleeping until an event is due (original pace) ends when its lease lapses."""
+    config, path = store
+    insert(path, 3, created_step=3_600_000)  # an hour between events
+    send = FakeSend()
+    s = stream(config, send, pace="original", lease=1)
+    s.start()
+    assert s.join(10)
+    done = send.done()
+    assert done is not None and (done["reason"], done["count"]) == ("lease_expired", 1)
+
+
+def test_renewals_keep_a_leased_stream_running(store):
+    """Renewed every 0.2 s, a stream with a 1 s lease outlives three leases; cancel ends it."""
+    config, path = store
+    insert(path, 3)
+    send = FakeSend()
+    s = stream(config, send, live=True, lease=1)
+    s.start()
+    until = time.monotonic() + 3.0
+    while time.monotonic() < until:
+        s.renew()
+        assert not s.join(0.2), "the renewed stream ended"
+    s.cancel()
+    assert s.join(5)
+    assert send.done()["reason"] == "cancelled"
 
 
 def test_live_stream_forwards_events_committed_after_caught_up(store):
