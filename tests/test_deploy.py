@@ -4,24 +4,30 @@ root, and the Node-RED example flow, its requests sent to a real sidecar."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import queue
 import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from sidecar import topics
 from sidecar.config import WriterConfig
-from tests.broker import free_port, mqtt_ready
-from tests.conftest import ROOT, wait_until
+from sidecar.requests import OPS, CancelRequest, ReplayRequest, RequestMessage, decode_request
+from tests.broker import Broker, free_port, mqtt_ready
+from tests.conftest import ROOT, count_rows, wait_until
+from tests.publisher import event_id, event_messages, publish_all
 
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "kairo-sidecar.service"
@@ -467,3 +473,210 @@ def test_uninstall_refuses_to_delete_a_prefix_that_is_not_a_venv(tmp_path: Path)
     result = run_script(UNINSTALL, "--root", str(tmp_path / "root"), "--no-systemd")
     assert result.returncode != 0 and "not a venv" in result.stderr
     assert (prefix / "precious.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------ Node-RED flow
+FLOW = DEPLOY / "node-red-flow.json"
+FLOW_NODE_TYPES = {"tab", "mqtt-broker", "comment", "inject", "mqtt out", "mqtt in", "debug",
+                   "switch", "change"}
+CONFIG_NODE_TYPES = {"tab", "mqtt-broker"}
+STREAM_PLACEHOLDER = "0123456789abcdef0123456789abcdef"
+
+
+def flow_nodes() -> dict[str, dict[str, Any]]:
+    nodes = json.loads(FLOW.read_text())
+    assert isinstance(nodes, list)
+    by_id = {node["id"]: node for node in nodes}
+    assert len(by_id) == len(nodes), "duplicate node ids"
+    return by_id
+
+
+def _get(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        obj = obj.setdefault(part, {})
+    if value is None:  # Node-RED sets undefined; JSON.stringify then leaves the key out
+        obj.pop(last, None)
+    else:
+        obj[last] = value
+
+
+class FlowRunner:
+    """Runs the node types of the example flow the way Node-RED does (an inject's JSON payload,
+    change rules between msg and flow context, a has-key switch, mqtt out as JSON, mqtt in with
+    its datatype, debug), with ``publish`` as its broker connection."""
+
+    def __init__(self, nodes: dict[str, dict[str, Any]],
+                 publish: Callable[[str, bytes], None]) -> None:
+        self.nodes = nodes
+        self.publish = publish
+        self.context: dict[str, Any] = {}
+        self.debug: dict[str, list[Any]] = {i: [] for i, n in nodes.items() if n["type"] == "debug"}
+        self.sent: list[tuple[str, bytes]] = []
+
+    def click(self, inject_id: str) -> None:
+        node = self.nodes[inject_id]
+        assert node["type"] == "inject" and node["payloadType"] == "json"
+        self._forward(node, {"payload": json.loads(node["payload"])})
+
+    def subscriptions(self) -> list[str]:
+        return [n["topic"] for n in self.nodes.values() if n["type"] == "mqtt in"]
+
+    def receive(self, topic: str, payload: bytes) -> None:
+        for node in self.nodes.values():
+            if node["type"] == "mqtt in" and topics.matches(node["topic"], topic):
+                value = json.loads(payload) if node["datatype"] == "json" else payload.decode()
+                self._forward(node, {"topic": topic, "payload": value})
+
+    def _forward(self, node: dict[str, Any], msg: dict[str, Any]) -> None:
+        for output in node["wires"]:
+            for target in output:
+                self._run(self.nodes[target], copy.deepcopy(msg))
+
+    def _run(self, node: dict[str, Any], msg: dict[str, Any]) -> None:
+        kind = node["type"]
+        if kind == "mqtt out":
+            body = json.dumps(msg["payload"]).encode()
+            self.sent.append((node["topic"], body))
+            self.publish(node["topic"], body)
+        elif kind == "debug":
+            self.debug[node["id"]].append(_get(msg, node["complete"]))
+        elif kind == "switch":
+            assert [r["t"] for r in node["rules"]] == ["hask"] and node["propertyType"] == "msg"
+            value = _get(msg, node["property"])
+            if isinstance(value, dict) and node["rules"][0]["v"] in value:
+                self._forward(node, msg)
+        elif kind == "change":
+            for rule in node["rules"]:
+                assert rule["t"] == "set"
+                value = self.context.get(rule["to"]) if rule["tot"] == "flow" else _get(msg, rule["to"])
+                if rule["pt"] == "flow":
+                    self.context[rule["p"]] = value
+                else:
+                    _set(msg, rule["p"], value)
+            self._forward(node, msg)
+        else:
+            raise AssertionError(f"the test cannot run a {kind!r} node")
+
+
+def test_node_red_flow_is_wired_to_existing_nodes() -> None:
+    """The flow is a Node-RED export: one tab, every wire and broker reference points at an
+    existing node, the broker node is 127.0.0.1:1883, requests go out at QoS 1, not retained,
+    and it explains itself in comments."""
+    nodes = flow_nodes()
+    tabs = [n for n in nodes.values() if n["type"] == "tab"]
+    brokers = [n for n in nodes.values() if n["type"] == "mqtt-broker"]
+    assert len(tabs) == 1 and len(brokers) == 1
+    assert (brokers[0]["broker"], str(brokers[0]["port"])) == ("127.0.0.1", "1883")
+    for node in nodes.values():
+        assert node["type"] in FLOW_NODE_TYPES, node["type"]
+        if node["type"] in CONFIG_NODE_TYPES:
+            continue
+        assert node["z"] == tabs[0]["id"], node["id"]
+        for output in node["wires"]:
+            for target in output:
+                assert target in nodes and nodes[target]["type"] not in CONFIG_NODE_TYPES, target
+        if node["type"].startswith("mqtt "):
+            assert node["broker"] == brokers[0]["id"]
+            assert node["qos"] == "1"
+        if node["type"] == "mqtt out":
+            assert node["retain"] == "false"  # a retained request is dropped by the sidecar
+    assert sum(n["type"] == "comment" for n in nodes.values()) >= 2
+
+
+def test_node_red_flow_sends_requests_the_api_accepts() -> None:
+    """Every request the flow sends goes to kairo-sidecar/request/<op>, decodes with the
+    sidecar's own request decoder, and asks for its answer on a topic the flow subscribes to,
+    under kairo-sidecar/response/<the broker node's client id>/ (what the ACL lets it read)."""
+    nodes = flow_nodes()
+    runner = FlowRunner(nodes, lambda topic, body: None)
+    runner.context["kairo_replay_stream"] = STREAM_PLACEHOLDER
+    for node in nodes.values():
+        if node["type"] == "inject":
+            runner.click(node["id"])
+    client_id = next(n for n in nodes.values() if n["type"] == "mqtt-broker")["clientid"]
+    decoded: dict[str, Any] = {}
+    for topic, body in runner.sent:
+        assert topic.startswith("kairo-sidecar/request/"), topic
+        op = topic.removeprefix("kairo-sidecar/request/")
+        assert op in OPS, op
+        request = decode_request(RequestMessage(op, body))
+        assert request.reply_to is not None
+        assert request.reply_to.startswith(f"kairo-sidecar/response/{client_id}/")
+        assert any(topics.matches(f, request.reply_to) for f in runner.subscriptions())
+        decoded[op] = request
+    assert set(decoded) == {"query", "replay", "replay/cancel"}
+    assert isinstance(decoded["replay"], ReplayRequest) and decoded["replay"].live
+    assert isinstance(decoded["replay/cancel"], CancelRequest)
+    assert decoded["replay/cancel"].stream == STREAM_PLACEHOLDER
+    assert "kairo-sidecar/state" in runner.subscriptions()
+
+
+def test_node_red_flow_against_a_running_sidecar(broker: Broker, sidecar_factory: Any) -> None:
+    """Clicking the flow's injects against a real sidecar: the state shows online, the query
+    answers the newest events, the live replay streams them and catches up, and the cancel
+    (with the stream id the flow remembered) ends it with reason "cancelled"."""
+    sidecar = sidecar_factory(broker).start()
+    accepted = publish_all(broker.host, broker.port, event_messages(5, prefix="nodered"))
+    assert len(accepted) == 5
+    wait_until(lambda: count_rows(sidecar.db_path) == 5, message="5 stored events")
+
+    nodes = flow_nodes()
+    client_id = next(n for n in nodes.values() if n["type"] == "mqtt-broker")["clientid"]
+    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    subscribed = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=paho.MQTTv311)  # the broker node's protocolVersion "4"
+    client.on_message = lambda c, u, msg: inbox.put((msg.topic, msg.payload))
+    client.on_subscribe = lambda *a: subscribed.set()
+    runner = FlowRunner(nodes, lambda topic, body: client.publish(topic, body, qos=1).wait_for_publish(10))
+    client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in runner.subscriptions()])
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+
+    def pump(done: Callable[[], object], message: str) -> None:
+        def step() -> object:
+            while True:
+                try:
+                    runner.receive(*inbox.get_nowait())
+                except queue.Empty:
+                    return done()
+        wait_until(step, timeout=20, message=message)
+
+    try:
+        assert subscribed.wait(10)
+        pump(lambda: "online" in runner.debug["kairo_state_debug"], "online on kairo-sidecar/state")
+
+        runner.click("kairo_query_inject")
+        pump(lambda: runner.debug["kairo_query_debug"], "the query answer")
+        answer = runner.debug["kairo_query_debug"][0]
+        assert answer["status"] == "ok" and answer["transaction"] == "node-red-query"
+        newest_first = [event_id(i, "nodered") for i in (4, 3, 2, 1, 0)]
+        assert [e["id"] for e in answer["data"]["events"]] == newest_first
+
+        replay = runner.debug["kairo_replay_debug"]
+        runner.click("kairo_replay_inject")
+        pump(lambda: any(m.get("caught_up") for m in replay), "the replay to catch up")
+        assert all(m["status"] == "ok" for m in replay)
+        streamed = [e["id"] for m in replay for e in m.get("events", [])]
+        assert streamed == [event_id(i, "nodered") for i in range(5)]
+        stream = replay[0]["stream"]
+        assert runner.context["kairo_replay_stream"] == stream
+
+        runner.click("kairo_cancel_inject")
+        pump(lambda: runner.debug["kairo_cancel_debug"] and any(m.get("done") for m in replay),
+             "the cancel answer and the end of the stream")
+        cancelled = runner.debug["kairo_cancel_debug"][0]
+        assert cancelled["status"] == "ok", cancelled
+        assert cancelled["data"] == {"stream": stream, "cancelled": True}
+        done = next(m for m in replay if m.get("done"))
+        assert done["reason"] == "cancelled" and done["count"] == 5
+    finally:
+        client.disconnect()
+        client.loop_stop()
