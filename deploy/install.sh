@@ -3,6 +3,7 @@
 # Debian: the steps of README "Install on a Raspberry Pi". Safe to run again: an existing config,
 # secrets file, Mosquitto drop-in and ACL are kept; the venv and the unit are refreshed.
 set -euo pipefail
+umask 022  # the venv and the config must be readable by the service user
 
 # The paths below are the ones deploy/kairo-sidecar.service names; the script checks they match.
 SERVICE=kairo-sidecar
@@ -17,7 +18,7 @@ UNIT=/etc/systemd/system/$SERVICE.service
 MOSQ_DROPIN=/etc/mosquitto/conf.d/kairo.conf
 MOSQ_ACL=/etc/mosquitto/kairo.acl
 MOSQ_PASSWD=/etc/mosquitto/passwd
-START_TIMEOUT=${KAIRO_INSTALL_START_TIMEOUT:-120}
+START_TIMEOUT=120
 
 usage() {
     cat <<EOF
@@ -36,14 +37,16 @@ Install kairo-sidecar from this checkout as the systemd service '$SERVICE':
 Running it again upgrades the venv and restarts the service; nothing you edited is overwritten.
 
 Options:
-  --root DIR     install into the staging directory DIR instead of / (like DESTDIR; for tests
-                 and images). Implies --no-systemd and --no-apt; no user is created, no file
-                 is chowned, and the first-run check uses DIR$STATE_DIR. The venv works where
-                 it is, not when DIR is moved.
+  --root DIR     install into the staging directory DIR instead of / (like DESTDIR; for
+                 tests). Implies --no-systemd and --no-apt; no user is created, no file is
+                 chowned, and the first-run check uses the database under DIR. The venv
+                 works where it is, not when DIR is moved.
   --no-systemd   install the unit file but do not run systemctl (no start, no broker restart)
   --no-broker    leave Mosquitto alone (the broker is elsewhere or set up by hand)
   --no-apt       never run apt-get; stop with the list of missing packages instead
   --python PY    the Python (>= 3.11) that creates the venv (default: the newest found)
+  --start-timeout SECONDS
+                 how long to wait for the service to become active (default: $START_TIMEOUT)
   -h, --help     this help
 
 Example: sudo deploy/install.sh
@@ -70,11 +73,16 @@ while [ $# -gt 0 ]; do
         --no-apt) APT=0 ;;
         --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; shift ;;
         --python=*) PYTHON=${1#--python=} ;;
+        --start-timeout) [ $# -ge 2 ] || die "--start-timeout needs seconds"; START_TIMEOUT=$2; shift ;;
+        --start-timeout=*) START_TIMEOUT=${1#--start-timeout=} ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
     esac
     shift
 done
+case $START_TIMEOUT in
+    ''|*[!0-9]*) die "--start-timeout takes whole seconds, not '$START_TIMEOUT'" ;;
+esac
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ ! -f "$SRC/pyproject.toml" ] || [ ! -f "$SRC/deploy/kairo-sidecar.service" ]; then
@@ -320,7 +328,7 @@ if [ "$SYSTEMD" = 1 ]; then
     until systemctl is-active --quiet "$SERVICE"; do
         if systemctl is-failed --quiet "$SERVICE" || [ $SECONDS -ge $deadline ]; then
             journalctl -u "$SERVICE" -n 30 --no-pager -o cat >&2 || true
-            die "$SERVICE did not become active (its log is above; systemctl status $SERVICE)"
+            die "$SERVICE did not become active within ${START_TIMEOUT}s (its log is above; systemctl status $SERVICE)"
         fi
         sleep 1
     done
