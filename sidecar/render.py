@@ -4,7 +4,7 @@ width, and key/value lists. JSON stays the default for scripts; this is for read
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TextIO
 
@@ -106,9 +106,11 @@ def _correlation(metadata: Any) -> Any:
 
 
 def key_values(out: TextIO, data: Mapping[str, Any]) -> None:
-    """``key   value`` lines; ``*_at`` times as RFC 3339, ``*_bytes`` with a readable size."""
-    pad = max((len(k) for k in data), default=0)
-    for key, value in data.items():
+    """``key   value`` lines; ``*_at`` times as RFC 3339, ``*_bytes`` with a readable size; a
+    nested object as ``parent.key`` lines."""
+    flat = dict(_flatten(data))
+    pad = max((len(k) for k in flat), default=0)
+    for key, value in flat.items():
         if key.endswith("_at") and isinstance(value, int):
             shown = f"{when(value)} ({value})"
         elif key.endswith("_bytes") and isinstance(value, int):
@@ -117,3 +119,11 @@ def key_values(out: TextIO, data: Mapping[str, Any]) -> None:
             shown = _clean(value)
         out.write(f"{key.ljust(pad)}  {shown}\n")
     out.flush()
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

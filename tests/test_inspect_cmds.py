@@ -176,6 +176,9 @@ def test_stats_through_the_broker(tmp_path, capsys, broker: Broker):
         code, out, _ = run(capsys, "stats", *address, "--format", "table")
         assert code == 0 and any(line.split()[:2] == ["events_total", "1"]
                                  for line in out.splitlines())
+        # the disk guard's object is flattened into its own lines, never a Python repr
+        assert any(line.split()[:2] == ["disk_guard.min_free", "10%"] for line in out.splitlines())
+        assert "{" not in out
     finally:
         client.loop_stop()
         client.disconnect()
