@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sidecar.api.protocol import QueryRequest
 from sidecar.client import SidecarClient
 from sidecar.config import DatabaseConfig
-from sidecar.queries import conditions
-from sidecar.reads import Reader, open_reader
-from sidecar.requests import QueryRequest
+from sidecar.storage.queries import conditions
+from sidecar.storage.reads import Reader, open_reader
 
 from .events import BASE_TS, SPACING_MS, seed_database
 from .harness import Report, fmt, interleave, percentile

@@ -26,8 +26,8 @@ from typing import Any
 from sidecar.app import Sidecar
 from sidecar.client import SidecarClient
 from sidecar.config import LogConfig, load_config
-from sidecar.db import migrate, open_database
 from sidecar.logs import configure_logging
+from sidecar.storage.db import migrate, open_database
 from tests.broker import start_broker
 
 KINDS = ["user.message", "sensor.temp", "door.open", "audit.login", "alert"]

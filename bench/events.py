@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from sidecar.ingest import EVENT_COLUMNS, EventRow, decode_message
+from sidecar.core.events import EVENT_COLUMNS, EventRow
+from sidecar.ingest.decode import decode_message
 
 # (topic, weight): sensors dominate, a few rare kinds (audit, alert) -- as on a real site.
 TOPICS: tuple[tuple[str, int], ...] = (

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import DatabaseConfig
-from sidecar.db import migrate, open_database
+from sidecar.storage.db import migrate, open_database
 
 from .events import Message, make_messages, mean_size
 from .harness import Report, fmt, interleave, percentile

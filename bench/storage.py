@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.config import DatabaseConfig
-from sidecar.db import pragmas
+from sidecar.storage.db import pragmas
 
 from . import sync_levels
 from .events import insert_sql, make_messages, rows_for

@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 from sidecar.config import DatabaseConfig, LogConfig, WriterConfig
-from sidecar.db import migrate, open_database
-from sidecar.ingest import EventRow, decode_message, now_ms
+from sidecar.core.events import EventRow, now_ms
+from sidecar.core.stats import Stats
+from sidecar.ingest.decode import decode_message
+from sidecar.ingest.writer import Delivery, Writer
 from sidecar.logs import configure_logging
-from sidecar.stats import Stats
-from sidecar.writer import Delivery, Writer
+from sidecar.storage.db import migrate, open_database
 
 LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 

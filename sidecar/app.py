@@ -12,20 +12,20 @@ from typing import Any
 
 import peewee
 
-from . import __version__
-from .config import Config
-from .db import check_schema, migrate, open_database, sqlite_path
-from .errors import StorageError
-from .handlers import Handlers
-from .integrity import verify_on_start
-from .logs import get_logger
-from .maintenance import Maintenance, ensure_incremental_vacuum, truncate_wal
-from .mqtt import Subscriber, receive_window
-from .notify import Notifier, Watchdog, stall_after
-from .reads import Reader, open_reader
-from .replay import CommitSignal
-from .stats import Stats
-from .writer import Writer
+from sidecar import __version__
+from sidecar.api.handlers import Handlers
+from sidecar.api.replay import CommitSignal
+from sidecar.broker.subscriber import Subscriber, receive_window
+from sidecar.config import Config
+from sidecar.core.stats import Stats
+from sidecar.errors import StorageError
+from sidecar.ingest.writer import Writer
+from sidecar.logs import get_logger
+from sidecar.storage.db import check_schema, migrate, open_database, sqlite_path
+from sidecar.storage.integrity import verify_on_start
+from sidecar.storage.maintenance import Maintenance, ensure_incremental_vacuum, truncate_wal
+from sidecar.storage.reads import Reader, open_reader
+from sidecar.systemd import Notifier, Watchdog, stall_after
 
 log = get_logger("sidecar.app")
 

@@ -42,8 +42,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .connfail import network_reason, refusal_reason
-from .errors import BrokerError, RequestError
+from sidecar.broker.connfail import network_reason, refusal_reason
+from sidecar.errors import BrokerError, RequestError
 
 _CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
 

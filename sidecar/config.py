@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal, NamedTuple
 import msgspec
 from msgspec import Meta
 
-from . import choices, topics, units
-from .errors import ConfigError
-from .units import ByteSize, Duration, FreeSpace
-from .wire import explain_validation
+from sidecar.core import choices, topics, units
+from sidecar.core.codecs import explain_validation
+from sidecar.core.units import ByteSize, Duration, FreeSpace
+from sidecar.errors import ConfigError
 
 ENV_PREFIX = "KAIRO_SIDECAR_"
 

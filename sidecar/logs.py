@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from .config import LogConfig
+from sidecar.config import LogConfig
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}

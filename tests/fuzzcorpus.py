@@ -24,8 +24,9 @@ from typing import Any
 
 import msgspec
 
+from sidecar.core.events import EventRow
 from sidecar.errors import PayloadError
-from sidecar.ingest import EventRow, decode_message
+from sidecar.ingest.decode import decode_message
 
 EVENT, DEAD, NOTHING = "event", "dead_letter", "nothing"
 MSGPACK_MAP_MARKERS = {*range(0x80, 0x90), 0xDE, 0xDF}

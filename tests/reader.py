@@ -14,9 +14,9 @@ import sys
 from itertools import pairwise
 from pathlib import Path
 
-from sidecar.busy import retry_busy
 from sidecar.config import DatabaseConfig
-from sidecar.reads import open_reader
+from sidecar.storage.reads import open_reader
+from sidecar.storage.sqlite_errors import retry_busy
 
 
 def main() -> int:

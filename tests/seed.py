@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config import DatabaseConfig
-from sidecar.db import migrate, open_database
+from sidecar.storage.db import migrate, open_database
 
 DAY_MS = 86_400_000
 COLUMNS = ("id", "topic", "type", "source", "payload", "metadata", "created_at", "received_at",

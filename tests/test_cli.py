@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import busy, cliargs
-from sidecar.cli import main
+from sidecar.cli import args as cliargs
+from sidecar.cli.main import main
 from sidecar.config import load_config
 from sidecar.errors import ConfigError, UsageError
+from sidecar.storage import sqlite_errors as busy
 from tests.broker import Broker, free_port
 from tests.conftest import ROOT, count_rows, wait_until
 from tests.seed import DAY_MS, create_db, damage_page_holding, event

@@ -29,8 +29,8 @@ from sidecar.config import (
     default_database_url,
     load_config,
 )
+from sidecar.core.units import parse_units
 from sidecar.errors import ConfigError
-from sidecar.units import parse_units
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "sidecar.toml"

@@ -11,11 +11,12 @@ import msgspec
 import pytest
 
 from sidecar.config import DatabaseConfig, WriterConfig
-from sidecar.conflicts import find_conflicts, refused_event_json, same_body
-from sidecar.db import migrate, open_database
-from sidecar.ingest import EventRow, decode_message, now_ms
-from sidecar.stats import Stats
-from sidecar.writer import Delivery, Writer
+from sidecar.core.events import EventRow, now_ms
+from sidecar.core.stats import Stats
+from sidecar.ingest.conflicts import find_conflicts, refused_event_json, same_body
+from sidecar.ingest.decode import decode_message
+from sidecar.ingest.writer import Delivery, Writer
+from sidecar.storage.db import migrate, open_database
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import connfail
+from sidecar.broker import connfail
 from sidecar.client import SidecarClient
 from sidecar.errors import BrokerError
 from tests.broker import Broker, free_port, start_broker

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import DatabaseConfig
-from sidecar.db import check_schema, migrate, open_database, sqlite_path
 from sidecar.errors import SchemaTooNewError, StorageError
+from sidecar.storage.db import check_schema, migrate, open_database, sqlite_path
 
 
 def _cfg(path: Path, **kw: object) -> DatabaseConfig:

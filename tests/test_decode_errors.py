@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 import pytest
 
-from sidecar.decode_errors import decode_failure, explain_validation, msgpack_problem
+from sidecar.core.decode_errors import decode_failure, explain_validation, msgpack_problem
 
 
 class _Limits(msgspec.Struct, forbid_unknown_fields=True):

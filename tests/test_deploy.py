@@ -22,9 +22,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sidecar import topics
+from sidecar.api.protocol import OPS, CancelRequest, ReplayRequest, RequestMessage, decode_request
 from sidecar.config import WriterConfig
-from sidecar.requests import OPS, CancelRequest, ReplayRequest, RequestMessage, decode_request
+from sidecar.core import topics
 from tests.broker import Broker, free_port, mqtt_ready
 from tests.conftest import ROOT, count_rows, wait_until
 from tests.publisher import event_id, event_messages, publish_all

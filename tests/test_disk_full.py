@@ -16,11 +16,12 @@ import pytest
 
 import models
 from sidecar.config import DatabaseConfig, WriterConfig
-from sidecar.db import migrate, pragmas
-from sidecar.dberror import describe
-from sidecar.ingest import decode_message, now_ms
-from sidecar.stats import Stats
-from sidecar.writer import Delivery, Writer
+from sidecar.core.events import now_ms
+from sidecar.core.stats import Stats
+from sidecar.ingest.decode import decode_message
+from sidecar.ingest.writer import Delivery, Writer
+from sidecar.storage.db import migrate, pragmas
+from sidecar.storage.sqlite_errors import describe
 from tests import scenarios
 from tests.broker import Broker
 from tests.conftest import SidecarProcess, wait_until

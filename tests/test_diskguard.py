@@ -18,11 +18,11 @@ import pytest
 from sidecar.app import Sidecar
 from sidecar.client import SidecarClient
 from sidecar.config import Config, load_config
-from sidecar.db import open_database
-from sidecar.diskguard import MinFree, Space, deficit, measure
+from sidecar.core.units import parse_free_space
 from sidecar.errors import ConfigError
-from sidecar.maintenance import Maintenance
-from sidecar.units import parse_free_space
+from sidecar.storage.db import open_database
+from sidecar.storage.diskguard import MinFree, Space, deficit, measure
+from sidecar.storage.maintenance import Maintenance
 from tests.broker import Broker
 from tests.conftest import ROOT, wait_until
 from tests.faultkit import SmallFilesystem

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.cli.progress import Progress
 from sidecar.config import DatabaseConfig
 from sidecar.errors import UsageError
-from sidecar.export import backup
-from sidecar.progress import Progress
+from sidecar.storage.backup import backup
 from tests.broker import Broker
 from tests.conftest import ROOT, count_rows, wait_until
 from tests.publisher import Publisher, event_messages

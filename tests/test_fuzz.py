@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 
 from sidecar.client import SidecarClient
 from sidecar.errors import PayloadError
-from sidecar.ingest import decode_message
+from sidecar.ingest.decode import decode_message
 from tests import scenarios
 from tests.broker import Broker
 from tests.conftest import SidecarProcess, count_rows, wait_until

@@ -24,10 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sidecar.api.handlers import Handlers
+from sidecar.api.protocol import RequestMessage
 from sidecar.client import SidecarClient
 from sidecar.errors import RequestError
-from sidecar.handlers import Handlers
-from sidecar.requests import RequestMessage
 from tests.broker import Broker, start_broker
 from tests.conftest import ROOT, count_rows, wait_until
 from tests.publisher import Message, Publisher

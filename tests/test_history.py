@@ -9,10 +9,10 @@ import signal
 
 import pytest
 
-from sidecar import history
+from sidecar.cli import history
+from sidecar.cli.progress import Progress
 from sidecar.config import load_config
 from sidecar.errors import RequestError, UsageError
-from sidecar.progress import Progress
 from tests.conftest import wait_until
 
 

@@ -17,14 +17,14 @@ from typing import Any
 import msgspec
 import pytest
 
+from sidecar.api.handlers import Handlers
+from sidecar.api.protocol import QueryRequest, RequestMessage
+from sidecar.api.replay import CommitSignal
 from sidecar.config import ApiConfig, DatabaseConfig
-from sidecar.db import migrate, open_database
-from sidecar.handlers import Handlers
-from sidecar.queries import conditions
-from sidecar.reads import Reader, open_reader
-from sidecar.replay import CommitSignal
-from sidecar.requests import QueryRequest, RequestMessage
-from sidecar.stats import Stats
+from sidecar.core.stats import Stats
+from sidecar.storage.db import migrate, open_database
+from sidecar.storage.queries import conditions
+from sidecar.storage.reads import Reader, open_reader
 from tests import hostile, scenarios
 from tests.broker import Broker
 from tests.conftest import SidecarProcess, wait_until

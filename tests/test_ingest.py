@@ -16,19 +16,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from sidecar import ingest
+from sidecar.core.events import MAX_TS_MS, DeadLetterRow, EventRow, parse_timestamp, uuid7
 from sidecar.errors import PayloadError
-from sidecar.ingest import (
-    MAX_TS_MS,
-    DeadLetterRow,
-    EventRow,
-    dead_letter,
-    decode_message,
-    parse_timestamp,
-    topic_to_type,
-    trace_id_from_traceparent,
-    uuid7,
-)
+from sidecar.core import events
+from sidecar.ingest.decode import dead_letter, decode_message, topic_to_type, trace_id_from_traceparent
 
 TOPIC = "kairo/user/message"
 RECEIVED = 1_700_000_000_000
@@ -1000,7 +991,7 @@ def test_uuid7_strictly_increasing() -> None:
 
 def test_uuid7_timestamp_is_now() -> None:
     """The 48-bit prefix of a fresh uuid7 is the current epoch millisecond."""
-    gen = ingest._UUID7()
+    gen = events._UUID7()
     before = time.time_ns() // 1_000_000
     value = uuid.UUID(gen())
     after = time.time_ns() // 1_000_000
@@ -1010,8 +1001,8 @@ def test_uuid7_timestamp_is_now() -> None:
 def test_uuid7_frozen_clock_counter_and_borrow(monkeypatch: pytest.MonkeyPatch) -> None:
     """With a frozen clock ids still increase; after 4096 ids the next millisecond is borrowed."""
     frozen = 1_700_000_000_000
-    monkeypatch.setattr(ingest, "time", types.SimpleNamespace(time_ns=lambda: frozen * 10**6))
-    gen = ingest._UUID7()
+    monkeypatch.setattr(events, "time", types.SimpleNamespace(time_ns=lambda: frozen * 10**6))
+    gen = events._UUID7()
     ids = [gen() for _ in range(5000)]
     assert ids == sorted(set(ids))  # strictly increasing
     prefixes = [uuid.UUID(i).int >> 80 for i in ids]
@@ -1023,9 +1014,9 @@ def test_uuid7_frozen_clock_counter_and_borrow(monkeypatch: pytest.MonkeyPatch) 
 def test_uuid7_clock_going_backwards(monkeypatch: pytest.MonkeyPatch) -> None:
     """If the clock steps back, ids keep increasing (they stay on the last millisecond)."""
     clock = iter([2_000, 2_000, 1_000, 1_500, 2_500])
-    monkeypatch.setattr(ingest, "time",
+    monkeypatch.setattr(events, "time",
                         types.SimpleNamespace(time_ns=lambda: next(clock) * 10**6))
-    gen = ingest._UUID7()
+    gen = events._UUID7()
     ids = [gen() for _ in range(5)]
     assert ids == sorted(set(ids))  # strictly increasing
     assert [uuid.UUID(i).int >> 80 for i in ids] == [2_000, 2_000, 2_000, 2_000, 2_500]

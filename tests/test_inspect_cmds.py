@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from sidecar import cli
+from sidecar.cli import main as cli
 from sidecar.config import DatabaseConfig
-from sidecar.db import migrate, open_database
+from sidecar.storage.db import migrate, open_database
 from tests import seed
 from tests.broker import Broker
 from tests.conftest import count_rows, wait_until

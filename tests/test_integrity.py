@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import CorruptDatabaseError, StorageError
-from sidecar.integrity import problems, recover, verify_on_start
+from sidecar.storage.integrity import problems, recover, verify_on_start
 from tests.conftest import ROOT
 from tests.seed import create_db, damage_page_holding, event, query, sha256
 

@@ -13,13 +13,14 @@ import peewee
 import pytest
 from peewee_migrate import Router
 
-from sidecar import letters
 from sidecar.config import DatabaseConfig
-from sidecar.db import MIGRATIONS_DIR, migrate, open_database
+from sidecar.core.events import now_ms
 from sidecar.errors import PayloadError, RequestError
-from sidecar.ingest import dead_letter, decode_message, now_ms
-from sidecar.reads import open_reader
-from sidecar.writer import Delivery
+from sidecar.ingest import letters
+from sidecar.ingest.decode import dead_letter, decode_message
+from sidecar.ingest.writer import Delivery
+from sidecar.storage.db import MIGRATIONS_DIR, migrate, open_database
+from sidecar.storage.reads import open_reader
 from tests.conftest import wait_until
 from tests.test_writer import make_writer
 

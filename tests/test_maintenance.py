@@ -11,16 +11,16 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.config import Config, DatabaseConfig, WriterConfig, load_config
-from sidecar.db import open_database
-from sidecar.maintenance import (
+from sidecar.core.stats import Stats
+from sidecar.ingest.writer import Delivery, Writer
+from sidecar.storage.db import open_database
+from sidecar.storage.maintenance import (
     Maintenance,
     checkpoint,
     ensure_incremental_vacuum,
     storage_info,
     wal_size,
 )
-from sidecar.stats import Stats
-from sidecar.writer import Delivery, Writer
 from tests.conftest import wait_until
 from tests.seed import create_db, event, insert_rows, query
 
@@ -150,7 +150,8 @@ def test_writer_runs_the_hook_between_batches_and_survives_its_errors(tmp_path: 
                     window=1000, stats=Stats(), maintenance=hook)
     writer.start()
     wait_until(lambda: len(calls) >= 2, message="the hook to run while idle")
-    from sidecar.ingest import decode_message, now_ms
+    from sidecar.core.events import now_ms
+    from sidecar.ingest.decode import decode_message
     for i in range(50):
         row = decode_message("kairo/t", f'{{"id": "m-{i}", "payload": {{}}}}'.encode(),
                              received_at=now_ms(), max_payload_bytes=10_000)

@@ -6,8 +6,8 @@ import threading
 
 import paho.mqtt.client as paho
 
+from sidecar.broker.subscriber import Subscriber
 from sidecar.config import IngestConfig, MQTTConfig
-from sidecar.mqtt import Subscriber
 from tests.conftest import wait_until
 
 

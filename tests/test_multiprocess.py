@@ -13,8 +13,8 @@ from pathlib import Path
 import peewee
 import pytest
 
-from sidecar.busy import is_busy, retry_busy
 from sidecar.errors import DatabaseBusyError
+from sidecar.storage.sqlite_errors import is_busy, retry_busy
 from tests.broker import Broker
 from tests.conftest import ROOT, count_rows, wait_until
 from tests.publisher import Publisher, event_messages

@@ -15,8 +15,8 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.config import load_config, systemd_environment
-from sidecar.maintenance import wal_size
-from sidecar.notify import Notifier, Watchdog, socket_address, stall_after
+from sidecar.storage.maintenance import wal_size
+from sidecar.systemd import Notifier, Watchdog, socket_address, stall_after
 from tests.broker import Broker
 from tests.conftest import wait_until
 from tests.publisher import event_messages, publish_all

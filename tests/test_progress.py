@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.progress import Progress
+from sidecar.cli.progress import Progress
 from tests.conftest import ROOT
 from tests.seed import create_db, event
 

@@ -14,8 +14,8 @@ import pytest
 
 from sidecar.app import Sidecar
 from sidecar.config import DatabaseConfig, RetentionConfig, RetentionRule, load_config
-from sidecar.db import open_database
-from sidecar.purge import (
+from sidecar.storage.db import open_database
+from sidecar.storage.purge import (
     Policy,
     PurgeRun,
     age_groups,

@@ -10,13 +10,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from sidecar import topics
+from sidecar.api.protocol import QueryRequest, RequestMessage, decode_request
 from sidecar.config import DatabaseConfig, load_config
-from sidecar.db import migrate, open_database
+from sidecar.core import topics
 from sidecar.errors import ConfigError, RequestError
-from sidecar.queries import conditions
-from sidecar.reads import Reader, open_reader
-from sidecar.requests import QueryRequest, RequestMessage, decode_request
+from sidecar.storage.db import migrate, open_database
+from sidecar.storage.queries import conditions
+from sidecar.storage.reads import Reader, open_reader
 
 ROWS = [
     # id, topic, type, payload, metadata, created_at, correlation_id

@@ -14,12 +14,12 @@ from typing import Any
 import msgspec
 import pytest
 
+from sidecar.api.protocol import ReplayRequest
+from sidecar.api.replay import CommitSignal, Pacer, ReplayStream
 from sidecar.config import DatabaseConfig
-from sidecar.db import migrate, open_database
-from sidecar.queries import conditions
-from sidecar.reads import Reader, open_reader
-from sidecar.replay import CommitSignal, Pacer, ReplayStream
-from sidecar.requests import ReplayRequest
+from sidecar.storage.db import migrate, open_database
+from sidecar.storage.queries import conditions
+from sidecar.storage.reads import Reader, open_reader
 from tests.conftest import wait_until
 
 

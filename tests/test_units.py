@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import load_config
+from sidecar.core.units import format_duration, parse_duration, parse_size
 from sidecar.errors import ConfigError
-from sidecar.units import format_duration, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

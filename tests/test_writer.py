@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import DatabaseConfig, WriterConfig
-from sidecar.db import migrate, open_database
-from sidecar.ingest import EventRow, dead_letter, decode_message, now_ms
-from sidecar.stats import Stats
-from sidecar.writer import Delivery, Writer
+from sidecar.core.events import EventRow, now_ms
+from sidecar.core.stats import Stats
+from sidecar.ingest.decode import dead_letter, decode_message
+from sidecar.ingest.writer import Delivery, Writer
+from sidecar.storage.db import migrate, open_database
 from tests.conftest import wait_until
 
 

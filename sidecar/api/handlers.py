@@ -1,0 +1,375 @@
+"""Request/response: route each request to a worker, answer it where the requester asked.
+
+The paho network thread only calls ``submit`` (a bounded queue; when it is full the answer is
+``busy``). A small pool of worker threads decodes, validates and answers requests, each on its
+own read connection; a replay gets its own thread (``replay.ReplayStream``). Nothing here
+imports paho: answers go out through the ``publish`` callable ``app`` passes in.
+
+Where an answer goes: the MQTT 5 Response Topic (Correlation Data echoed), else the request's
+``reply_to``, else ``<base>/response/<op>``. A destination that is not a valid topic name, or
+that the sidecar itself stores or serves (the event topics, ``<base>/request/#``), is refused:
+the request is logged as ``request_dropped`` and not answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sidecar import __version__
+from sidecar.api import protocol as requests
+from sidecar.api.protocol import (
+    CancelRequest,
+    GetRequest,
+    QueryRequest,
+    RenewRequest,
+    ReplayRequest,
+    RequestMessage,
+    StatsRequest,
+)
+from sidecar.api.replay import CommitSignal, ReplayStream, Sent
+from sidecar.config import ApiConfig
+from sidecar.core import topics
+from sidecar.core.stats import Stats
+from sidecar.errors import RequestError, StorageError
+from sidecar.logs import RateLimited, get_logger
+from sidecar.storage.queries import conditions
+from sidecar.storage.reads import Reader
+
+log = get_logger("sidecar.handlers")
+
+ANSWER_WAIT = 5.0  # seconds a worker waits for the broker to take an answer
+
+
+class Publish(Protocol):
+    def __call__(self, topic: str, payload: bytes, *, correlation_data: bytes | None,
+                 content_type: str) -> Sent: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Where and how one request is answered."""
+
+    topic: str
+    correlation_data: bytes | None
+    fmt: str
+    transaction: Any
+    publish: Publish
+
+    def send(self, body: dict[str, Any]) -> Sent:
+        return self.publish(self.topic, requests.encode(body, self.fmt),
+                            correlation_data=self.correlation_data,
+                            content_type=requests.CONTENT_TYPES[self.fmt])
+
+
+_STREAMING = object()
+
+
+class Handlers:
+    """The worker pool and the registry of running replay streams."""
+
+    def __init__(self, config: ApiConfig, reader: Reader, *, publish: Publish, stats: Stats,
+                 commits: CommitSignal, event_topics: Sequence[str],
+                 queue_depth: Callable[[], int] = lambda: 0,
+                 disk_guard: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
+        self._config = config
+        self._reader = reader
+        self._publish = publish
+        self._stats = stats
+        self._commits = commits
+        self._event_topics = list(event_topics)
+        self._queue_depth = queue_depth
+        self._disk_guard = disk_guard  # the disk guard's state (sidecar.diskguard), or None
+        self._request_filter = f"{config.base_topic}/request/#"
+        self._queue: queue.Queue[RequestMessage | None] = queue.Queue(config.queue_size)
+        self._workers: list[threading.Thread] = []
+        self._streams: dict[str, ReplayStream] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.dropped = 0  # requests that could not be answered (logged as request_dropped)
+        self._drop_log = RateLimited(period=10.0, burst=5)
+        self._error_log = RateLimited(period=10.0, burst=10)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        for i in range(self._config.workers):
+            thread = threading.Thread(target=self._work, name=f"kairo-api-{i}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        log.info("api_started", base_topic=self._config.base_topic, workers=self._config.workers,
+                 max_streams=self._config.max_streams)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Take no more requests, end every stream (``reason: shutdown``), stop the workers."""
+        deadline = time.monotonic() + timeout
+        self._stopping = True
+        with self._lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            stream.cancel("shutdown")
+        for _ in self._workers:
+            try:
+                self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                break
+        for thread in self._workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for stream in streams:
+            stream.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def active_streams(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    # ------------------------------------------------------------------ network thread
+    def submit(self, msg: RequestMessage) -> None:
+        """Queue a request for a worker; answer ``busy`` at once when the queue is full."""
+        if self._stopping:
+            return
+        if len(msg.payload) > self._config.max_request_bytes:  # answered here, never queued
+            self._answer_error(msg, RequestError(
+                "too_large", f"request of {len(msg.payload)} bytes exceeds max_request_bytes "
+                f"{self._config.max_request_bytes}"))
+            return
+        try:
+            self._queue.put_nowait(msg)
+        except queue.Full:
+            self._answer_error(msg, RequestError("busy", "too many requests waiting; retry"))
+
+    # ------------------------------------------------------------------ workers
+    def _work(self) -> None:
+        try:
+            while True:
+                msg = self._queue.get()
+                if msg is None:
+                    return
+                try:
+                    self.handle(msg)
+                except Exception:  # a bug must not kill the worker
+                    log.exception("request_handling_failed", op=msg.op)
+        finally:
+            self._reader.close()
+
+    def handle(self, msg: RequestMessage) -> None:
+        """Decode, run and answer one request (on the calling thread)."""
+        started = time.perf_counter()
+        reply = self.reply_for(msg)
+        if reply is None:
+            return
+        try:
+            if len(msg.payload) > self._config.max_request_bytes:
+                raise RequestError("too_large", f"request of {len(msg.payload)} bytes exceeds "
+                                   f"max_request_bytes {self._config.max_request_bytes}")
+            if msg.op not in requests.REQUEST_TYPES:
+                raise RequestError("unknown_op", f"unknown operation {msg.op!r:.200}; one of "
+                                   + ", ".join(requests.OPS))
+            data = self._dispatch(requests.decode_request(msg), reply)
+            if data is not _STREAMING:
+                self._delivered(reply.send(requests.ok(data, reply.transaction)))
+        except RequestError as exc:
+            self._log_error(msg.op, exc)
+            reply.send(requests.error(exc, reply.transaction))
+        except StorageError as exc:
+            log.error("request_failed", op=msg.op, error=str(exc))
+            reply.send(requests.error(RequestError("internal", str(exc)), reply.transaction))
+        except Exception as exc:  # a bug: still answer, never leave the requester waiting
+            log.exception("request_failed", op=msg.op)
+            reply.send(requests.error(RequestError("internal", f"internal error: {exc!r:.300}"),
+                                      reply.transaction))
+        log.debug("request_answered", op=msg.op, ms=round((time.perf_counter() - started) * 1000, 2))
+
+    @staticmethod
+    def _delivered(sent: Sent) -> None:
+        """Wait (at most ``ANSWER_WAIT``) until the broker has the answer, so a worker never has
+        more than one answer (up to ``max_response_bytes``) in the MQTT client's send queue: a
+        flood of large queries cannot pile answers up in memory."""
+        with contextlib.suppress(RuntimeError, ValueError):  # not connected: paho keeps it queued
+            sent.wait_for_publish(ANSWER_WAIT)
+
+    def reply_for(self, msg: RequestMessage) -> Reply | None:
+        """Where to answer ``msg``, or ``None`` (logged) when it cannot be answered."""
+        if msg.retain:
+            self._drop(msg, "retained request (clear it: it would run at every reconnect)")
+            return None
+        fmt = requests.body_format(msg)
+        transaction, reply_to = (None, None)
+        if len(msg.payload) <= self._config.max_request_bytes:
+            transaction, reply_to = requests.envelope(msg)
+        if msg.response_topic is not None:
+            destination: Any = msg.response_topic
+        elif reply_to is not None:
+            destination = reply_to
+        else:
+            destination = f"{self._config.base_topic}/response/{msg.op}"
+        if not isinstance(destination, str) or not topics.valid_topic(destination):
+            self._drop(msg, f"answer topic {destination!r:.200} is not a topic name")
+            return None
+        if self._loops(destination):
+            self._drop(msg, f"answer topic {destination!r:.200} is one the sidecar stores or "
+                       "serves")
+            return None
+        return Reply(destination, msg.correlation_data, fmt, transaction, self._publish)
+
+    def _loops(self, topic: str) -> bool:
+        if topics.matches(self._request_filter, topic):
+            return True
+        return any(topics.matches(f, topic) for f in self._event_topics)
+
+    def _drop(self, msg: RequestMessage, reason: str) -> None:
+        with self._lock:
+            self.dropped += 1
+        allowed, suppressed = self._drop_log.allow()
+        if allowed:
+            log.warning("request_dropped", op=msg.op, reason=reason, suppressed=suppressed)
+
+    def _answer_error(self, msg: RequestMessage, exc: RequestError) -> None:
+        reply = self.reply_for(msg)
+        if reply is not None:
+            self._log_error(msg.op, exc)
+            reply.send(requests.error(exc, reply.transaction))
+
+    def _log_error(self, op: str, exc: RequestError) -> None:
+        allowed, suppressed = self._error_log.allow()
+        if allowed:
+            log.info("request_refused", op=op, code=exc.code, message=exc.message,
+                     suppressed=suppressed)
+
+    # ------------------------------------------------------------------ operations
+    def _dispatch(self, request: Any, reply: Reply) -> Any:
+        match request:
+            case QueryRequest():
+                return self._query(request, reply.fmt)
+            case GetRequest():
+                return self._get(request, reply.fmt)
+            case ReplayRequest():
+                return self._replay(request, reply)
+            case CancelRequest():
+                return self._cancel(request)
+            case RenewRequest():
+                return self._renew(request)
+            case StatsRequest():
+                return self.stats()
+        raise RequestError("unknown_op", "unknown request")
+
+    def _check_limit(self, value: int, field: str) -> None:
+        if value > self._config.max_limit:
+            raise RequestError("bad_request", f"{field}: must be <= {self._config.max_limit} "
+                               "(api.max_limit)", field=field)
+
+    def _query(self, request: QueryRequest, fmt: str) -> dict[str, Any]:
+        self._check_limit(request.limit, "limit")
+        cond = conditions(request)
+        # Read no further than the answer can hold: large events never fill memory.
+        rows, cut = self._reader.page_within(cond, limit=request.limit + 1, order=request.order,
+                                             max_bytes=self._config.max_response_bytes)
+        more = cut or len(rows) > request.limit
+        rows = rows[: request.limit]
+        size = 0
+        for i, row in enumerate(rows):
+            size += requests.event_size(row)
+            if i and size > self._config.max_response_bytes:
+                rows, more = rows[:i], True
+                break
+        return {"events": [requests.event_out(row, fmt) for row in rows],
+                "next": rows[-1][0] if more and rows else None}
+
+    def _get(self, request: GetRequest, fmt: str) -> dict[str, Any]:
+        row = self._reader.get(request.id)
+        if row is None:
+            raise RequestError("not_found", f"no event with id {request.id!r}", field="id")
+        return requests.event_out(row, fmt)
+
+    def _replay(self, request: ReplayRequest, reply: Reply) -> object:
+        self._check_limit(request.batch, "batch")
+        max_duration = self._config.max_duration
+        if request.max_duration is not None:
+            if request.max_duration > max_duration:
+                raise RequestError("bad_request", f"max_duration: must be <= {max_duration} "
+                                   "(api.max_duration)", field="max_duration")
+            max_duration = request.max_duration
+        cond = conditions(request)
+        with self._lock:
+            if self._stopping:
+                raise RequestError("busy", "the sidecar is stopping")
+            if len(self._streams) >= self._config.max_streams:
+                raise RequestError("busy", f"{len(self._streams)} replay streams already run "
+                                   f"(api.max_streams); retry later")
+            stream = ReplayStream(uuid.uuid4().hex, request, cond, reader=self._reader,
+                                  send=reply.send, commits=self._commits,
+                                  inflight=self._config.replay_inflight, max_duration=max_duration,
+                                  max_bytes=self._config.max_response_bytes, fmt=reply.fmt,
+                                  on_end=self._stream_ended)
+            self._streams[stream.id] = stream
+        log.info("replay_started", stream=stream.id, live=request.live, batch=request.batch,
+                 pace=request.pace, rate=request.rate, topic=reply.topic, owner=request.owner,
+                 lease=request.lease)
+        stream.start()
+        return _STREAMING
+
+    def _stream_ended(self, stream: ReplayStream) -> None:
+        with self._lock:
+            self._streams.pop(stream.id, None)
+
+    def _cancel(self, request: CancelRequest) -> dict[str, Any]:
+        if (request.stream is None) == (request.owner is None):
+            raise RequestError("bad_request", "give either stream or owner", field="stream")
+        if request.owner is not None:
+            return self._cancel_owner(request.owner)
+        stream = self._running(request.stream)
+        stream.cancel()
+        return {"stream": request.stream, "cancelled": True}
+
+    def _cancel_owner(self, owner: str) -> dict[str, Any]:
+        """Every stream opened with this owner token: what a requester's Will asks for. None
+        left is no error (the Will fires whether or not its streams still run)."""
+        with self._lock:
+            streams = [s for s in self._streams.values() if s.owner == owner]
+        for stream in streams:
+            stream.cancel()
+        if streams:
+            log.info("replay_owner_cancelled", owner=owner, streams=len(streams))
+        return {"owner": owner, "cancelled": True, "streams": [s.id for s in streams]}
+
+    def _renew(self, request: RenewRequest) -> dict[str, Any]:
+        stream = self._running(request.stream)
+        stream.renew()
+        return {"stream": request.stream, "lease": stream.lease}
+
+    def _running(self, stream_id: str | None) -> ReplayStream:
+        with self._lock:
+            stream = None if stream_id is None else self._streams.get(stream_id)
+        if stream is None:
+            raise RequestError("not_found", f"no running stream {stream_id!r}", field="stream")
+        return stream
+
+    def stats(self) -> dict[str, Any]:
+        store = self._reader.figures()
+        s = self._stats
+        return {
+            "version": __version__,
+            "uptime_s": round(time.time() - s.started_at, 3),
+            "events_total": store.events_total,
+            "events_stored": s.events_stored,
+            "duplicates": s.duplicates,
+            "dead_letters_total": store.dead_letters_total,
+            "dead_letters": s.dead_letters,
+            "qos0_dropped": s.qos0_dropped,
+            "received": s.received,
+            "write_errors": s.write_errors,
+            "queue_depth": self._queue_depth(),
+            "last_commit_lag_ms": s.last_commit_lag_ms,
+            "last_commit_at": None if s.last_commit_at is None else int(s.last_commit_at * 1000),
+            "oldest_event_at": store.oldest_event_at,
+            "newest_event_at": store.newest_event_at,
+            "database_bytes": store.database_bytes,
+            "wal_bytes": store.wal_bytes,
+            "replay_streams": self.active_streams,
+            "disk_guard": self._disk_guard(),
+        }

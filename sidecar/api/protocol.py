@@ -1,0 +1,249 @@
+"""Wire types of the request/response API (msgspec): requests, answers, events in answers.
+
+Requests are ``Struct``s with ``forbid_unknown_fields``; decoders are built once at import. A
+request that does not decode becomes a ``RequestError("bad_request", field=...)`` naming the
+field, never a silent default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, NamedTuple
+
+import msgspec
+from msgspec import Meta
+
+from sidecar.core import codecs as wire
+from sidecar.core.decode_errors import decode_failure, explain_validation
+from sidecar.errors import RequestError
+
+OPS = ("query", "get", "replay", "replay/cancel", "replay/renew", "stats")
+
+Text = Annotated[str, Meta(min_length=1, max_length=1024)]
+StreamId = Annotated[str, Meta(min_length=1, max_length=64)]
+Owner = Annotated[str, Meta(min_length=1, max_length=128)]
+Lease = Annotated[float, Meta(ge=1, le=3600)]  # seconds a stream lives without a renewal
+Scalar = str | int | float | bool | None
+MAX_INT64 = 2**63 - 1  # SQLite's largest INTEGER (and seq)
+
+
+class RequestMessage(NamedTuple):
+    """One request as it came off the broker (no paho types past ``mqtt``)."""
+
+    op: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    content_type: str | None = None
+    retain: bool = False
+
+
+class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Fields every request may carry: where to answer (MQTT 3.1.1) and what to echo."""
+
+    transaction: Any = None
+    reply_to: str | None = None
+
+
+class Filter(_Request, frozen=True):
+    """The filters shared by ``query`` and ``replay``."""
+
+    type: Text | Annotated[list[Text], Meta(min_length=1, max_length=100)] | None = None
+    source: Text | Annotated[list[Text], Meta(min_length=1, max_length=100)] | None = None
+    topic: Annotated[str, Meta(min_length=1, max_length=65535)] | None = None
+    since: int | str | None = None
+    until: int | str | None = None
+    correlation_id: Text | None = None
+    causation_id: Text | None = None
+    trace_id: Text | None = None
+    after: Annotated[int, Meta(ge=0, le=MAX_INT64)] | None = None
+    where: Annotated[dict[str, Scalar], Meta(min_length=1, max_length=16)] | None = None
+
+
+class QueryRequest(Filter, frozen=True):
+    limit: Annotated[int, Meta(ge=1)] = 100
+    order: Literal["asc", "desc"] = "asc"
+
+
+class GetRequest(_Request, frozen=True):
+    id: Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class ReplayRequest(Filter, frozen=True):
+    batch: Annotated[int, Meta(ge=1)] = 100
+    rate: Annotated[float, Meta(gt=0)] | None = None
+    pace: Literal["instant", "original"] = "instant"
+    speed: Annotated[float, Meta(gt=0, le=1_000_000)] = 1.0
+    live: bool = False
+    max_duration: Annotated[float, Meta(gt=0)] | None = None
+    owner: Owner | None = None  # a token the requester's Will names in a cancel by owner
+    lease: Lease | None = None  # the stream ends unless renewed within this many seconds
+
+
+class CancelRequest(_Request, frozen=True):
+    """One stream by id, or every stream of an ``owner`` (a requester's Will)."""
+
+    stream: StreamId | None = None
+    owner: Owner | None = None
+
+
+class RenewRequest(_Request, frozen=True):
+    """Extend a leased stream's lease by its ``lease`` seconds from now."""
+
+    stream: StreamId
+
+
+class StatsRequest(_Request, frozen=True):
+    pass
+
+
+class _Envelope(msgspec.Struct):
+    """Read loosely first, so even a bad request is answered where it asked and echoed."""
+
+    transaction: Any = None
+    reply_to: Any = None
+
+
+REQUEST_TYPES: dict[str, type[_Request]] = {
+    "query": QueryRequest, "get": GetRequest, "replay": ReplayRequest,
+    "replay/cancel": CancelRequest, "replay/renew": RenewRequest, "stats": StatsRequest,
+}
+_DECODERS: dict[tuple[str, str], Any] = {}
+for _op, _type in REQUEST_TYPES.items():
+    _DECODERS[(_op, "json")] = msgspec.json.Decoder(_type)
+    _DECODERS[(_op, "msgpack")] = msgspec.msgpack.Decoder(_type)
+_ENVELOPE: dict[str, Any] = {"json": msgspec.json.Decoder(_Envelope),
+                             "msgpack": msgspec.msgpack.Decoder(_Envelope)}
+
+
+
+def body_format(msg: RequestMessage) -> str:
+    """``"msgpack"`` when the request was MessagePack (content type or first byte), else JSON."""
+    return "msgpack" if wire.format_of(msg.content_type, msg.payload) == "msgpack" else "json"
+
+
+def envelope(msg: RequestMessage) -> tuple[Any, Any]:
+    """``(transaction, reply_to)`` of a request, whatever else is wrong with it."""
+    if not msg.payload.strip():
+        return None, None
+    try:
+        env = _ENVELOPE[body_format(msg)].decode(msg.payload)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        return None, None
+    return env.transaction, env.reply_to
+
+
+def decode_request(msg: RequestMessage) -> _Request:
+    """Decode the body for ``msg.op`` or raise ``RequestError`` naming the bad field."""
+    fmt = body_format(msg)
+    payload = msg.payload if msg.payload.strip() else (b"\x80" if fmt == "msgpack" else b"{}")
+    try:
+        request: _Request = _DECODERS[(msg.op, fmt)].decode(payload)
+        return request
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from None
+    except msgspec.DecodeError:
+        raise RequestError("bad_request", decode_failure(payload, fmt)) from None
+    except RecursionError:
+        raise RequestError("bad_request", "request nested too deeply") from None
+    except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a string
+        raise RequestError("bad_request", "invalid UTF-8 in a string") from None
+
+
+def validation_error(message: str) -> RequestError:
+    """msgspec's ``Expected `int`, got `str` - at `$.limit``` -> bad_request on ``limit``."""
+    kind, field, text = explain_validation(message)
+    if kind == "unknown":
+        return RequestError("bad_request", f"{field}: unknown field", field=field)
+    if kind == "missing":
+        return RequestError("bad_request", f"{field}: required", field=field)
+    if not field:
+        return RequestError("bad_request", text)
+    return RequestError("bad_request", f"{field}: {text}", field=field)
+
+
+# ------------------------------------------------------------------------------ answers
+EventTuple = Sequence[Any]  # (seq, id, topic, type, source, payload, metadata, created_at, received_at)
+
+
+def event_out(row: EventTuple, fmt: str) -> dict[str, Any]:
+    """An ``events`` row as it appears in an answer; JSON columns embedded without re-encoding
+    (JSON answers) or decoded (MessagePack answers)."""
+    seq, id_, topic, type_, source, payload, metadata, created_at, received_at = row
+    if fmt == "json":
+        body: Any = msgspec.Raw(payload.encode())
+        meta: Any = msgspec.Raw(metadata.encode())
+    else:
+        body, meta = _json_value(payload), _json_value(metadata)
+    return {"seq": seq, "id": id_, "topic": topic, "type": type_, "source": source,
+            "payload": body, "metadata": meta, "created_at": created_at,
+            "received_at": received_at}
+
+
+def _json_value(text: str) -> Any:
+    """A stored JSON column decoded for a MessagePack answer. The store keeps a payload's numbers
+    as they came, and JSON allows numbers no double or 64-bit integer holds (``1e999``, 400
+    digits): msgspec refuses those, so the slow path reads them as floats (``1e999`` is inf)."""
+    try:
+        return wire.JSON_ANY.decode(text)
+    except msgspec.ValidationError:
+        return json.loads(text, parse_int=_int_or_float)
+
+
+def _int_or_float(digits: str) -> int | float:
+    value = float(digits) if len(digits) > 20 else int(digits)
+    return value if -2**63 <= value < 2**64 else float(value)
+
+
+def _fit_msgpack(value: Any) -> Any:
+    """``value`` with the integers MessagePack cannot carry (beyond 64 bits) as floats."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if -2**63 <= value < 2**64:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, dict):
+        return {k: _fit_msgpack(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_fit_msgpack(v) for v in value]
+    return value
+
+
+def event_size(row: EventTuple) -> int:
+    """About how many bytes an event takes in an answer (for ``max_response_bytes``)."""
+    return 160 + sum(len(v) for v in row[1:7])
+
+
+def ok(data: Any, transaction: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = {"status": "ok", "data": data}
+    if transaction is not None:
+        answer["transaction"] = transaction
+    return answer
+
+
+def error(exc: RequestError, transaction: Any) -> dict[str, Any]:
+    detail: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.field is not None:
+        detail["field"] = exc.field
+    answer: dict[str, Any] = {"status": "error", "error": detail}
+    if transaction is not None:
+        answer["transaction"] = transaction
+    return answer
+
+
+def encode(answer: Any, fmt: str) -> bytes:
+    if fmt != "msgpack":
+        return wire.JSON_ENCODER.encode(answer)
+    try:
+        return wire.MSGPACK_ENCODER.encode(answer)
+    except OverflowError:  # an integer beyond 64 bits in a stored payload (the slow path)
+        return wire.MSGPACK_ENCODER.encode(_fit_msgpack(answer))
+
+
+CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}

@@ -1,0 +1,291 @@
+"""The MQTT subscriber: the only module that imports paho.
+
+The paho network thread only hands off: decode (``ingest``), queue (``writer.submit``), return.
+Acknowledgements are sent by the writer after commit through ``ack``; the packet ids of a
+previous connection are never acked on a new one (the broker re-sends those messages anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from sidecar.api.protocol import RequestMessage
+from sidecar.broker.connfail import network_reason, refusal_reason
+from sidecar.broker.paho_client import Client
+from sidecar.config import IngestConfig, MQTTConfig
+from sidecar.core.events import now_ms
+from sidecar.errors import PayloadError
+from sidecar.ingest.decode import dead_letter, decode_message
+from sidecar.ingest.writer import Delivery, Writer
+from sidecar.logs import RateLimited, get_logger
+
+log = get_logger("sidecar.mqtt")
+
+MAX_RECEIVE_MAXIMUM = 65535
+
+
+def receive_window(config: MQTTConfig, queue_size: int) -> int:
+    """How many unacked QoS 1 messages the broker may have in flight to us.
+
+    MQTT 5: the Receive Maximum we ask for, never more than the queue holds. MQTT 3.1.1: the
+    broker's ``max_inflight_messages``, which the user states as ``[mqtt] max_inflight``.
+    """
+    if config.protocol == "5":
+        return max(1, min(queue_size, MAX_RECEIVE_MAXIMUM))
+    return config.max_inflight
+
+
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Disable Nagle: an API answer written right after a PUBACK would otherwise wait for the
+    broker's delayed TCP ACK (about 40 ms per request)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Subscriber:
+    """A persistent-session subscriber feeding the writer."""
+
+    def __init__(self, config: MQTTConfig, ingest: IngestConfig, writer: Writer, *,
+                 queue_size: int, on_request: Callable[[RequestMessage], None] | None = None,
+                 api_base_topic: str = "kairo-sidecar") -> None:
+        self._config = config
+        self._ingest = ingest
+        self._writer = writer
+        # Requests (``<base>/request/<op>``) are acked at once and handed to ``on_request``;
+        # they are never events. Config makes sure the event topics cannot match them.
+        self._on_request = on_request
+        self._request_prefix = f"{api_base_topic}/request/" if on_request is not None else None
+        self._subscriptions = [(topic, config.qos) for topic in config.topics]
+        if self._request_prefix is not None:
+            self._subscriptions.append((self._request_prefix + "#", 1))
+        self.window = receive_window(config, queue_size)
+        self._generation = 0
+        self._accepting = True
+        self._intake = threading.Lock()
+        self._closing = False
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._dead_log = RateLimited(period=10.0, burst=10)
+        self._drop_log = RateLimited(period=10.0, burst=1)
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------------ set-up
+    def _make_client(self) -> Client:
+        cfg = self._config
+        v5 = cfg.protocol == "5"
+        client = Client(  # paho's, with buffered reads and batched acks (mqtt_client)
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key,
+                           cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_insecure_set(cfg.tls.insecure)
+        client.will_set(cfg.state_topic, b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_delay)),
+                                   max_delay=max(1, int(cfg.reconnect_max_delay)))
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = _no_delay
+        return client
+
+    def _connect_properties(self) -> Properties | None:
+        if self._config.protocol != "5":
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._config.session_expiry
+        props.ReceiveMaximum = self.window
+        return props
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects with backoff from then on."""
+        cfg = self._config
+        kwargs: dict[str, Any] = {"keepalive": cfg.keepalive}
+        if cfg.protocol == "5":
+            kwargs["clean_start"] = False
+            kwargs["properties"] = self._connect_properties()
+        log.info("mqtt_connecting", host=cfg.host, port=cfg.port, client_id=cfg.client_id,
+                 protocol=cfg.protocol, receive_window=self.window)
+        self._client.connect_async(cfg.host, cfg.port, **kwargs)
+        self._client.loop_start()
+
+    def stop_intake(self) -> None:
+        """Take no more messages; unacked ones stay with the broker for the next start.
+
+        Waits for a message being handed over right now, so that nothing reaches the writer
+        after this returns (the writer's stop marker must be the last thing in its queue).
+        """
+        with self._intake:
+            self._accepting = False
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Publish ``offline``, disconnect cleanly, stop the network thread."""
+        client = self._client
+        self._closing = True
+        if self.connected.is_set():
+            info = client.publish(self._config.state_topic, b"offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout)
+        client.disconnect()
+        client.loop_stop()
+        log.info("mqtt_closed")
+
+    # ------------------------------------------------------------------ acks (writer thread)
+    def ack(self, tokens: Sequence[tuple[int, int]]) -> None:
+        generation = self._generation
+        mids = [mid for token_generation, mid in tokens if token_generation == generation]
+        self._client.ack_many(mids)  # one write for the batch, in receive order
+        stale = len(tokens) - len(mids)
+        if stale:
+            log.info("acks_skipped_after_reconnect", count=stale)
+
+    # ------------------------------------------------------------------ callbacks (network thread)
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            log.error("mqtt_connect_refused", host=self._config.host, port=self._config.port,
+                      reason=refusal_reason(reason.value), code=reason.value)
+            return
+        self._generation += 1
+        session_present = bool(getattr(flags, "session_present", False))
+        log.info("mqtt_connected", session_present=session_present, generation=self._generation)
+        if not session_present:
+            # A new session has no subscription yet, so nothing arrives until we subscribe:
+            # subscribe only once the writer has forgotten the old session's packet ids.
+            self._writer.session_reset(then=self._subscribe)
+            event = "mqtt_session_lost" if self._generation > 1 else "mqtt_session_new"
+            (log.warning if self._generation > 1 else log.info)(
+                event, hint="the broker holds no session for this client id: messages published "
+                            "while none existed are not stored (first start, or broker "
+                            "persistence/session expiry lost it)")
+        else:
+            self._subscribe()
+        self.connected.set()
+        client.publish(self._config.state_topic, b"online", qos=1, retain=True)
+
+    def _subscribe(self) -> None:
+        self._client.subscribe(self._subscriptions)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        exc = getattr(client, "last_connect_error", None)
+        log.warning("mqtt_connect_failed", host=self._config.host, port=self._config.port,
+                    reason=network_reason(exc, tls=self._config.tls is not None)
+                    if exc is not None else "connection failed")
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        if self._closing:
+            log.info("mqtt_disconnected", reason=str(reason))
+        else:
+            log.warning("mqtt_disconnected", reason=str(reason), reconnecting=True)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        failed = [(t, str(r)) for (t, _), r in zip(self._subscriptions, reasons, strict=False)
+                  if r.is_failure]
+        if failed:
+            log.error("mqtt_subscribe_refused", topics=failed)
+            return
+        log.info("mqtt_subscribed", topics=self._config.topics, qos=[r.value for r in reasons])
+        self.subscribed.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self._intake:  # uncontended but for stop_intake
+            if self._accepting:  # else not acked: the broker delivers it again after the restart
+                self._handle(client, msg)
+
+    def _handle(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
+        if self._request_prefix is not None and self._topic(msg).startswith(self._request_prefix):
+            self._request(client, msg)
+            return
+        received_at = now_ms()
+        try:
+            row = self._to_row(msg, received_at)
+        except Exception as exc:  # never let a message crash the network thread
+            log.exception("message_handling_failed")
+            row = dead_letter(self._topic(msg), msg.payload, f"internal error: {exc!r}",
+                              received_at=received_at, max_bytes=self._ingest.dead_letter_max_bytes)
+        delivery = Delivery(row, msg.qos, msg.mid, self._generation, bool(msg.dup))
+        if not self._writer.submit(delivery):
+            allowed, _ = self._drop_log.allow()
+            if allowed:
+                log.warning("qos0_dropped_queue_full", total=self._writer.stats.qos0_dropped,
+                            queue_size=self._writer.depth)
+
+    def _to_row(self, msg: paho.MQTTMessage, received_at: int) -> Any:
+        topic = self._topic(msg)
+        props = getattr(msg, "properties", None)
+        content_type = getattr(props, "ContentType", None) if props is not None else None
+        user_props = getattr(props, "UserProperty", None) if props is not None else None
+        try:
+            return decode_message(topic, msg.payload, received_at=received_at,
+                                  max_payload_bytes=self._ingest.max_payload_bytes,
+                                  content_type=content_type, user_properties=user_props)
+        except PayloadError as exc:
+            allowed, suppressed = self._dead_log.allow()
+            if allowed:
+                log.warning("event_rejected", topic=topic, reason=exc.reason,
+                            size=len(msg.payload), suppressed=suppressed)
+            return dead_letter(topic, msg.payload, exc.reason, received_at=received_at,
+                               max_bytes=self._ingest.dead_letter_max_bytes,
+                               content_type=content_type, user_properties=user_props)
+
+    @staticmethod
+    def _topic(msg: paho.MQTTMessage) -> str:
+        try:
+            return msg.topic
+        except UnicodeDecodeError:
+            return msg._topic.decode("utf-8", "backslashreplace")
+
+    # ------------------------------------------------------------------ API requests and answers
+    def _request(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
+        """Ack a request at once (it is not an event) and hand it to the API workers."""
+        if msg.qos:
+            client.ack(msg.mid, msg.qos)
+        assert self._on_request is not None and self._request_prefix is not None
+        props = getattr(msg, "properties", None)
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        try:
+            self._on_request(RequestMessage(
+                op=self._topic(msg)[len(self._request_prefix):],
+                payload=bytes(msg.payload),
+                response_topic=getattr(props, "ResponseTopic", None) if props is not None else None,
+                correlation_data=bytes(correlation) if correlation is not None else None,
+                content_type=getattr(props, "ContentType", None) if props is not None else None,
+                retain=bool(msg.retain),
+            ))
+        except Exception:  # never let a request crash the network thread
+            log.exception("request_handoff_failed")
+
+    def publish(self, topic: str, payload: bytes, *, correlation_data: bytes | None = None,
+                content_type: str | None = None) -> paho.MQTTMessageInfo:
+        """Publish an answer at QoS 1 (thread-safe); the returned info tells when the broker
+        has acked it, which is how replay streams bound their messages in flight."""
+        properties = None
+        if self._config.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)
+            if content_type:
+                properties.ContentType = content_type
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
+        return self._client.publish(topic, payload, qos=1, properties=properties)

@@ -1,0 +1,314 @@
+"""The history commands: ``kairo-sidecar query|get|replay``, printing JSON lines.
+
+They talk to a running sidecar through the broker (``sidecar.client``), so they work from
+another machine; with ``--db PATH`` they read a local database file directly (no sidecar
+needed; read-only). ``cli`` only wires them in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import msgspec
+
+from sidecar.api import protocol as requests
+from sidecar.cli import args as cliargs
+from sidecar.cli import render
+from sidecar.cli.progress import Progress
+from sidecar.config import Config
+from sidecar.errors import BrokerError, RequestError, UsageError
+from sidecar.storage.queries import conditions
+from sidecar.storage.reads import Reader, open_reader
+
+_FILTERS_HELP = """filters: --type (exact or glob like kairo.user.*, repeatable), --source (repeatable),
+--topic (MQTT filter with + and #), --since/--until (an age such as 30d, 12h or 90m, an RFC 3339
+time, or epoch ms), --correlation-id,
+--causation-id, --trace-id, --after SEQ, --where payload.PATH=VALUE (repeatable; VALUE is JSON
+if it parses, else a string: --where payload.n=5 --where 'payload.code="5"')"""
+
+
+# ------------------------------------------------------------------------------ parsers
+def add_parsers(sub: Any) -> None:
+    """Add ``query``, ``get`` and ``replay`` to the ``kairo-sidecar`` sub-command parsers."""
+    query = sub.add_parser(
+        "query", help="query stored events (JSON lines)", epilog=_FILTERS_HELP,
+        description="Print matching events as JSON lines, oldest first. Example: kairo-sidecar "
+                    "query --correlation-id workflow-123 --all")
+    _filters(query)
+    query.add_argument("--limit", type=int, help="events per page (default 100)")
+    query.add_argument("--order", type=cliargs.choice(("asc", "desc")), metavar="{asc,desc}",
+                       help="sequence order (default asc)")
+    query.add_argument("--all", action="store_true", help="walk every page (default: one page; "
+                       "the next cursor is printed on stderr)")
+    query.add_argument("--format", type=cliargs.choice(render.FORMATS), default="json",
+                       metavar="{json,table}",
+                       help="json lines (default) or table: readable columns for a terminal")
+    _connection(query)
+
+    get = sub.add_parser("get", help="print one event by id",
+                         description="Print the event with this id as JSON. Example: "
+                                     "kairo-sidecar get 5b0c6c1e-8f0a-4a8e-9a57-3f7e1c2d9b10")
+    get.add_argument("id", help="the event id")
+    _connection(get)
+
+    replay = sub.add_parser(
+        "replay", help="replay stored (and with --live, new) events as JSON lines",
+        epilog=_FILTERS_HELP,
+        description="Stream matching events in sequence order as JSON lines. Example: "
+                    "kairo-sidecar replay --correlation-id workflow-123 --live")
+    _filters(replay)
+    replay.add_argument("--batch", type=int, help="events per message (default 100)")
+    replay.add_argument("--rate", type=float, help="at most this many events per second")
+    replay.add_argument("--pace", type=cliargs.choice(("instant", "original")),
+                        metavar="{instant,original}",
+                        help="original: keep the recorded gaps between events")
+    replay.add_argument("--speed", type=float, help="with --pace original: speed-up factor")
+    replay.add_argument("--live", action="store_true",
+                        help="after the stored events, keep forwarding new ones (Ctrl-C stops)")
+    replay.add_argument("--max-duration", type=float, metavar="SECONDS",
+                        help="end the stream after this long")
+    _connection(replay)
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--type", action="append", metavar="TYPE")
+    parser.add_argument("--source", action="append", metavar="SOURCE")
+    parser.add_argument("--topic", metavar="FILTER")
+    parser.add_argument("--since", metavar="TIME")
+    parser.add_argument("--until", metavar="TIME")
+    parser.add_argument("--correlation-id")
+    parser.add_argument("--causation-id")
+    parser.add_argument("--trace-id")
+    parser.add_argument("--after", type=int, metavar="SEQ")
+    parser.add_argument("--where", action="append", metavar="PATH=VALUE")
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="broker host (default: [mqtt] host)")
+    parser.add_argument("--port", type=int, help="broker port (default: [mqtt] port)")
+    parser.add_argument("--protocol", type=cliargs.choice(("5", "3.1.1")), metavar="{5,3.1.1}",
+                        help="default: [mqtt] protocol")
+    parser.add_argument("--base-topic", help="default: [api] base_topic")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for an answer (default 10)")
+    cliargs.add_database_options(parser, db_help="read this database file directly instead "
+                                 "of asking a running sidecar")
+
+
+# ------------------------------------------------------------------------------ commands
+def cmd_query(args: argparse.Namespace, config: Config) -> int:
+    body = {**_filter_body(args), "limit": args.limit, "order": args.order}
+    body = {k: v for k, v in body.items() if v is not None}
+    out = sys.stdout.buffer
+    table = render.EventTable(sys.stdout) if args.format == "table" else None
+
+    def show(events: Iterable[Any]) -> None:
+        if table is not None:
+            table.events(events)
+        else:
+            _print(out, events)
+
+    if args.db:
+        reader = _local(args, config)
+        request = _convert(body, requests.QueryRequest)
+        cond = conditions(request)
+        after = request.after
+        while True:
+            rows = reader.page(cond, limit=request.limit + 1, order=request.order, after=after)
+            more = len(rows) > request.limit
+            rows = rows[: request.limit]
+            show([requests.event_out(r, "json") for r in rows])
+            after = rows[-1][0] if more else None
+            if after is None or not args.all:
+                break
+    else:
+        with _client(args, config) as client:
+            while True:
+                data = client.request("query", body)
+                show(data["events"])
+                after = data["next"]
+                if after is None or not args.all:
+                    break
+                body["after"] = after
+    if after is not None:
+        print(f"next: {after} (use --after {after}, or --all)", file=sys.stderr)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace, config: Config) -> int:
+    if args.db:
+        row = _local(args, config).get(args.id)
+        if row is None:
+            raise RequestError("not_found", f"no event with id {args.id!r}")
+        event: Any = requests.event_out(row, "json")
+    else:
+        with _client(args, config) as client:
+            event = client.get(args.id)
+    _print(sys.stdout.buffer, [event])
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    body = {**_filter_body(args), "batch": args.batch, "rate": args.rate, "pace": args.pace,
+            "speed": args.speed, "live": args.live or None, "max_duration": args.max_duration}
+    body = {k: v for k, v in body.items() if v is not None}
+    bar = Progress("replay", unit=" events")  # count, rate and the last seq; a terminal only
+    progress = bar if bar.enabled else None
+    if args.db:
+        for option in ("rate", "pace", "speed", "live", "max_duration"):
+            if option in body:
+                raise UsageError("needs a running sidecar (leave out --db)",
+                                 option=f"--{option.replace('_', '-')}")
+        events: Iterable[Any] = _local_replay(_local(args, config), body)
+        try:
+            _print(sys.stdout.buffer, events, progress)
+        finally:
+            bar.close()
+        return 0
+    try:
+        with _stop_signals(), _client(args, config) as client:
+            replay = client.replay(**body)
+            messages = replay.messages()
+            try:
+                for message in messages:
+                    if message.get("events"):
+                        _print(sys.stdout.buffer, message["events"], progress)
+                    elif message.get("caught_up") and progress is not None:
+                        progress.note(f"caught up at seq {message.get('last')}; waiting for new "
+                                      "events (Ctrl-C stops)")
+            finally:
+                messages.close()  # an interrupted stream is cancelled
+                bar.close()
+    except _Stopped as stop:  # SIGTERM, SIGHUP: cancelled and disconnected like Ctrl-C
+        return 128 + stop.signum
+    return 0
+
+
+class _Stopped(BaseException):
+    """Raised in the main thread by SIGTERM or SIGHUP; like KeyboardInterrupt, not an Exception,
+    so the clean-up on the way out (cancel the stream, disconnect) is all that runs."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal, a dropped ssh session, ``timeout``) stop a replay
+    as Ctrl-C does. A second one kills at once (the connection's Will still cancels)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = (signal.SIGTERM, signal.SIGHUP)
+
+    def stop(signum: int, frame: object) -> None:
+        for s in stops:
+            signal.signal(s, signal.SIG_DFL)
+        raise _Stopped(signum)
+
+    previous = [signal.signal(s, stop) for s in stops]
+    try:
+        yield
+    finally:
+        for s, handler in zip(stops, previous, strict=True):
+            signal.signal(s, handler)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "query": cmd_query, "get": cmd_get, "replay": cmd_replay,
+}
+
+
+# ------------------------------------------------------------------------------ helpers
+def _filter_body(args: argparse.Namespace) -> dict[str, Any]:
+    def one_or_list(values: list[str] | None) -> Any:
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else values
+
+    where: dict[str, Any] = {}
+    for item in args.where or ():
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise RequestError("bad_request", f"--where {item!r}: expected PATH=VALUE",
+                               field="where")
+        try:
+            where[key] = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            where[key] = raw
+    return {
+        "type": one_or_list(args.type), "source": one_or_list(args.source), "topic": args.topic,
+        "since": cliargs.parse_time(args.since, "--since"),
+        "until": cliargs.parse_time(args.until, "--until"),
+        "correlation_id": args.correlation_id, "causation_id": args.causation_id,
+        "trace_id": args.trace_id, "after": args.after, "where": where or None,
+    }
+
+
+def _convert(body: dict[str, Any], kind: type[Any]) -> Any:
+    try:
+        return msgspec.convert(body, kind)
+    except msgspec.ValidationError as exc:
+        raise requests.validation_error(str(exc)) from None
+
+
+def _local(args: argparse.Namespace, config: Config) -> Reader:
+    return Reader(open_reader(config.database, path=args.db))
+
+
+def _local_replay(reader: Reader, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    request = _convert(body, requests.ReplayRequest)
+    cond = conditions(request)
+    after = request.after
+    while True:
+        rows = reader.page(cond, limit=request.batch, after=after)
+        for row in rows:
+            yield requests.event_out(row, "json")
+        if len(rows) < request.batch:
+            return
+        after = rows[-1][0]
+
+
+def _client(args: argparse.Namespace, config: Config) -> Any:
+    from sidecar.client import SidecarClient
+
+    mqtt = config.mqtt
+    tls = mqtt.tls
+    client = SidecarClient(
+        args.host or mqtt.host, args.port or mqtt.port, protocol=args.protocol or mqtt.protocol,
+        base_topic=args.base_topic or config.api.base_topic, timeout=args.timeout,
+        username=mqtt.username, password=mqtt.password,
+        tls_ca=tls.ca if tls else None, tls_cert=tls.cert if tls else None,
+        tls_key=tls.key if tls else None, tls_insecure=tls.insecure if tls else False)
+    return _Connected(client)
+
+
+class _Connected:
+    """``with``: connect, and turn a timeout into a BrokerError (exit code 5)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def __enter__(self) -> Any:
+        return self.client.connect()
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        self.client.close()
+        if isinstance(exc, TimeoutError):
+            raise BrokerError(str(exc)) from None
+
+
+def _print(out: Any, events: Iterable[Any], progress: Progress | None = None) -> None:
+    encode = msgspec.json.encode
+    for event in events:
+        out.write(encode(event) + b"\n")
+        if progress is not None:
+            progress.advance(detail=f"seq {event.get('seq')}")
+    out.flush()

@@ -1,0 +1,446 @@
+"""The batch writer: one thread, one write connection, one transaction per batch, acks after.
+
+The paho network thread calls ``submit``; the writer thread takes up to ``batch_size``
+deliveries (or what arrived within ``flush_interval``), writes them in ONE transaction with
+insert-or-ignore on the event id, commits, and only then releases the acks, in receive order.
+A database error never acks: the writer logs, backs off and retries the same batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+import peewee
+
+from models import DeadLetter, DeliveryId, Event
+from sidecar.config import WriterConfig
+from sidecar.core.events import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, DeadLetterRow, EventRow, now_ms, uuid7
+from sidecar.core.stats import Stats
+from sidecar.ingest.bulk import BulkInsert
+from sidecar.ingest.conflicts import find_conflicts
+from sidecar.logs import RateLimited, get_logger
+from sidecar.storage.sqlite_errors import describe as describe_error
+
+log = get_logger("sidecar.writer")
+
+T = TypeVar("T")
+AckToken = tuple[int, int]  # (connection generation, packet id)
+AckFn = Callable[[Sequence[AckToken]], None]
+
+
+class Delivery(NamedTuple):
+    """One received message on its way to the database."""
+
+    row: EventRow | DeadLetterRow
+    qos: int
+    mid: int = 0
+    generation: int = 0
+    dup: bool = False
+
+
+_STOP = object()
+
+
+class _Reset(NamedTuple):
+    """Queue marker: the MQTT session is new; forget recorded packet ids, then call ``then``."""
+
+    then: Callable[[], None]
+
+
+# Errors worth retrying: the database is locked, busy, full, read-only or failing I/O. Anything
+# else is about the data, and retrying the same batch would block ingest forever.
+TRANSIENT_ERRORS = (sqlite3.OperationalError, peewee.OperationalError)
+
+
+def _insert_sql(model: type[peewee.Model], columns: Sequence[str], *, replace: bool = False) -> str:
+    """The parametrised INSERT for ``columns``, built once through Peewee (dialect-neutral)."""
+    query = model.insert({getattr(model, c): None for c in columns})
+    query = query.on_conflict_replace() if replace else query.on_conflict_ignore()
+    sql, _ = query.sql()
+    return sql
+
+
+class EventInsert:
+    """Insert-or-ignore of event rows, then the conflict check on what was ignored: the one
+    path by which events are stored (the writer's batches and ``letters`` re-ingest)."""
+
+    def __init__(self) -> None:
+        self._bulk = BulkInsert.for_sqlite(_insert_sql(Event, EVENT_COLUMNS), len(EVENT_COLUMNS))
+
+    def run(self, cursor: Any, events: Sequence[EventRow]) -> tuple[int, list[DeadLetterRow]]:
+        """Insert ``events`` (all with an id) in the caller's transaction. Returns how many
+        were new and the ``conflict`` dead letters for ids stored with another body; the rest
+        (ignored, same body) are redeliveries."""
+        inserted = self._bulk.run(cursor, events)  # few calls, few GIL waits
+        if inserted < len(events):  # ids already stored: redeliveries, or conflicts?
+            return inserted, find_conflicts(cursor, events)
+        return inserted, []
+
+
+def _digest(row: EventRow) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for part in (row.topic, row.type, row.source, row.payload, row.metadata):
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.digest()
+
+
+class Writer:
+    """Owns the queue and the only write connection."""
+
+    def __init__(self, db: peewee.Database, config: WriterConfig, *, ack: AckFn, window: int,
+                 stats: Stats, on_commit: Callable[[], None] | None = None,
+                 maintenance: Callable[[], None] | None = None,
+                 on_full: Callable[[], None] | None = None) -> None:
+        self._db = db
+        self._maintenance = maintenance  # one short step between batches (checkpoint, purge)
+        self._on_full = on_full  # SQLITE_FULL: make room (the disk guard) before the retry
+        self._config = config
+        self._ack = ack
+        self._on_commit = on_commit  # called after each commit that stored events (live replay)
+        self._window = window
+        self.stats = stats
+        self._queue: queue.SimpleQueue[Delivery | object] = queue.SimpleQueue()
+        self._received_qos1 = 0  # written by the network thread only
+        self._acked_qos1 = 0  # written by the writer thread only
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._deadline = float("inf")
+        self.heartbeat = time.monotonic()
+        self.failing = False
+        self._abandoned = 0  # deliveries left unwritten (and unacked) at a shutdown deadline
+        self._room = threading.Event()  # set by the writer after it takes a batch
+        self._overrun_log = RateLimited(period=60.0, burst=1)
+        self._mapped: set[int] | None = None  # packet ids in delivery_ids (writer thread)
+        self._pending_reset: _Reset | None = None
+        self._event_insert = EventInsert()
+        self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
+        self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
+        self._delivery_delete_sql = DeliveryId.delete().where(DeliveryId.mid == 0).sql()[0]
+        self._delivery_reset_sql = DeliveryId.delete().sql()[0]
+
+    # -------------------------------------------------------------- network thread side
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, delivery: Delivery) -> bool:
+        """Queue a delivery. A QoS 0 one is refused (False) when the queue is full; QoS 1 never
+        is: the broker's in-flight window, sized to the queue, bounds those. Should a broker
+        send more than its window anyway, the caller (the network thread) waits here for room,
+        which pushes back on the broker through TCP instead of growing the queue."""
+        limit = self._config.queue_size
+        if self._queue.qsize() >= limit:
+            if delivery.qos == 0:
+                self.stats.qos0_dropped += 1
+                return False
+            self._wait_for_room(limit)
+        if delivery.qos:
+            self._received_qos1 += 1
+        self.stats.received += 1
+        self._queue.put(delivery)
+        return True
+
+    def _wait_for_room(self, limit: int) -> None:
+        allowed, _ = self._overrun_log.allow()
+        if allowed:
+            log.warning("broker_exceeded_receive_window", queue_size=limit,
+                        hint="the broker sent more unacked QoS 1 messages than asked; waiting")
+        while self._queue.qsize() >= limit and self.alive and not self._stopping.is_set():
+            self._room.wait(0.05)
+            self._room.clear()
+
+    def session_reset(self, then: Callable[[], None]) -> None:
+        """The broker started a new session: no message of the old one will come again, and
+        packet ids start afresh, so the ids recorded for id-less events must be forgotten.
+
+        After the messages queued before it are written, the records are deleted in their own
+        transaction and ``then`` is called: the subscriber subscribes only then, so no message
+        of the new session can meet a stale record, even across a crash.
+        """
+        self._queue.put(_Reset(then))
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kairo-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Write and ack everything queued so far, then stop; False if the deadline passed."""
+        self._deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._queue.put(_STOP)
+        if self._thread is None:
+            return True
+        self._thread.join(timeout + 1.0)
+        left = 0 if self.alive else self._count_left()
+        drained = not self.alive and not self._abandoned and not left
+        if not drained:
+            log.error("writer_not_drained", abandoned=self._abandoned, queued=left,
+                      hint="unacked messages stay with the broker and come again at next start")
+        return drained
+
+    def _count_left(self) -> int:
+        """Deliveries still queued after the thread ended (they were never acked)."""
+        left = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return left
+            left += item is not _STOP
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -------------------------------------------------------------- writer thread
+    def _window_full(self) -> bool:
+        """True when the broker will send no more QoS 1 messages until we ack some."""
+        return self._received_qos1 - self._acked_qos1 >= self._window
+
+    def _collect(self) -> tuple[list[Delivery], bool]:
+        """Block for the first delivery, then take more until a flush condition holds."""
+        batch: list[Delivery] = []
+        stop = False
+        try:
+            first = self._queue.get(timeout=0.5)
+        except queue.Empty:
+            return batch, self._stopping.is_set()
+        if first is _STOP:
+            return batch, True
+        if type(first) is _Reset:
+            self._pending_reset = first
+            return batch, False
+        batch.append(first)  # type: ignore[arg-type]
+        deadline = time.monotonic() + self._config.flush_interval
+        size = self._config.batch_size
+        get_nowait = self._queue.get_nowait
+        while len(batch) < size:
+            try:
+                item = get_nowait()
+            except queue.Empty:
+                if self._stopping.is_set() or self._window_full():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=min(remaining, 0.01))
+                except queue.Empty:
+                    continue
+            if item is _STOP:
+                stop = True
+                break
+            if type(item) is _Reset:  # the batch holds the old session's messages: reset after
+                self._pending_reset = item
+                break
+            batch.append(item)  # type: ignore[arg-type]
+        self._room.set()
+        return batch, stop
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            log.exception("writer_crashed")  # the app sees the thread gone and exits non-zero
+            raise
+
+    def _loop(self) -> None:
+        log.info("writer_started", batch_size=self._config.batch_size,
+                 flush_interval=self._config.flush_interval, window=self._window)
+        while True:
+            self.heartbeat = time.monotonic()
+            batch, stop = self._collect()
+            if batch and not self._write_with_retry(batch):
+                break  # shutdown deadline passed while the database failed: nothing acked
+            if self._pending_reset is not None:
+                reset, self._pending_reset = self._pending_reset, None
+                if self._retrying(self._reset_delivery_ids, 0) is None:
+                    break
+                reset.then()
+            if stop or (self._stopping.is_set() and self._queue.empty()):
+                break
+            if self._maintenance is not None and not self._stopping.is_set():
+                self._run_maintenance(self._maintenance)
+        log.info("writer_stopped", queued=self._queue.qsize())
+
+    @staticmethod
+    def _run_maintenance(step: Callable[[], None]) -> None:
+        """One maintenance step between two batches; its failure never stops the writer."""
+        try:
+            step()
+        except Exception:
+            log.exception("maintenance_failed")
+
+    def _write_with_retry(self, batch: list[Delivery]) -> bool:
+        """Write the batch and release its acks; False if abandoned at the shutdown deadline."""
+        written = self._retrying(lambda: self._write_or_isolate(batch), len(batch))
+        if written is None:
+            return False
+        self._release(written)
+        return True
+
+    def _write_or_isolate(self, batch: list[Delivery]) -> list[Delivery]:
+        """A batch the database refuses for its content is written event by event so the
+        offending one becomes a dead letter instead of blocking everything behind it."""
+        try:
+            self._write(batch)
+            return batch
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            log.error("batch_refused_isolating", error=repr(exc), rows=len(batch))
+            return self._write_isolating(batch)
+
+    def _retrying(self, action: Callable[[], T], rows: int) -> T | None:
+        """Run ``action``, retrying transient database errors with back-off (nothing is acked
+        meanwhile); ``None`` when the shutdown deadline passes first."""
+        delay = 0.05
+        while True:
+            try:
+                result = action()
+            except TRANSIENT_ERRORS as exc:
+                self.failing = True
+                self.stats.write_errors += 1
+                error, code = describe_error(exc)  # the cause, not Peewee's failed ROLLBACK
+                log.error("batch_write_failed", error=error, code=code, rows=rows, retry_in=delay)
+                if time.monotonic() + delay > self._deadline:
+                    log.error("batch_abandoned_at_shutdown", rows=rows)
+                    self._abandoned += rows
+                    return None
+                if code == "SQLITE_FULL" and self._on_full is not None:
+                    self._run_maintenance(self._on_full)
+                self.heartbeat = time.monotonic()
+                time.sleep(delay)
+                delay = min(delay * 2, self._config.retry_max_delay)
+                continue
+            if self.failing:
+                log.info("batch_write_recovered")
+                self.failing = False
+            return result
+
+    def _reset_delivery_ids(self) -> bool:
+        with self._db.atomic("IMMEDIATE"):
+            self._db.cursor().execute(self._delivery_reset_sql)
+        self._mapped = set()
+        log.info("delivery_ids_reset")
+        return True
+
+    def _write_isolating(self, batch: list[Delivery]) -> list[Delivery]:
+        """The slow path: one transaction per delivery; refused ones become dead letters."""
+        written: list[Delivery] = []
+        for delivery in batch:
+            try:
+                self._write([delivery])
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                row = delivery.row
+                raw = (row.payload.encode("utf-8", "backslashreplace")
+                       if isinstance(row, EventRow) else b"")
+                reason = f"storage refused the event: {exc!r}"
+                delivery = delivery._replace(row=DeadLetterRow(
+                    topic=row.topic.encode("utf-8", "backslashreplace").decode(),
+                    payload=raw[:65536], payload_size=len(raw), reason=reason[:1000],
+                    received_at=row.received_at))
+                self._write([delivery])
+                log.warning("event_refused_by_storage", topic=delivery.row.topic, reason=reason)
+            written.append(delivery)
+        return written
+
+    def _write(self, batch: list[Delivery]) -> None:
+        started = time.perf_counter()
+        events: list[EventRow] = []
+        dead: list[DeadLetterRow] = []
+        for delivery in batch:
+            if type(delivery.row) is EventRow:
+                events.append(delivery.row)
+            else:
+                dead.append(delivery.row)  # type: ignore[arg-type]
+        if self._mapped is None:
+            known_mids: Any = DeliveryId.select(DeliveryId.mid).tuples()
+            self._mapped = {mid for (mid,) in known_mids}
+        mapped = self._mapped
+        # A fresh (not DUP) message with a recorded packet id proves the broker got our ack for
+        # the earlier one: its record is obsolete (else a later DUP copy could match it).
+        stale = [(d.mid,) for d in batch if d.qos and not d.dup and d.mid in mapped]
+        with self._db.atomic("IMMEDIATE"):
+            cursor = self._db.cursor()
+            if stale:
+                cursor.executemany(self._delivery_delete_sql, stale)
+            id_less = [i for i, d in enumerate(batch)
+                       if type(d.row) is EventRow and d.row.id is None]
+            recorded: list[int] = []
+            if id_less:
+                events, recorded = self._assign_ids(cursor, batch, id_less)
+            inserted = 0
+            conflicts = 0
+            if events:
+                inserted, refused = self._event_insert.run(cursor, events)
+                if refused:
+                    conflicts = len(refused)
+                    dead = [*dead, *refused]
+            if dead:
+                cursor.executemany(self._dead_sql, dead)
+        if stale or recorded:
+            mapped.difference_update(mid for (mid,) in stale)
+            mapped.update(recorded)
+        stats = self.stats
+        stats.events_stored += inserted
+        stats.duplicates += len(events) - inserted - conflicts
+        stats.dead_letters += len(dead)
+        stats.batches += 1
+        stats.last_commit_at = time.time()
+        oldest = min(d.row.received_at for d in batch)
+        stats.last_commit_lag_ms = now_ms() - oldest
+        if inserted and self._on_commit is not None:
+            self._on_commit()
+        log.debug("batch_committed", rows=len(events), inserted=inserted, dead_letters=len(dead),
+                  ms=round((time.perf_counter() - started) * 1000, 2))
+
+    def _assign_ids(self, cursor: sqlite3.Cursor, batch: list[Delivery],
+                    id_less: list[int]) -> tuple[list[EventRow], list[int]]:
+        """Give id-less events an id; a redelivered copy (DUP, same packet id and content) gets
+        the id its first copy got, so insert-or-ignore drops it. Returns the event rows and the
+        packet ids recorded."""
+        known: dict[int, tuple[str, bytes]] = {}
+        dup_mids = [batch[i].mid for i in id_less if batch[i].dup and batch[i].qos]
+        if dup_mids:
+            rows: Any = DeliveryId.select(DeliveryId.mid, DeliveryId.event_id, DeliveryId.digest).where(
+                DeliveryId.mid.in_(sorted(set(dup_mids)))).tuples()
+            known = {mid: (event_id, bytes(digest)) for mid, event_id, digest in rows}
+        records: list[tuple[int, str, bytes]] = []
+        for i in id_less:
+            delivery = batch[i]
+            row: EventRow = delivery.row  # type: ignore[assignment]
+            event_id = None
+            digest = _digest(row) if delivery.qos else b""
+            if delivery.qos and delivery.dup:
+                previous = known.get(delivery.mid)
+                if previous is not None and previous[1] == digest:
+                    event_id = previous[0]
+            if event_id is None:
+                event_id = uuid7()
+            if delivery.qos:
+                known[delivery.mid] = (event_id, digest)
+                records.append((delivery.mid, event_id, digest))
+            batch[i] = delivery._replace(row=row._replace(id=event_id))
+        if records:
+            cursor.executemany(self._delivery_sql, records)
+        events = [d.row for d in batch if type(d.row) is EventRow]
+        return events, [mid for mid, _, _ in records]
+
+    def _release(self, batch: list[Delivery]) -> None:
+        tokens = [(d.generation, d.mid) for d in batch if d.qos]
+        if tokens:
+            try:
+                self._ack(tokens)
+            finally:
+                self._acked_qos1 += len(tokens)

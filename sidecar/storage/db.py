@@ -1,0 +1,121 @@
+"""Opening the database: URL -> Peewee database with pragmas, migrations, schema checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import peewee
+from peewee_migrate import Router
+
+import migrations
+import models
+from sidecar.config import DatabaseConfig
+from sidecar.errors import SchemaTooNewError, StorageError
+from sidecar.logs import get_logger
+
+log = get_logger("sidecar.db")
+
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///data/kairo.db`` -> ``data/kairo.db``; ``sqlite:////var/x.db`` -> ``/var/x.db``."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise StorageError(
+            f"unsupported database url {url!r}: only sqlite:///PATH is supported in this version"
+        )
+    path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if not path:
+        raise StorageError(f"database url {url!r} names no file: use sqlite:///PATH")
+    return Path(path)
+
+
+def pragmas(config: DatabaseConfig) -> list[tuple[str, object]]:
+    """The pragmas every connection gets (the writer's and every reader's)."""
+    return [
+        ("journal_mode", "wal"),
+        ("synchronous", config.synchronous),
+        ("busy_timeout", config.busy_timeout_ms),
+        ("cache_size", -config.cache_size_kib),
+        ("temp_store", "memory"),
+        ("foreign_keys", 1),
+        ("journal_size_limit", config.journal_size_limit),
+    ]
+
+
+def open_database(config: DatabaseConfig, *, create: bool = True) -> peewee.SqliteDatabase:
+    """Open (creating if asked) the SQLite file of ``config.url`` and bind the models to it."""
+    path = sqlite_path(config.url)
+    check_is_sqlite(path)
+    if not path.exists():
+        if not create:
+            raise StorageError(f"database {path} does not exist", path=str(path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create directory {path.parent}: {exc.strerror}",
+                               path=str(path)) from None
+    # auto_vacuum first, and only on a new file: it takes before journal_mode writes the header
+    # (an existing file is converted once by maintenance.ensure_incremental_vacuum). Setting it
+    # on an existing file would rewrite page 1, and opening must not write.
+    new_file = not path.exists() or path.stat().st_size == 0
+    db = peewee.SqliteDatabase(
+        str(path),
+        pragmas=[("auto_vacuum", "incremental"), *pragmas(config)] if new_file else pragmas(config),
+        timeout=config.busy_timeout_ms / 1000,
+        check_same_thread=False,
+    )
+    try:
+        db.connect(reuse_if_open=True)
+    except (peewee.OperationalError, peewee.DatabaseError, sqlite3.Error) as exc:
+        raise StorageError(f"cannot open database {path}: {exc}", path=str(path)) from None
+    models.database_proxy.initialize(db)
+    return db
+
+
+def check_is_sqlite(path: Path) -> None:
+    """Refuse, without touching it, a file that exists but is not an SQLite database."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StorageError(f"cannot read database {path}: {exc.strerror}", path=str(path)) from None
+    if header != SQLITE_HEADER:
+        raise StorageError(
+            f"{path} is not an SQLite database; it was left untouched. Point [database] url at "
+            "another file, or move this one away yourself if it is not needed",
+            path=str(path),
+        )
+
+
+def _router(db: peewee.Database) -> Router:
+    return Router(db, migrate_dir=MIGRATIONS_DIR)
+
+
+def check_schema(db: peewee.Database) -> list[str]:
+    """Return the pending migrations; raise if the database is newer than this code."""
+    router = _router(db)
+    known = set(router.todo)
+    unknown = [name for name in router.done if name not in known]
+    if unknown:
+        raise SchemaTooNewError(path=getattr(db, "database", None), unknown=unknown)
+    return router.diff
+
+
+def migrate(db: peewee.Database) -> list[str]:
+    """Apply every pending migration; return their names."""
+    pending = check_schema(db)
+    if not pending:
+        return []
+    try:
+        applied = _router(db).run()
+    except peewee.DatabaseError as exc:
+        raise StorageError(f"migration failed: {exc}", path=getattr(db, "database", None)) from exc
+    log.info("migrations_applied", migrations=applied)
+    return applied

@@ -1,0 +1,139 @@
+"""Read connections: open them and run the queries ``queries`` builds.
+
+Readers never go through the writer's queue and never run on the paho network thread. One
+``peewee.SqliteDatabase`` serves every reader thread; Peewee keeps one sqlite3 connection per
+thread, so each worker and each replay stream reads on its own connection (WAL lets them read
+beside the writer). Connections are ``query_only``: a reader can never write.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import peewee
+
+from models import DeadLetter
+from sidecar.api.protocol import event_size
+from sidecar.config import DatabaseConfig
+from sidecar.core import topics
+from sidecar.errors import StorageError
+from sidecar.storage.db import pragmas, sqlite_path
+from sidecar.storage.queries import MQTT_MATCH_FUNCTION, Conditions, by_id, by_seqs, page, page_keys, summary
+
+Row = tuple[Any, ...]
+
+
+class StoreFigures(NamedTuple):
+    """What the database file itself says: the figures of ``stats`` that need no running
+    sidecar (the ``stats`` request adds its counters since start; ``stats --db`` prints these)."""
+
+    events_total: int
+    dead_letters_total: int
+    oldest_event_at: int | None  # created_at, epoch ms
+    newest_event_at: int | None
+    database_bytes: int
+    wal_bytes: int
+
+
+def _mqtt_match(topic_filter: str | None, topic: str | None) -> int:
+    if topic_filter is None or topic is None:
+        return 0
+    return int(topics.matches(topic_filter, topic))
+
+
+def open_reader(config: DatabaseConfig, *, path: Path | str | None = None) -> peewee.SqliteDatabase:
+    """A read-only (``query_only``) database for ``config.url`` (or ``path``); connections are
+    opened lazily, one per thread. The file must exist.
+
+    The file is never opened here outside SQLite (no header check): closing any descriptor of
+    the file would drop this process's POSIX locks on it, and then another process's SQLite,
+    seeing no other user, would delete the WAL under the running writer. A file that is not
+    a database fails on the first read instead."""
+    db_path = Path(path) if path is not None else sqlite_path(config.url)
+    if not db_path.is_file():
+        raise StorageError(f"database {db_path} does not exist", path=str(db_path))
+    settings = [(k, v) for k, v in pragmas(config) if k != "journal_mode"]  # never change it
+    db = peewee.SqliteDatabase(str(db_path), pragmas=[*settings, ("query_only", 1)],
+                               timeout=config.busy_timeout_ms / 1000)
+    db.register_function(_mqtt_match, MQTT_MATCH_FUNCTION, 2, deterministic=True)
+    return db
+
+
+class Reader:
+    """Runs queries on the calling thread's read connection."""
+
+    def __init__(self, db: peewee.SqliteDatabase) -> None:
+        self.db = db
+
+    @property
+    def path(self) -> Path:
+        return Path(self.db.database)
+
+    def _all(self, query: peewee.Query) -> list[Row]:
+        try:
+            return list(self.db.execute(query).fetchall())
+        except (peewee.DatabaseError, sqlite3.Error) as exc:
+            raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
+
+    def page(self, cond: Conditions, *, limit: int, order: str = "asc",
+             after: int | None = None) -> list[Row]:
+        return self._all(page(cond, limit=limit, order=order, after=after))
+
+    def page_within(self, cond: Conditions, *, limit: int, max_bytes: int, order: str = "asc",
+                    after: int | None = None) -> tuple[list[Row], bool]:
+        """A page as ``page`` gives it, in bounded memory whatever the events' size: first the
+        ``seq`` keys of the page (a sort, if the plan needs one, holds only integers), then the
+        rows by key, read one at a time, stopping after the row that takes the answer size
+        (``requests.event_size``) past ``max_bytes``. Returns the rows and whether more rows
+        may match (a full page of keys, or stopped for size): continue after the last row."""
+        rows: list[Row] = []
+        size = 0
+        try:
+            seqs = [seq for (seq,) in self.db.execute(
+                page_keys(cond, limit=limit, order=order, after=after)).fetchall()]
+            if not seqs:
+                return rows, False
+            cursor = self.db.execute(by_seqs(seqs, order=order))
+            try:
+                for row in cursor:
+                    rows.append(row)
+                    size += event_size(row)
+                    if size > max_bytes and len(rows) < len(seqs):
+                        return rows, True
+            finally:
+                cursor.close()
+        except (peewee.DatabaseError, sqlite3.Error) as exc:
+            raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
+        return rows, len(seqs) == limit
+
+    def get(self, event_id: str) -> Row | None:
+        rows = self._all(by_id(event_id))
+        return rows[0] if rows else None
+
+    def summary(self) -> tuple[int, int | None, int | None]:
+        count, oldest, newest = self._all(summary())[0]
+        return int(count), oldest, newest
+
+    def figures(self) -> StoreFigures:
+        """Counts, oldest/newest ``created_at`` and file sizes, read on this connection."""
+        count, oldest, newest = self.summary()
+        (dead,) = self._all(DeadLetter.select(peewee.fn.COUNT(DeadLetter.id)).tuples())[0]
+        db_bytes, wal_bytes = self.file_sizes()
+        return StoreFigures(count, int(dead), oldest, newest, db_bytes, wal_bytes)
+
+    def file_sizes(self) -> tuple[int, int]:
+        """``(database bytes, WAL bytes)``; 0 for a file that is not there."""
+        def size(p: str) -> int:
+            try:
+                return os.stat(p).st_size
+            except OSError:
+                return 0
+        return size(str(self.path)), size(str(self.path) + "-wal")
+
+    def close(self) -> None:
+        """Close the calling thread's connection (each reader thread calls it when it ends)."""
+        if not self.db.is_closed():
+            self.db.close()
