@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import args as cliargs
-from sidecar.cli.main import main
+from sidecar.cli.commands import main
 from sidecar.config import load_config
 from sidecar.errors import ConfigError, UsageError
 from sidecar.storage import sqlite_errors as busy

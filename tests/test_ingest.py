@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from sidecar.core import events
 from sidecar.core.events import MAX_TS_MS, DeadLetterRow, EventRow, parse_timestamp, uuid7
 from sidecar.errors import PayloadError
-from sidecar.core import events
 from sidecar.ingest.decode import dead_letter, decode_message, topic_to_type, trace_id_from_traceparent
 
 TOPIC = "kairo/user/message"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.cli import main as cli
+from sidecar.cli import commands as cli
 from sidecar.config import DatabaseConfig
 from sidecar.storage.db import migrate, open_database
 from tests import seed

@@ -1,5 +1,5 @@
 """The ``kairo-sidecar`` command line: a thin layer over the library."""
 
-from sidecar.cli.main import main
+from sidecar.cli.commands import main
 
 __all__ = ["main"]
