@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_suite(results: Results, size: Size, only: tuple[str, ...], out: Path, *,
               profile: bool = False, keep: bool = False) -> bool:
-    from tests.broker import start_broker
+    from tests.support.broker import start_broker
 
     root = Path(tempfile.mkdtemp(prefix="kairo-bench-"))
     broker = start_broker(root / "broker", extra_conf="set_tcp_nodelay true\n")

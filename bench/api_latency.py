@@ -28,7 +28,7 @@ from sidecar.client import SidecarClient
 from sidecar.config import LogConfig, load_config
 from sidecar.logs import configure_logging
 from sidecar.storage.db import migrate, open_database
-from tests.broker import start_broker
+from tests.support.broker import start_broker
 
 KINDS = ["user.message", "sensor.temp", "door.open", "audit.login", "alert"]
 

@@ -15,7 +15,7 @@ import pytest
 
 from sidecar.config import LogConfig
 from sidecar.logs import configure_logging
-from tests.broker import Broker, start_broker
+from tests.support.broker import Broker, start_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 

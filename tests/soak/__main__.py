@@ -39,11 +39,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests import scenarios
-from tests.broker import Broker, start_broker
 from tests.conftest import ROOT, SidecarProcess
-from tests.faultkit import Outcome, SmallFilesystem, sidecar_env
-from tests.netproxy import NetworkProxy
+from tests.support import scenarios
+from tests.support.broker import Broker, start_broker
+from tests.support.faultkit import Outcome, SmallFilesystem, sidecar_env
+from tests.support.netproxy import NetworkProxy
 
 MAX_PAYLOAD = 8192
 DEAD_LETTER_CAP = 4096
