@@ -18,13 +18,11 @@ from sidecar.api.replay import CommitSignal
 from sidecar.broker.subscriber import Subscriber, receive_window
 from sidecar.config import Config
 from sidecar.core.stats import Stats
-from sidecar.errors import StorageError
 from sidecar.ingest.writer import Writer
 from sidecar.logs import get_logger
-from sidecar.storage.db import check_schema, migrate, open_database, sqlite_path
-from sidecar.storage.integrity import verify_on_start
-from sidecar.storage.maintenance import Maintenance, ensure_incremental_vacuum, truncate_wal
+from sidecar.storage.maintenance import Maintenance, truncate_wal
 from sidecar.storage.reads import Reader, open_reader
+from sidecar.storage.startup import open_store
 from sidecar.systemd import Notifier, Watchdog, stall_after
 
 log = get_logger("sidecar.app")
@@ -57,19 +55,8 @@ class Sidecar:
 
     def open(self) -> None:
         """Open the database and bring the schema up to date (or refuse)."""
-        cfg = self.config
-        verify_on_start(sqlite_path(cfg.database.url), cfg.database.startup_check)
-        self.db = open_database(cfg.database)
-        truncate_wal(self.db, when="start")  # fold in what a crash left in the WAL
-        if cfg.database.migrate_on_start:
-            migrate(self.db)
-            ensure_incremental_vacuum(self.db)
-        else:
-            pending = check_schema(self.db)
-            if pending:
-                raise StorageError(f"database needs migrations {pending}: run `kairo-sidecar "
-                                   "migrate` or set [database] migrate_on_start = true",
-                                   path=str(sqlite_path(cfg.database.url)))
+        database = self.config.database
+        self.db = open_store(database, schema="migrate" if database.migrate_on_start else "current")
 
     def run(self, *, install_signals: bool = True,
             on_ready: Callable[[], None] | None = None) -> int:

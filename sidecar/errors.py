@@ -53,6 +53,16 @@ class SchemaTooNewError(StorageError):
         )
 
 
+class PendingMigrationsError(StorageError):
+    """The database needs migrations and this process may not apply them (``migrate_on_start =
+    false``)."""
+
+    def __init__(self, *, path: str, pending: list[str]) -> None:
+        self.pending = pending
+        super().__init__(f"database needs migrations {pending}: run `kairo-sidecar migrate` or "
+                         "set [database] migrate_on_start = true", path=path)
+
+
 class CorruptDatabaseError(StorageError):
     """The database file is damaged (an integrity check failed); it is left untouched."""
 

@@ -87,9 +87,9 @@ def add_parsers(sub: Any) -> None:
 def _cmd_purge(args: argparse.Namespace, config: Config) -> int:
     from sidecar.core.events import now_ms
     from sidecar.storage import diskguard
-    from sidecar.storage.db import open_database
     from sidecar.storage.purge import Policy, PurgeRun, plan
     from sidecar.storage.sqlite_errors import retry_busy
+    from sidecar.storage.startup import open_store
 
     policy = Policy.from_config(config.retention)
     guarded = not diskguard.MinFree.parse(config.retention.min_free).off
@@ -117,7 +117,7 @@ def _cmd_purge(args: argparse.Namespace, config: Config) -> int:
                   f"{line.reason}")
         print("dry run: nothing was deleted")
         return 0
-    db = open_database(config.database, create=False)
+    db = open_store(config.database, schema="unchecked", create=False, shared=True)
     try:
         runs: list[PurgeRun] = []
         guarded_runs: list[diskguard.GuardResult] = []

@@ -58,16 +58,10 @@ def _cmd_run(config: Config) -> int:
 
 
 def _cmd_migrate(config: Config) -> int:
-    from sidecar.storage.db import migrate, open_database, sqlite_path
-    from sidecar.storage.integrity import verify_on_start
-    from sidecar.storage.maintenance import ensure_incremental_vacuum, truncate_wal
+    from sidecar.storage.startup import open_store
 
-    verify_on_start(sqlite_path(config.database.url), config.database.startup_check)
-    db = open_database(config.database)
-    truncate_wal(db, when="start")
-    applied = migrate(db)
-    ensure_incremental_vacuum(db)
-    db.close()
+    applied: list[str] = []
+    open_store(config.database, schema="migrate", on_migrated=applied.extend).close()
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
     return 0
 

@@ -141,7 +141,7 @@ def _show(args: argparse.Namespace, config: Config) -> int:
 
 
 def _reingest(args: argparse.Namespace, config: Config) -> int:
-    from sidecar.storage.db import open_database
+    from sidecar.storage.startup import open_store
 
     flt = _filter(args)
     if (args.id is None) == (not args.all):
@@ -157,7 +157,7 @@ def _reingest(args: argparse.Namespace, config: Config) -> int:
             ids = _command_line(lambda: list(letters.matching_ids(reader, flt)))
         finally:
             reader.close()
-    db = open_database(config.database, create=False)
+    db = open_store(config.database, schema="unchecked", create=False, shared=True)
     counts: dict[str, int] = {}
     try:
         for outcome in letters.reingest(db, ids, max_payload_bytes=config.ingest.max_payload_bytes):

@@ -202,7 +202,7 @@ def _pairs(text: str | None) -> list[tuple[str, str]] | None:
 def reingest(db: peewee.Database, ids: Iterable[int], *, max_payload_bytes: int,
              deadline: float = 120.0) -> Iterator[Outcome]:
     """Re-ingest each dead letter of ``ids`` in its own transaction on ``db`` (a write
-    connection, ``db.open_database``); yields one ``Outcome`` per id as it is committed."""
+    connection, ``storage.startup.open_store``); yields one ``Outcome`` per id as it is committed."""
     insert = EventInsert()
     path = str(db.database)
     for letter_id in ids:

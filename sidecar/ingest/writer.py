@@ -4,6 +4,9 @@ The paho network thread calls ``submit``; the writer thread takes up to ``batch_
 deliveries (or what arrived within ``flush_interval``), writes them in ONE transaction with
 insert-or-ignore on the event id, commits, and only then releases the acks, in receive order.
 A database error never acks: the writer logs, backs off and retries the same batch.
+
+Other work (stop, session reset) comes through the same queue as task objects
+(``sidecar.ingest.tasks``), so it runs in order, between two batches.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sidecar.core.events import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, DeadLetterRo
 from sidecar.core.stats import Stats
 from sidecar.ingest.bulk import BulkInsert
 from sidecar.ingest.conflicts import find_conflicts
+from sidecar.ingest.tasks import STOP, SessionReset, WriterTask
 from sidecar.logs import RateLimited, get_logger
 from sidecar.storage.sqlite_errors import describe as describe_error
 
@@ -44,13 +48,13 @@ class Delivery(NamedTuple):
     dup: bool = False
 
 
-_STOP = object()
+class _Written(NamedTuple):
+    """What one batch's transaction stored (for the stats and the commit signal)."""
 
-
-class _Reset(NamedTuple):
-    """Queue marker: the MQTT session is new; forget recorded packet ids, then call ``then``."""
-
-    then: Callable[[], None]
+    events: int  # event rows written or ignored
+    inserted: int  # new events
+    conflicts: int  # ids stored with another body: dead letters
+    dead_letters: int  # every dead letter, conflicts included
 
 
 # Errors worth retrying: the database is locked, busy, full, read-only or failing I/O. Anything
@@ -83,6 +87,16 @@ class EventInsert:
         return inserted, []
 
 
+def _as_dead_letter(delivery: Delivery, reason: str) -> Delivery:
+    """``delivery`` turned into a dead letter (a row the database refused for its content)."""
+    row = delivery.row
+    raw = row.payload.encode("utf-8", "backslashreplace") if isinstance(row, EventRow) else b""
+    return delivery._replace(row=DeadLetterRow(
+        topic=row.topic.encode("utf-8", "backslashreplace").decode(),
+        payload=raw[:65536], payload_size=len(raw), reason=reason[:1000],
+        received_at=row.received_at))
+
+
 def _digest(row: EventRow) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for part in (row.topic, row.type, row.source, row.payload, row.metadata):
@@ -106,7 +120,7 @@ class Writer:
         self._on_commit = on_commit  # called after each commit that stored events (live replay)
         self._window = window
         self.stats = stats
-        self._queue: queue.SimpleQueue[Delivery | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Delivery | WriterTask] = queue.SimpleQueue()
         self._received_qos1 = 0  # written by the network thread only
         self._acked_qos1 = 0  # written by the writer thread only
         self._thread: threading.Thread | None = None
@@ -118,7 +132,6 @@ class Writer:
         self._room = threading.Event()  # set by the writer after it takes a batch
         self._overrun_log = RateLimited(period=60.0, burst=1)
         self._mapped: set[int] | None = None  # packet ids in delivery_ids (writer thread)
-        self._pending_reset: _Reset | None = None
         self._event_insert = EventInsert()
         self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
         self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
@@ -164,7 +177,7 @@ class Writer:
         transaction and ``then`` is called: the subscriber subscribes only then, so no message
         of the new session can meet a stale record, even across a crash.
         """
-        self._queue.put(_Reset(then))
+        self._queue.put(SessionReset(then))
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -175,7 +188,7 @@ class Writer:
         """Write and ack everything queued so far, then stop; False if the deadline passed."""
         self._deadline = time.monotonic() + timeout
         self._stopping.set()
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         if self._thread is None:
             return True
         self._thread.join(timeout + 1.0)
@@ -194,7 +207,7 @@ class Writer:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return left
-            left += item is not _STOP
+            left += not isinstance(item, WriterTask)
 
     @property
     def alive(self) -> bool:
@@ -205,20 +218,24 @@ class Writer:
         """True when the broker will send no more QoS 1 messages until we ack some."""
         return self._received_qos1 - self._acked_qos1 >= self._window
 
-    def _collect(self) -> tuple[list[Delivery], bool]:
-        """Block for the first delivery, then take more until a flush condition holds."""
-        batch: list[Delivery] = []
-        stop = False
+    def _collect(self) -> tuple[list[Delivery], WriterTask | None]:
+        """Block for the first delivery, then take more until a flush condition holds. A task
+        ends the batch (it runs after it: the batch holds what was queued before the task)."""
         try:
             first = self._queue.get(timeout=0.5)
         except queue.Empty:
-            return batch, self._stopping.is_set()
-        if first is _STOP:
-            return batch, True
-        if type(first) is _Reset:
-            self._pending_reset = first
-            return batch, False
-        batch.append(first)  # type: ignore[arg-type]
+            return [], STOP if self._stopping.is_set() else None
+        if isinstance(first, WriterTask):
+            return [], first
+        batch = [first]
+        task = self._fill(batch)
+        self._room.set()
+        return batch, task
+
+    def _fill(self, batch: list[Delivery]) -> WriterTask | None:
+        """Add deliveries to ``batch`` until it is full, ``flush_interval`` has passed since the
+        first, the broker's window is full, or the writer stops; a task stops the filling and
+        is returned."""
         deadline = time.monotonic() + self._config.flush_interval
         size = self._config.batch_size
         get_nowait = self._queue.get_nowait
@@ -235,15 +252,10 @@ class Writer:
                     item = self._queue.get(timeout=min(remaining, 0.01))
                 except queue.Empty:
                     continue
-            if item is _STOP:
-                stop = True
-                break
-            if type(item) is _Reset:  # the batch holds the old session's messages: reset after
-                self._pending_reset = item
-                break
-            batch.append(item)  # type: ignore[arg-type]
-        self._room.set()
-        return batch, stop
+            if isinstance(item, WriterTask):
+                return item
+            batch.append(item)
+        return None
 
     def _run(self) -> None:
         try:
@@ -257,15 +269,12 @@ class Writer:
                  flush_interval=self._config.flush_interval, window=self._window)
         while True:
             self.heartbeat = time.monotonic()
-            batch, stop = self._collect()
+            batch, task = self._collect()
             if batch and not self._write_with_retry(batch):
                 break  # shutdown deadline passed while the database failed: nothing acked
-            if self._pending_reset is not None:
-                reset, self._pending_reset = self._pending_reset, None
-                if self._retrying(self._reset_delivery_ids, 0) is None:
-                    break
-                reset.then()
-            if stop or (self._stopping.is_set() and self._queue.empty()):
+            if task is not None and not task.run(self):
+                break
+            if self._stopping.is_set() and self._queue.empty():
                 break
             if self._maintenance is not None and not self._stopping.is_set():
                 self._run_maintenance(self._maintenance)
@@ -326,6 +335,11 @@ class Writer:
                 self.failing = False
             return result
 
+    def forget_delivery_ids(self) -> bool:
+        """Delete every packet-id record (a ``SessionReset`` task, on the writer thread only),
+        retrying like a batch; False if abandoned at the shutdown deadline."""
+        return self._retrying(self._reset_delivery_ids, 0) is not None
+
     def _reset_delivery_ids(self) -> bool:
         with self._db.atomic("IMMEDIATE"):
             self._db.cursor().execute(self._delivery_reset_sql)
@@ -342,80 +356,55 @@ class Writer:
             except TRANSIENT_ERRORS:
                 raise
             except Exception as exc:
-                row = delivery.row
-                raw = (row.payload.encode("utf-8", "backslashreplace")
-                       if isinstance(row, EventRow) else b"")
                 reason = f"storage refused the event: {exc!r}"
-                delivery = delivery._replace(row=DeadLetterRow(
-                    topic=row.topic.encode("utf-8", "backslashreplace").decode(),
-                    payload=raw[:65536], payload_size=len(raw), reason=reason[:1000],
-                    received_at=row.received_at))
+                delivery = _as_dead_letter(delivery, reason)
                 self._write([delivery])
                 log.warning("event_refused_by_storage", topic=delivery.row.topic, reason=reason)
             written.append(delivery)
         return written
 
+    # -------------------------------------------------------------- one batch, one transaction
     def _write(self, batch: list[Delivery]) -> None:
+        """Write ``batch`` in one transaction, then account for it. Id-less events get their id
+        in ``batch`` (a DUP copy the id of its first copy), so retrying after a rollback reuses
+        the ids; the packet-id records change only once the transaction has committed."""
         started = time.perf_counter()
-        events: list[EventRow] = []
-        dead: list[DeadLetterRow] = []
-        for delivery in batch:
-            if type(delivery.row) is EventRow:
-                events.append(delivery.row)
-            else:
-                dead.append(delivery.row)  # type: ignore[arg-type]
-        if self._mapped is None:
-            known_mids: Any = DeliveryId.select(DeliveryId.mid).tuples()
-            self._mapped = {mid for (mid,) in known_mids}
-        mapped = self._mapped
-        # A fresh (not DUP) message with a recorded packet id proves the broker got our ack for
-        # the earlier one: its record is obsolete (else a later DUP copy could match it).
-        stale = [(d.mid,) for d in batch if d.qos and not d.dup and d.mid in mapped]
+        stale = self._obsolete_records(batch)
         with self._db.atomic("IMMEDIATE"):
             cursor = self._db.cursor()
             if stale:
                 cursor.executemany(self._delivery_delete_sql, stale)
-            id_less = [i for i, d in enumerate(batch)
-                       if type(d.row) is EventRow and d.row.id is None]
-            recorded: list[int] = []
-            if id_less:
-                events, recorded = self._assign_ids(cursor, batch, id_less)
-            inserted = 0
-            conflicts = 0
-            if events:
-                inserted, refused = self._event_insert.run(cursor, events)
-                if refused:
-                    conflicts = len(refused)
-                    dead = [*dead, *refused]
-            if dead:
-                cursor.executemany(self._dead_sql, dead)
-        if stale or recorded:
-            mapped.difference_update(mid for (mid,) in stale)
-            mapped.update(recorded)
-        stats = self.stats
-        stats.events_stored += inserted
-        stats.duplicates += len(events) - inserted - conflicts
-        stats.dead_letters += len(dead)
-        stats.batches += 1
-        stats.last_commit_at = time.time()
-        oldest = min(d.row.received_at for d in batch)
-        stats.last_commit_lag_ms = now_ms() - oldest
-        if inserted and self._on_commit is not None:
+            recorded = self._assign_ids(cursor, batch)
+            written = self._insert_rows(cursor, batch)
+        self._remember_records(stale, recorded)
+        self._count(batch, written)
+        if written.inserted and self._on_commit is not None:
             self._on_commit()
-        log.debug("batch_committed", rows=len(events), inserted=inserted, dead_letters=len(dead),
+        log.debug("batch_committed", rows=written.events, inserted=written.inserted,
+                  dead_letters=written.dead_letters,
                   ms=round((time.perf_counter() - started) * 1000, 2))
 
-    def _assign_ids(self, cursor: sqlite3.Cursor, batch: list[Delivery],
-                    id_less: list[int]) -> tuple[list[EventRow], list[int]]:
-        """Give id-less events an id; a redelivered copy (DUP, same packet id and content) gets
-        the id its first copy got, so insert-or-ignore drops it. Returns the event rows and the
-        packet ids recorded."""
-        known: dict[int, tuple[str, bytes]] = {}
-        dup_mids = [batch[i].mid for i in id_less if batch[i].dup and batch[i].qos]
-        if dup_mids:
-            rows: Any = DeliveryId.select(DeliveryId.mid, DeliveryId.event_id, DeliveryId.digest).where(
-                DeliveryId.mid.in_(sorted(set(dup_mids)))).tuples()
-            known = {mid: (event_id, bytes(digest)) for mid, event_id, digest in rows}
+    def _recorded_mids(self) -> set[int]:
+        """The packet ids recorded in ``delivery_ids`` (read once, then kept in step)."""
+        if self._mapped is None:
+            known_mids: Any = DeliveryId.select(DeliveryId.mid).tuples()
+            self._mapped = {mid for (mid,) in known_mids}
+        return self._mapped
+
+    def _obsolete_records(self, batch: list[Delivery]) -> list[tuple[int]]:
+        """A fresh (not DUP) message with a recorded packet id proves the broker got our ack for
+        the earlier one: its record is obsolete (else a later DUP copy could match it)."""
+        mapped = self._recorded_mids()
+        return [(d.mid,) for d in batch if d.qos and not d.dup and d.mid in mapped]
+
+    def _assign_ids(self, cursor: sqlite3.Cursor, batch: list[Delivery]) -> list[int]:
+        """Give id-less events an id, in place in ``batch``; a redelivered copy (DUP, same
+        packet id and content) gets the id its first copy got, so insert-or-ignore drops it.
+        Records the packet id of each QoS 1 one and returns those packet ids."""
+        id_less = [i for i, d in enumerate(batch) if type(d.row) is EventRow and d.row.id is None]
+        if not id_less:
+            return []
+        known = self._ids_of_first_copies(batch, id_less)
         records: list[tuple[int, str, bytes]] = []
         for i in id_less:
             delivery = batch[i]
@@ -434,8 +423,53 @@ class Writer:
             batch[i] = delivery._replace(row=row._replace(id=event_id))
         if records:
             cursor.executemany(self._delivery_sql, records)
-        events = [d.row for d in batch if type(d.row) is EventRow]
-        return events, [mid for mid, _, _ in records]
+        return [mid for mid, _, _ in records]
+
+    @staticmethod
+    def _ids_of_first_copies(batch: list[Delivery], id_less: list[int]) -> dict[int, tuple[str, bytes]]:
+        """packet id -> (event id, digest) recorded for the DUP deliveries among ``id_less``."""
+        dup_mids = [batch[i].mid for i in id_less if batch[i].dup and batch[i].qos]
+        if not dup_mids:
+            return {}
+        rows: Any = DeliveryId.select(DeliveryId.mid, DeliveryId.event_id, DeliveryId.digest).where(
+            DeliveryId.mid.in_(sorted(set(dup_mids)))).tuples()
+        return {mid: (event_id, bytes(digest)) for mid, event_id, digest in rows}
+
+    def _insert_rows(self, cursor: sqlite3.Cursor, batch: list[Delivery]) -> _Written:
+        """Insert the events (all with an id now) and the dead letters, conflicts among them."""
+        events: list[EventRow] = []
+        dead: list[DeadLetterRow] = []
+        for delivery in batch:
+            if type(delivery.row) is EventRow:
+                events.append(delivery.row)
+            else:
+                dead.append(delivery.row)  # type: ignore[arg-type]
+        inserted = conflicts = 0
+        if events:
+            inserted, refused = self._event_insert.run(cursor, events)
+            if refused:
+                conflicts = len(refused)
+                dead = [*dead, *refused]
+        if dead:
+            cursor.executemany(self._dead_sql, dead)
+        return _Written(len(events), inserted, conflicts, len(dead))
+
+    def _remember_records(self, stale: list[tuple[int]], recorded: list[int]) -> None:
+        """Bring the in-memory packet-id set in step with the committed ``delivery_ids``."""
+        if stale or recorded:
+            mapped = self._recorded_mids()
+            mapped.difference_update(mid for (mid,) in stale)
+            mapped.update(recorded)
+
+    def _count(self, batch: list[Delivery], written: _Written) -> None:
+        stats = self.stats
+        stats.events_stored += written.inserted
+        stats.duplicates += written.events - written.inserted - written.conflicts
+        stats.dead_letters += written.dead_letters
+        stats.batches += 1
+        stats.last_commit_at = time.time()
+        oldest = min(d.row.received_at for d in batch)
+        stats.last_commit_lag_ms = now_ms() - oldest
 
     def _release(self, batch: list[Delivery]) -> None:
         tokens = [(d.generation, d.mid) for d in batch if d.qos]

@@ -25,8 +25,8 @@ from sidecar.config import DatabaseConfig
 from sidecar.core.decode_errors import describe
 from sidecar.errors import InputFileError
 from sidecar.logs import get_logger
-from sidecar.storage.db import migrate, open_database
 from sidecar.storage.sqlite_errors import retry_busy
+from sidecar.storage.startup import open_store
 
 log = get_logger("sidecar.export")
 
@@ -114,10 +114,9 @@ _INSERT = (f"INSERT OR IGNORE INTO events ({', '.join(_INSERT_COLUMNS)}) "
 
 
 def open_for_import(config: DatabaseConfig) -> peewee.SqliteDatabase:
-    """The database to import into (created and migrated if it does not exist yet)."""
-    db = open_database(config)
-    retry_busy(lambda: migrate(db), what="apply migrations", path=str(db.database))
-    return db
+    """The database to import into (created and migrated if it does not exist yet); the
+    daemon may be writing to it meanwhile."""
+    return open_store(config, schema="migrate", shared=True)
 
 
 def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_size: int = 1000,

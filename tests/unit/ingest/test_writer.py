@@ -259,3 +259,18 @@ def test_session_reset_forgets_records_before_the_callback(db):
     assert rows(db)[0][0] == 1
     assert writer.alive
     writer.stop(5)
+
+
+def test_a_task_ends_the_batch_and_runs_between_batches(db):
+    """A session reset queued between two deliveries runs after the first is committed and
+    before the second is written (a task ends the batch being collected)."""
+    writer, acks, _ = make_writer(db, flush_interval=1.0)
+    seen: list[int] = []
+    writer.submit(Delivery(_row(0), qos=1, mid=1, generation=1))
+    writer.session_reset(then=lambda: seen.append(rows(db)[0][0]))
+    writer.submit(Delivery(_row(1), qos=1, mid=2, generation=1))
+    writer.start()
+    wait_until(lambda: len(acks.tokens) == 2, message="both acks")
+    assert seen == [1] and acks.tokens == [(1, 1), (1, 2)]
+    assert rows(db)[0][0] == 2
+    writer.stop(5)
