@@ -3,6 +3,7 @@ SQLite files written by the real writer, and stats / re-ingest beside a real dae
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
@@ -10,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from sidecar.cli import main as cli
 from sidecar.config import DatabaseConfig
 from sidecar.storage.db import migrate, open_database
 from tests import seed
@@ -18,6 +18,9 @@ from tests.broker import Broker
 from tests.conftest import count_rows, wait_until
 from tests.test_letters import envelope, store
 from tests.test_subscriber import publish, publisher, start_inprocess
+
+# the module (``from sidecar.cli import main`` is the function the package re-exports)
+cli = importlib.import_module("sidecar.cli.main")
 
 
 @pytest.fixture(autouse=True)
