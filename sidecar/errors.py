@@ -119,6 +119,20 @@ class UsageError(SidecarError):
         super().__init__(f"{option}: {message}" if option else message)
 
 
+class FilterError(SidecarError):
+    """An event filter cannot be used: a bad glob, topic filter, time or ``where`` key, found
+    by storage (``queries.conditions``) or a dead-letter filter (``letters``). ``field`` names
+    it (``type[0]``, ``until``, ``where.payload.x``) and ``message`` starts with it. The API
+    answers it as ``bad_request`` on ``field``; on the command line it is exit 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, field: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(message)
+
+
 class DestinationExistsError(SidecarError):
     """A command would replace an existing file (``backup DEST``) without ``--force``."""
 

@@ -37,7 +37,7 @@ from sidecar.api.replay import CommitSignal, ReplayStream, Sent
 from sidecar.config import ApiConfig
 from sidecar.core import topics
 from sidecar.core.stats import Stats
-from sidecar.errors import RequestError, StorageError
+from sidecar.errors import FilterError, RequestError, StorageError
 from sidecar.logs import RateLimited, get_logger
 from sidecar.storage.queries import conditions
 from sidecar.storage.reads import Reader
@@ -62,7 +62,8 @@ class Reply:
     transaction: Any
     publish: Publish
 
-    def send(self, body: dict[str, Any]) -> Sent:
+    def send(self, body: Any) -> Sent:
+        """Encode ``body`` (an answer Struct, or a replay message) in the request's format."""
         return self.publish(self.topic, requests.encode(body, self.fmt),
                             correlation_data=self.correlation_data,
                             content_type=requests.CONTENT_TYPES[self.fmt])
@@ -173,9 +174,10 @@ class Handlers:
             data = self._dispatch(requests.decode_request(msg), reply)
             if data is not _STREAMING:
                 self._delivered(reply.send(requests.ok(data, reply.transaction)))
-        except RequestError as exc:
-            self._log_error(msg.op, exc)
-            reply.send(requests.error(exc, reply.transaction))
+        except (RequestError, FilterError) as exc:
+            refusal = requests.bad_filter(exc) if isinstance(exc, FilterError) else exc
+            self._log_error(msg.op, refusal)
+            reply.send(requests.error(refusal, reply.transaction))
         except StorageError as exc:
             log.error("request_failed", op=msg.op, error=str(exc))
             reply.send(requests.error(RequestError("internal", str(exc)), reply.transaction))
@@ -263,24 +265,15 @@ class Handlers:
             raise RequestError("bad_request", f"{field}: must be <= {self._config.max_limit} "
                                "(api.max_limit)", field=field)
 
-    def _query(self, request: QueryRequest, fmt: str) -> dict[str, Any]:
+    def _query(self, request: QueryRequest, fmt: str) -> requests.QueryPage:
         self._check_limit(request.limit, "limit")
-        cond = conditions(request)
         # Read no further than the answer can hold: large events never fill memory.
-        rows, cut = self._reader.page_within(cond, limit=request.limit + 1, order=request.order,
-                                             max_bytes=self._config.max_response_bytes)
-        more = cut or len(rows) > request.limit
-        rows = rows[: request.limit]
-        size = 0
-        for i, row in enumerate(rows):
-            size += requests.event_size(row)
-            if i and size > self._config.max_response_bytes:
-                rows, more = rows[:i], True
-                break
-        return {"events": [requests.event_out(row, fmt) for row in rows],
-                "next": rows[-1][0] if more and rows else None}
+        found = self._reader.answer_page(conditions(request), limit=request.limit,
+                                         order=request.order,
+                                         max_bytes=self._config.max_response_bytes)
+        return requests.QueryPage([requests.event_out(e, fmt) for e in found.events], found.next)
 
-    def _get(self, request: GetRequest, fmt: str) -> dict[str, Any]:
+    def _get(self, request: GetRequest, fmt: str) -> requests.EventOut:
         row = self._reader.get(request.id)
         if row is None:
             raise RequestError("not_found", f"no event with id {request.id!r}", field="id")
@@ -317,16 +310,16 @@ class Handlers:
         with self._lock:
             self._streams.pop(stream.id, None)
 
-    def _cancel(self, request: CancelRequest) -> dict[str, Any]:
+    def _cancel(self, request: CancelRequest) -> requests.Cancelled | requests.OwnerCancelled:
         if (request.stream is None) == (request.owner is None):
             raise RequestError("bad_request", "give either stream or owner", field="stream")
         if request.owner is not None:
             return self._cancel_owner(request.owner)
         stream = self._running(request.stream)
         stream.cancel()
-        return {"stream": request.stream, "cancelled": True}
+        return requests.Cancelled(stream.id)
 
-    def _cancel_owner(self, owner: str) -> dict[str, Any]:
+    def _cancel_owner(self, owner: str) -> requests.OwnerCancelled:
         """Every stream opened with this owner token: what a requester's Will asks for. None
         left is no error (the Will fires whether or not its streams still run)."""
         with self._lock:
@@ -335,12 +328,12 @@ class Handlers:
             stream.cancel()
         if streams:
             log.info("replay_owner_cancelled", owner=owner, streams=len(streams))
-        return {"owner": owner, "cancelled": True, "streams": [s.id for s in streams]}
+        return requests.OwnerCancelled(owner=owner, streams=[s.id for s in streams])
 
-    def _renew(self, request: RenewRequest) -> dict[str, Any]:
+    def _renew(self, request: RenewRequest) -> requests.Renewed:
         stream = self._running(request.stream)
         stream.renew()
-        return {"stream": request.stream, "lease": stream.lease}
+        return requests.Renewed(stream.id, stream.lease)
 
     def _running(self, stream_id: str | None) -> ReplayStream:
         with self._lock:
@@ -349,27 +342,27 @@ class Handlers:
             raise RequestError("not_found", f"no running stream {stream_id!r}", field="stream")
         return stream
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> requests.StatsAnswer:
         store = self._reader.figures()
         s = self._stats
-        return {
-            "version": __version__,
-            "uptime_s": round(time.time() - s.started_at, 3),
-            "events_total": store.events_total,
-            "events_stored": s.events_stored,
-            "duplicates": s.duplicates,
-            "dead_letters_total": store.dead_letters_total,
-            "dead_letters": s.dead_letters,
-            "qos0_dropped": s.qos0_dropped,
-            "received": s.received,
-            "write_errors": s.write_errors,
-            "queue_depth": self._queue_depth(),
-            "last_commit_lag_ms": s.last_commit_lag_ms,
-            "last_commit_at": None if s.last_commit_at is None else int(s.last_commit_at * 1000),
-            "oldest_event_at": store.oldest_event_at,
-            "newest_event_at": store.newest_event_at,
-            "database_bytes": store.database_bytes,
-            "wal_bytes": store.wal_bytes,
-            "replay_streams": self.active_streams,
-            "disk_guard": self._disk_guard(),
-        }
+        return requests.StatsAnswer(
+            version=__version__,
+            uptime_s=round(time.time() - s.started_at, 3),
+            events_total=store.events_total,
+            events_stored=s.events_stored,
+            duplicates=s.duplicates,
+            dead_letters_total=store.dead_letters_total,
+            dead_letters=s.dead_letters,
+            qos0_dropped=s.qos0_dropped,
+            received=s.received,
+            write_errors=s.write_errors,
+            queue_depth=self._queue_depth(),
+            last_commit_lag_ms=s.last_commit_lag_ms,
+            last_commit_at=None if s.last_commit_at is None else int(s.last_commit_at * 1000),
+            oldest_event_at=store.oldest_event_at,
+            newest_event_at=store.newest_event_at,
+            database_bytes=store.database_bytes,
+            wal_bytes=store.wal_bytes,
+            replay_streams=self.active_streams,
+            disk_guard=self._disk_guard(),
+        )

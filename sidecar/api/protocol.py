@@ -2,14 +2,15 @@
 
 Requests are ``Struct``s with ``forbid_unknown_fields``; decoders are built once at import. A
 request that does not decode becomes a ``RequestError("bad_request", field=...)`` naming the
-field, never a silent default.
+field, never a silent default; a filter storage refuses (``errors.FilterError``) becomes the
+same (``bad_filter``). Answers are ``Struct``s too, encoded with the keys (and key order) the
+README documents; ``Ok``/``Error`` wrap them with ``status`` and the echoed ``transaction``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
@@ -17,7 +18,9 @@ from msgspec import Meta
 
 from sidecar.core import codecs as wire
 from sidecar.core.decode_errors import decode_failure, explain_validation
-from sidecar.errors import RequestError
+from sidecar.core.events import StoredEvent
+from sidecar.core.filters import MAX_INT64
+from sidecar.errors import FilterError, RequestError
 
 OPS = ("query", "get", "replay", "replay/cancel", "replay/renew", "stats")
 
@@ -26,7 +29,6 @@ StreamId = Annotated[str, Meta(min_length=1, max_length=64)]
 Owner = Annotated[str, Meta(min_length=1, max_length=128)]
 Lease = Annotated[float, Meta(ge=1, le=3600)]  # seconds a stream lives without a renewal
 Scalar = str | int | float | bool | None
-MAX_INT64 = 2**63 - 1  # SQLite's largest INTEGER (and seq)
 
 
 class RequestMessage(NamedTuple):
@@ -48,7 +50,8 @@ class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
 
 
 class Filter(_Request, frozen=True):
-    """The filters shared by ``query`` and ``replay``."""
+    """The filters shared by ``query`` and ``replay``, with their wire limits (it has the
+    fields of ``core.filters.Filter``, what storage reads)."""
 
     type: Text | Annotated[list[Text], Meta(min_length=1, max_length=100)] | None = None
     source: Text | Annotated[list[Text], Meta(min_length=1, max_length=100)] | None = None
@@ -164,22 +167,110 @@ def validation_error(message: str) -> RequestError:
     return RequestError("bad_request", f"{field}: {text}", field=field)
 
 
+def bad_filter(exc: FilterError) -> RequestError:
+    """A filter storage refused -> the ``bad_request`` answer naming its field."""
+    return RequestError("bad_request", exc.message, field=exc.field)
+
+
 # ------------------------------------------------------------------------------ answers
-EventTuple = Sequence[Any]  # (seq, id, topic, type, source, payload, metadata, created_at, received_at)
+class EventOut(msgspec.Struct, frozen=True):
+    """An event in an answer. ``payload``/``metadata`` are the stored JSON embedded as it is
+    (``msgspec.Raw``, JSON answers) or decoded (MessagePack answers)."""
+
+    seq: int
+    id: str
+    topic: str
+    type: str
+    source: str
+    payload: Any
+    metadata: Any
+    created_at: int
+    received_at: int
 
 
-def event_out(row: EventTuple, fmt: str) -> dict[str, Any]:
-    """An ``events`` row as it appears in an answer; JSON columns embedded without re-encoding
+class QueryPage(msgspec.Struct, frozen=True):
+    """The ``data`` of a ``query`` answer: ``next`` is the cursor of the next page or null."""
+
+    events: list[EventOut]
+    next: int | None
+
+
+class Cancelled(msgspec.Struct, frozen=True):
+    """``replay/cancel`` of one stream."""
+
+    stream: str
+    cancelled: bool = True
+
+
+class OwnerCancelled(msgspec.Struct, frozen=True, kw_only=True):
+    """``replay/cancel`` by owner: the streams it ended (maybe none)."""
+
+    owner: str
+    cancelled: bool = True
+    streams: list[str]
+
+
+class Renewed(msgspec.Struct, frozen=True):
+    """``replay/renew``: the lease (seconds) now runs again from the renewal."""
+
+    stream: str
+    lease: float | None
+
+
+class StatsAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The ``data`` of a ``stats`` answer (the keys the README lists, in this order)."""
+
+    version: str
+    uptime_s: float
+    events_total: int
+    events_stored: int
+    duplicates: int
+    dead_letters_total: int
+    dead_letters: int
+    qos0_dropped: int
+    received: int
+    write_errors: int
+    queue_depth: int
+    last_commit_lag_ms: int | None
+    last_commit_at: int | None
+    oldest_event_at: int | None
+    newest_event_at: int | None
+    database_bytes: int
+    wal_bytes: int
+    replay_streams: int
+    disk_guard: dict[str, Any] | None
+
+
+class ErrorDetail(msgspec.Struct, frozen=True, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Ok(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="status", tag="ok"):
+    """A successful answer: ``{"status": "ok", "data": ..., "transaction": ...}``."""
+
+    data: Any
+    transaction: Any = None
+
+
+class Error(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="status", tag="error"):
+    """An error answer: ``{"status": "error", "error": {code, message, field?}, ...}``."""
+
+    error: ErrorDetail
+    transaction: Any = None
+
+
+def event_out(event: StoredEvent, fmt: str) -> EventOut:
+    """A stored event as it appears in an answer; JSON columns embedded without re-encoding
     (JSON answers) or decoded (MessagePack answers)."""
-    seq, id_, topic, type_, source, payload, metadata, created_at, received_at = row
     if fmt == "json":
-        body: Any = msgspec.Raw(payload.encode())
-        meta: Any = msgspec.Raw(metadata.encode())
-    else:
-        body, meta = _json_value(payload), _json_value(metadata)
-    return {"seq": seq, "id": id_, "topic": topic, "type": type_, "source": source,
-            "payload": body, "metadata": meta, "created_at": created_at,
-            "received_at": received_at}
+        return EventOut(event.seq, event.id, event.topic, event.type, event.source,
+                        msgspec.Raw(event.payload.encode()), msgspec.Raw(event.metadata.encode()),
+                        event.created_at, event.received_at)
+    return EventOut(event.seq, event.id, event.topic, event.type, event.source,
+                    _json_value(event.payload), _json_value(event.metadata), event.created_at,
+                    event.received_at)
 
 
 def _json_value(text: str) -> Any:
@@ -215,26 +306,12 @@ def _fit_msgpack(value: Any) -> Any:
     return value
 
 
-def event_size(row: EventTuple) -> int:
-    """About how many bytes an event takes in an answer (for ``max_response_bytes``)."""
-    return 160 + sum(len(v) for v in row[1:7])
+def ok(data: Any, transaction: Any) -> Ok:
+    return Ok(data, transaction)
 
 
-def ok(data: Any, transaction: Any) -> dict[str, Any]:
-    answer: dict[str, Any] = {"status": "ok", "data": data}
-    if transaction is not None:
-        answer["transaction"] = transaction
-    return answer
-
-
-def error(exc: RequestError, transaction: Any) -> dict[str, Any]:
-    detail: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    if exc.field is not None:
-        detail["field"] = exc.field
-    answer: dict[str, Any] = {"status": "error", "error": detail}
-    if transaction is not None:
-        answer["transaction"] = transaction
-    return answer
+def error(exc: RequestError, transaction: Any) -> Error:
+    return Error(ErrorDetail(exc.code, exc.message, exc.field), transaction)
 
 
 def encode(answer: Any, fmt: str) -> bytes:
@@ -242,8 +319,8 @@ def encode(answer: Any, fmt: str) -> bytes:
         return wire.JSON_ENCODER.encode(answer)
     try:
         return wire.MSGPACK_ENCODER.encode(answer)
-    except OverflowError:  # an integer beyond 64 bits in a stored payload (the slow path)
-        return wire.MSGPACK_ENCODER.encode(_fit_msgpack(answer))
+    except OverflowError:  # an integer beyond 64 bits (a stored payload, a transaction)
+        return wire.MSGPACK_ENCODER.encode(_fit_msgpack(msgspec.to_builtins(answer)))
 
 
 CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}

@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sidecar.api.protocol import ReplayRequest, event_out, event_size
+from sidecar.api.protocol import ReplayRequest, event_out
+from sidecar.core.events import StoredEvent, event_size
 from sidecar.errors import StorageError
 from sidecar.logs import get_logger
 from sidecar.storage.queries import Conditions
-from sidecar.storage.reads import Reader, Row
+from sidecar.storage.reads import Reader
 
 log = get_logger("sidecar.replay")
 
@@ -197,7 +198,7 @@ class ReplayStream:
 
     def _stream(self) -> None:
         cursor = self._request.after
-        batch: list[Row] = []
+        batch: list[StoredEvent] = []
         size = 0
         live = False
         while True:
@@ -207,9 +208,9 @@ class ReplayStream:
             rows, cut = self._reader.page_within(self._cond, limit=self._page_size, after=cursor,
                                                  max_bytes=self._max_bytes)
             for row in rows:
-                cursor = row[0]
+                cursor = row.seq
                 if not live:
-                    due = self._pacer.due_for_event(row[7])
+                    due = self._pacer.due_for_event(row.created_at)
                     if due > time.monotonic():
                         self._flush(batch)
                         batch, size = [], 0
@@ -236,7 +237,7 @@ class ReplayStream:
             self._wake.wait(min(LIVE_POLL, max(0.0, self._deadline - time.monotonic()),
                                 max(0.0, self._lease_until - time.monotonic())))
 
-    def _flush(self, batch: list[Row]) -> None:
+    def _flush(self, batch: list[StoredEvent]) -> None:
         if not batch:
             return
         self._sleep_until(self._pacer.due_for_batch(self.count))
@@ -244,7 +245,7 @@ class ReplayStream:
         self._publish({"status": "ok", "stream": self.id, "seq": self.messages,
                        "events": [event_out(row, self._fmt) for row in batch]})
         self.count += len(batch)
-        self.last = batch[-1][0]
+        self.last = batch[-1].seq
 
     def _publish(self, body: dict[str, Any], *, wait: bool = True) -> None:
         """Send one message; then, while ``inflight`` messages lack a PUBACK, wait."""

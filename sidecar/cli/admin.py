@@ -17,7 +17,7 @@ from sidecar.cli.progress import Progress
 from sidecar.config import Config
 from sidecar.core.codecs import explain_validation
 from sidecar.core.units import format_size
-from sidecar.errors import CorruptDatabaseError, InputFileError, RecoveryLossError, RequestError, UsageError
+from sidecar.errors import CorruptDatabaseError, FilterError, InputFileError, RecoveryLossError, UsageError
 
 if TYPE_CHECKING:
     from sidecar.storage.integrity import TableRecovery
@@ -237,7 +237,8 @@ def _cmd_backup(args: argparse.Namespace, config: Config) -> int:
 
 # ------------------------------------------------------------------------------------ export
 def export_terms(args: argparse.Namespace) -> list[Any]:
-    """The CLI's filters -> the WHERE terms ``queries`` builds for the same request fields."""
+    """The CLI's filters -> the WHERE terms ``queries`` builds for the same request fields
+    (decoded as the API's ``Filter``, so the options have the wire limits)."""
     from sidecar.api.protocol import Filter
     from sidecar.storage.queries import conditions
 
@@ -255,10 +256,9 @@ def export_terms(args: argparse.Namespace) -> list[Any]:
     except msgspec.ValidationError as exc:
         field = explain_validation(str(exc))[1]
         raise UsageError("invalid value", option=f"--{field.replace('_', '-')}") from None
-    except RequestError as exc:  # its message names the field already
-        field = exc.field or ""
-        message = exc.message.removeprefix(f"{field}: ")
-        raise UsageError(message, option=f"--{field.replace('_', '-')}" if field else None) from None
+    except FilterError as exc:  # its message names the field already
+        message = exc.message.removeprefix(f"{exc.field}: ")
+        raise UsageError(message, option=f"--{exc.field.replace('_', '-')}") from None
 
 
 def _cmd_export(args: argparse.Namespace, config: Config) -> int:

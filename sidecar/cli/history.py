@@ -22,8 +22,9 @@ from sidecar.cli import args as cliargs
 from sidecar.cli import render
 from sidecar.cli.progress import Progress
 from sidecar.config import Config
-from sidecar.errors import BrokerError, RequestError, UsageError
-from sidecar.storage.queries import conditions
+from sidecar.core.events import StoredEvent
+from sidecar.errors import BrokerError, FilterError, RequestError, UsageError
+from sidecar.storage.queries import Conditions, conditions
 from sidecar.storage.reads import Reader, open_reader
 
 _FILTERS_HELP = """filters: --type (exact or glob like kairo.user.*, repeatable), --source (repeatable),
@@ -117,14 +118,14 @@ def cmd_query(args: argparse.Namespace, config: Config) -> int:
     if args.db:
         reader = _local(args, config)
         request = _convert(body, requests.QueryRequest)
-        cond = conditions(request)
+        cond = _conditions(request)
         after = request.after
         while True:
             rows = reader.page(cond, limit=request.limit + 1, order=request.order, after=after)
             more = len(rows) > request.limit
             rows = rows[: request.limit]
-            show([requests.event_out(r, "json") for r in rows])
-            after = rows[-1][0] if more else None
+            show([_event(r) for r in rows])
+            after = rows[-1].seq if more else None
             if after is None or not args.all:
                 break
     else:
@@ -146,7 +147,7 @@ def cmd_get(args: argparse.Namespace, config: Config) -> int:
         row = _local(args, config).get(args.id)
         if row is None:
             raise RequestError("not_found", f"no event with id {args.id!r}")
-        event: Any = requests.event_out(row, "json")
+        event: Any = _event(row)
     else:
         with _client(args, config) as client:
             event = client.get(args.id)
@@ -259,21 +260,34 @@ def _convert(body: dict[str, Any], kind: type[Any]) -> Any:
         raise requests.validation_error(str(exc)) from None
 
 
+def _conditions(request: requests.Filter) -> Conditions:
+    """A filter the database refuses is answered as the sidecar would: ``bad_request`` (exit 2)."""
+    try:
+        return conditions(request)
+    except FilterError as exc:
+        raise requests.bad_filter(exc) from None
+
+
+def _event(event: StoredEvent) -> dict[str, Any]:
+    """An event read from the file, as a JSON answer from the sidecar shows it."""
+    return msgspec.structs.asdict(requests.event_out(event, "json"))
+
+
 def _local(args: argparse.Namespace, config: Config) -> Reader:
     return Reader(open_reader(config.database, path=args.db))
 
 
 def _local_replay(reader: Reader, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     request = _convert(body, requests.ReplayRequest)
-    cond = conditions(request)
+    cond = _conditions(request)
     after = request.after
     while True:
         rows = reader.page(cond, limit=request.batch, after=after)
         for row in rows:
-            yield requests.event_out(row, "json")
+            yield _event(row)
         if len(rows) < request.batch:
             return
-        after = rows[-1][0]
+        after = rows[-1].seq
 
 
 def _client(args: argparse.Namespace, config: Config) -> Any:

@@ -14,7 +14,7 @@ from sidecar.cli import args as cliargs
 from sidecar.cli import render
 from sidecar.cli.history import _client, _connection
 from sidecar.config import Config
-from sidecar.errors import RequestError, UsageError
+from sidecar.errors import FilterError, UsageError
 from sidecar.ingest import letters
 from sidecar.storage.reads import Reader, open_reader
 
@@ -198,8 +198,6 @@ def _command_line(call: Callable[[], Any]) -> Any:
     """A filter the library refuses is a bad command line (exit 2), naming the option."""
     try:
         return call()
-    except RequestError as exc:
-        if exc.code != "bad_request":
-            raise
-        message = exc.message.removeprefix(f"{exc.field}: ") if exc.field else exc.message
-        raise UsageError(message, option=f"--{exc.field}" if exc.field else None) from None
+    except FilterError as exc:
+        raise UsageError(exc.message.removeprefix(f"{exc.field}: "),
+                         option=f"--{exc.field}") from None

@@ -1,7 +1,8 @@
 """Event rows, ids and clocks: the basics every layer shares.
 
-``EventRow``/``DeadLetterRow`` are the columns of a stored event and dead letter; ``uuid7``
-makes time-ordered ids; ``parse_timestamp`` reads epoch ms or RFC 3339.
+``EventRow``/``DeadLetterRow`` are the columns of a stored event and dead letter;
+``StoredEvent`` is an event as reads return it; ``uuid7`` makes time-ordered ids;
+``parse_timestamp`` reads epoch ms or RFC 3339.
 """
 
 from __future__ import annotations
@@ -55,6 +56,26 @@ class DeadLetterRow(NamedTuple):
     received_at: int
     content_type: str | None = None
     user_properties: str | None = None
+
+
+class StoredEvent(NamedTuple):
+    """An event as ``storage.reads`` returns it: the columns an answer shows, in answer order.
+    A NamedTuple (not a Struct): built straight from an SQLite row, it costs a tuple."""
+
+    seq: int
+    id: str
+    topic: str
+    type: str
+    source: str
+    payload: str  # JSON text, as stored
+    metadata: str  # JSON text, as stored
+    created_at: int
+    received_at: int
+
+
+def event_size(event: StoredEvent) -> int:
+    """About how many bytes ``event`` takes in an answer (for ``api.max_response_bytes``)."""
+    return 160 + sum(map(len, event[1:7]))  # id, topic, type, source, payload, metadata
 
 
 EVENT_COLUMNS = EventRow._fields

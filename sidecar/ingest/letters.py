@@ -32,7 +32,7 @@ import peewee
 from models import DeadLetter, Event
 from sidecar.core import topics
 from sidecar.core.events import uuid7
-from sidecar.errors import PayloadError, RequestError, StorageError
+from sidecar.errors import FilterError, PayloadError, RequestError, StorageError
 from sidecar.ingest.decode import decode_message, properties_from_json
 from sidecar.ingest.writer import EventInsert
 from sidecar.logs import get_logger
@@ -117,7 +117,7 @@ def _terms(flt: LetterFilter) -> list[Any]:
     if flt.topic is not None:
         problem = topics.filter_error(flt.topic)
         if problem:
-            raise RequestError("bad_request", f"topic: {problem}", field="topic")
+            raise FilterError(f"topic: {problem}", field="topic")
         if "+" in flt.topic or "#" in flt.topic:
             terms.append(getattr(peewee.fn, MQTT_MATCH_FUNCTION)(flt.topic, DeadLetter.topic) == 1)
         else:
@@ -141,9 +141,10 @@ def _read(db: peewee.Database, query: peewee.Query) -> list[tuple[Any, ...]]:
 def page(db: peewee.Database, flt: LetterFilter, *, limit: int,
          after: int | None = None) -> tuple[list[LetterSummary], int | None]:
     """Matching dead letters, newest first (keyset on ``id``: ``id < after``), and the cursor
-    of the next page (``None`` at the end). ``db`` is a read connection (``open_reader``)."""
+    of the next page (``None`` at the end). ``db`` is a read connection (``open_reader``).
+    ``FilterError`` for a topic filter that is not one, or a ``limit`` below 1."""
     if limit < 1:
-        raise RequestError("bad_request", "limit: must be >= 1", field="limit")
+        raise FilterError("limit: must be >= 1", field="limit")
     terms = _terms(flt)
     if after is not None:
         terms.append(DeadLetter.id < after)

@@ -3,7 +3,7 @@
 Pagination is keyset on ``seq`` (the never-reused global sequence): a page is ``seq > after``
 (``seq < after`` descending), so walking ``next`` returns every matching event exactly once even
 while the single writer goes on committing (it commits in ``seq`` order). Validation problems
-raise ``RequestError("bad_request", field=...)``.
+raise ``FilterError`` naming the field (the API answers it as ``bad_request``).
 
 SQLite specifics are kept to three spots: ``GLOB`` for type globs, ``json_extract``/``json_type``
 for ``where``, and ``kairo_mqtt_match`` (a function every read connection registers, see
@@ -13,21 +13,21 @@ for ``where``, and ``kairo_mqtt_match`` (a function every read connection regist
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import peewee
 
 from models import Event
-from sidecar.api.protocol import MAX_INT64, Filter
 from sidecar.core import topics
-from sidecar.core.events import parse_timestamp
-from sidecar.errors import PayloadError, RequestError
+from sidecar.core.events import StoredEvent, parse_timestamp
+from sidecar.core.filters import MAX_INT64, Filter
+from sidecar.errors import FilterError, PayloadError
 
 MQTT_MATCH_FUNCTION = "kairo_mqtt_match"
 
-# The columns of an event in an answer, in ``requests.event_out`` order.
-EVENT_FIELDS = (Event.seq, Event.id, Event.topic, Event.type, Event.source, Event.payload,
-                Event.metadata, Event.created_at, Event.received_at)
+# The columns of an event in an answer, in ``StoredEvent`` order.
+EVENT_FIELDS = tuple(getattr(Event, name) for name in StoredEvent._fields)
 
 _WHERE_KEY = re.compile(r"^(payload|metadata)((?:\.[A-Za-z0-9_\-]{1,128}|\[\d{1,6}\])+)$")
 _WHERE_SEGMENT = re.compile(r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]")
@@ -41,7 +41,8 @@ class Conditions(NamedTuple):
 
 
 def conditions(request: Filter) -> Conditions:
-    """Validate ``request``'s filters and turn them into WHERE terms."""
+    """Validate ``request``'s filters and turn them into WHERE terms; ``FilterError`` if one
+    cannot be used."""
     terms: list[peewee.ColumnBase] = []
     if request.type is not None:
         terms.append(_type_term(request.type))
@@ -56,7 +57,7 @@ def conditions(request: Filter) -> Conditions:
     if until is not None:
         terms.append(Event.created_at < until)
     if since is not None and until is not None and since > until:
-        raise RequestError("bad_request", "until: before since", field="until")
+        raise FilterError("until: before since", field="until")
     for name in ("correlation_id", "causation_id", "trace_id"):
         value = getattr(request, name)
         if value is not None:
@@ -69,7 +70,7 @@ def conditions(request: Filter) -> Conditions:
 def page(cond: Conditions, *, limit: int, order: str = "asc",
          after: int | None = None) -> peewee.Select:
     """One page of matching events in ``seq`` order, ``limit`` rows at most, as tuples in
-    ``EVENT_FIELDS`` order; ``after`` (default: the filter's own) is the cursor."""
+    ``EVENT_FIELDS`` (``StoredEvent``) order; ``after`` (default: the filter's own) is the cursor."""
     cursor = cond.after if after is None else after
     query = Event.select(*EVENT_FIELDS)
     terms = list(cond.terms)
@@ -105,7 +106,7 @@ def summary() -> peewee.Select:
 
 
 # ------------------------------------------------------------------------------ filters
-def _in_or_eq(column: peewee.Field, value: str | list[str]) -> peewee.ColumnBase:
+def _in_or_eq(column: peewee.Field, value: str | Sequence[str]) -> peewee.ColumnBase:
     if isinstance(value, str):
         return column == value
     return column.in_(sorted(set(value)))
@@ -121,9 +122,9 @@ def _glob_error(value: str) -> str | None:
     return None
 
 
-def _type_term(value: str | list[str]) -> peewee.ColumnBase:
+def _type_term(value: str | Sequence[str]) -> peewee.ColumnBase:
     """Exact types (``IN``) and globs (``*`` any run, ``?`` one character; SQL GLOB)."""
-    values = [value] if isinstance(value, str) else value
+    values = [value] if isinstance(value, str) else list(value)
     exact: list[str] = []
     terms: list[peewee.ColumnBase] = []
     for i, item in enumerate(values):
@@ -131,8 +132,7 @@ def _type_term(value: str | list[str]) -> peewee.ColumnBase:
         if is_glob(item):
             problem = _glob_error(item)
             if problem:
-                raise RequestError("bad_request", f"{field}: bad glob {item!r}: {problem}",
-                                   field=field)
+                raise FilterError(f"{field}: bad glob {item!r}: {problem}", field=field)
             terms.append(peewee.Expression(Event.type, "GLOB", item))
         else:
             exact.append(item)
@@ -174,7 +174,7 @@ def _stored_types(exact: list[str], globs: list[str]) -> peewee.SQL:
 def _topic_term(topic_filter: str) -> peewee.ColumnBase:
     problem = topics.filter_error(topic_filter)
     if problem:
-        raise RequestError("bad_request", f"topic: {problem}", field="topic")
+        raise FilterError(f"topic: {problem}", field="topic")
     if "+" not in topic_filter and "#" not in topic_filter:
         return Event.topic == topic_filter
     return getattr(peewee.fn, MQTT_MATCH_FUNCTION)(topic_filter, Event.topic) == 1
@@ -186,16 +186,16 @@ def _time(value: int | str | None, field: str) -> int | None:
     try:
         return parse_timestamp(value, field)
     except PayloadError as exc:
-        raise RequestError("bad_request", exc.reason, field=field) from None
+        raise FilterError(exc.reason, field=field) from None
 
 
 def json_path(key: str) -> tuple[str, str]:
-    """``payload.a.b[0]`` -> ``("payload", '$."a"."b"[0]')``; ``RequestError`` if malformed."""
+    """``payload.a.b[0]`` -> ``("payload", '$."a"."b"[0]')``; ``FilterError`` if malformed."""
     match = _WHERE_KEY.match(key)
     if not match:
-        raise RequestError("bad_request", f"where: key {key!r} must be payload.<path> or "
-                           "metadata.<path> (letters, digits, _ and - per level, [n] for an "
-                           "array index)", field=f"where.{key}")
+        raise FilterError(f"where: key {key!r} must be payload.<path> or metadata.<path> "
+                          "(letters, digits, _ and - per level, [n] for an array index)",
+                          field=f"where.{key}")
     parts = []
     for name, index in _WHERE_SEGMENT.findall(match.group(2)):
         parts.append(f'."{name}"' if name else f"[{index}]")
@@ -211,8 +211,7 @@ def _where_term(key: str, value: Any) -> peewee.ColumnBase:
         kind = "null" if value is None else ("true" if value else "false")
         return peewee.fn.json_type(column, path) == kind
     if isinstance(value, int) and not -MAX_INT64 - 1 <= value <= MAX_INT64:
-        raise RequestError("bad_request", f"where.{key}: integer out of range (SQLite holds "
-                           "64-bit integers; compare a larger number as a float)",
-                           field=f"where.{key}")
+        raise FilterError(f"where.{key}: integer out of range (SQLite holds 64-bit integers; "
+                          "compare a larger number as a float)", field=f"where.{key}")
     return peewee.fn.json_extract(column, path) == value
 

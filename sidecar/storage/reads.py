@@ -4,26 +4,48 @@ Readers never go through the writer's queue and never run on the paho network th
 ``peewee.SqliteDatabase`` serves every reader thread; Peewee keeps one sqlite3 connection per
 thread, so each worker and each replay stream reads on its own connection (WAL lets them read
 beside the writer). Connections are ``query_only``: a reader can never write.
+
+Events come back as ``StoredEvent`` rows. The size of an answer (``api.max_response_bytes``)
+is kept here, where the rows are read: ``answer_page`` reads no further than an answer holds.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import peewee
 
 from models import DeadLetter
-from sidecar.api.protocol import event_size
 from sidecar.config import DatabaseConfig
 from sidecar.core import topics
+from sidecar.core.events import StoredEvent, event_size
 from sidecar.errors import StorageError
 from sidecar.storage.db import pragmas, sqlite_path
 from sidecar.storage.queries import MQTT_MATCH_FUNCTION, Conditions, by_id, by_seqs, page, page_keys, summary
 
-Row = tuple[Any, ...]
+# A row -> StoredEvent without a Python frame per row (replay reads ~80k events/s).
+_stored: Callable[[tuple[Any, ...]], StoredEvent] = functools.partial(tuple.__new__, StoredEvent)
+
+
+class AnswerPage(NamedTuple):
+    """One page of an answer: the events, and the cursor of the next page (``None``: the end)."""
+
+    events: list[StoredEvent]
+    next: int | None
+
+
+class _Bounded(NamedTuple):
+    """What ``Reader._read_within`` read: the rows, whether the last one took the size past
+    ``max_bytes``, and how many keys the page had."""
+
+    rows: list[StoredEvent]
+    over: bool
+    keys: int
 
 
 class StoreFigures(NamedTuple):
@@ -72,46 +94,68 @@ class Reader:
     def path(self) -> Path:
         return Path(self.db.database)
 
-    def _all(self, query: peewee.Query) -> list[Row]:
+    def _all(self, query: peewee.Query) -> list[tuple[Any, ...]]:
         try:
             return list(self.db.execute(query).fetchall())
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
 
     def page(self, cond: Conditions, *, limit: int, order: str = "asc",
-             after: int | None = None) -> list[Row]:
-        return self._all(page(cond, limit=limit, order=order, after=after))
+             after: int | None = None) -> list[StoredEvent]:
+        return list(map(_stored, self._all(page(cond, limit=limit, order=order, after=after))))
+
+    def answer_page(self, cond: Conditions, *, limit: int, max_bytes: int,
+                    order: str = "asc") -> AnswerPage:
+        """The page a ``query`` answers: at most ``limit`` events, and no more than fit in
+        ``max_bytes`` of answer (``event_size``; always one, however large), read in bounded
+        memory (as ``page_within``); ``next`` is set when more events may match."""
+        read = self._read_within(cond, limit=limit + 1, max_bytes=max_bytes, order=order,
+                                 after=None)
+        rows = read.rows
+        if read.over and len(rows) > 1:
+            rows = rows[:-1]  # the event that took the answer past max_bytes: the next page's
+        rows = rows[:limit]
+        return AnswerPage(rows, rows[-1].seq if rows and len(rows) < read.keys else None)
 
     def page_within(self, cond: Conditions, *, limit: int, max_bytes: int, order: str = "asc",
-                    after: int | None = None) -> tuple[list[Row], bool]:
-        """A page as ``page`` gives it, in bounded memory whatever the events' size: first the
-        ``seq`` keys of the page (a sort, if the plan needs one, holds only integers), then the
-        rows by key, read one at a time, stopping after the row that takes the answer size
-        (``requests.event_size``) past ``max_bytes``. Returns the rows and whether more rows
-        may match (a full page of keys, or stopped for size): continue after the last row."""
-        rows: list[Row] = []
+                    after: int | None = None) -> tuple[list[StoredEvent], bool]:
+        """A page as ``page`` gives it, in bounded memory whatever the events' size, stopping
+        after the row that takes the answer size (``event_size``) past ``max_bytes``. Returns
+        the rows and whether more rows may match (a full page of keys, or stopped for size):
+        continue after the last row."""
+        read = self._read_within(cond, limit=limit, max_bytes=max_bytes, order=order,
+                                 after=after)
+        return read.rows, len(read.rows) < read.keys or read.keys == limit
+
+    def _read_within(self, cond: Conditions, *, limit: int, max_bytes: int, order: str,
+                     after: int | None) -> _Bounded:
+        """First the ``seq`` keys of the page (a sort, if the plan needs one, holds only
+        integers), then the rows by key, read one at a time, stopping after the row that takes
+        the answer size past ``max_bytes``."""
+        rows: list[StoredEvent] = []
         size = 0
         try:
             seqs = [seq for (seq,) in self.db.execute(
                 page_keys(cond, limit=limit, order=order, after=after)).fetchall()]
             if not seqs:
-                return rows, False
+                return _Bounded(rows, False, 0)
             cursor = self.db.execute(by_seqs(seqs, order=order))
             try:
                 for row in cursor:
-                    rows.append(row)
-                    size += event_size(row)
-                    if size > max_bytes and len(rows) < len(seqs):
-                        return rows, True
+                    event = _stored(row)
+                    rows.append(event)
+                    size += event_size(event)
+                    if size > max_bytes:
+                        return _Bounded(rows, True, len(seqs))
             finally:
                 cursor.close()
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
-        return rows, len(seqs) == limit
+        return _Bounded(rows, False, len(seqs))
 
-    def get(self, event_id: str) -> Row | None:
+    def get(self, event_id: str) -> StoredEvent | None:
         rows = self._all(by_id(event_id))
-        return rows[0] if rows else None
+        return _stored(rows[0]) if rows else None
 
     def summary(self) -> tuple[int, int | None, int | None]:
         count, oldest, newest = self._all(summary())[0]

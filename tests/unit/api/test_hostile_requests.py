@@ -192,7 +192,7 @@ def test_an_unexpected_failure_is_still_answered(api):
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    handlers._reader.page_within = broken
+    handlers._reader.answer_page = broken
     answer = ask(handlers, recorder, "query", {})
     assert answer["status"] == "error" and answer["error"]["code"] == "internal"
     assert "boom" in answer["error"]["message"]
@@ -281,3 +281,51 @@ def test_request_flood_keeps_memory_bounded_and_ingest_unaffected(
     result.check()
     assert notes["rss_growth_mib"] < MEMORY_BOUND_MIB, notes
     assert sidecar.terminate() == 0
+
+
+def test_answers_on_the_wire_keep_their_keys_and_order(tmp_path: Path):
+    """Query, get, bad-filter, cancel and stats answers are the same JSON text as before the
+    answers became Structs: same keys, same order, transaction echoed or left out."""
+    config = DatabaseConfig(url=f"sqlite:///{tmp_path / 'w.db'}")
+    db = open_database(config)
+    migrate(db)
+    db.close()
+    insert(tmp_path / "w.db", [("w-1", "kairo.w", '{"a": 1}', '{"m":"x"}')])
+    texts: list[bytes] = []
+
+    def publish(topic: str, payload: bytes, *, correlation_data: bytes | None = None,
+                content_type: str | None = None) -> Sent:
+        texts.append(payload)
+        return Sent()
+
+    handlers = Handlers(ApiConfig(), Reader(open_reader(config)), publish=publish, stats=Stats(),
+                        commits=CommitSignal(), event_topics=["kairo/#"])
+    try:
+        def answer(op: str, body: bytes) -> bytes:
+            handlers.handle(RequestMessage(op, body, response_topic="r/w"))
+            return texts.pop()
+
+        event = (b'{"seq":1,"id":"w-1","topic":"kairo/h","type":"kairo.w","source":"s",'
+                 b'"payload":{"a": 1},"metadata":{"m":"x"},"created_at":1700000000000,'
+                 b'"received_at":1700000000000}')
+        assert answer("query", b'{"transaction": 7}') == (
+            b'{"status":"ok","data":{"events":[' + event + b'],"next":null},"transaction":7}')
+        assert answer("get", b'{"id": "w-1"}') == b'{"status":"ok","data":' + event + b"}"
+        assert answer("query", b'{"topic": "a/#/b"}') == (
+            b'{"status":"error","error":{"code":"bad_request","message":"topic: \'#\' must be a '
+            b'whole level and the last one","field":"topic"}}')
+        assert answer("replay/cancel", b'{"owner": "nobody", "transaction": "t"}') == (
+            b'{"status":"ok","data":{"owner":"nobody","cancelled":true,"streams":[]},'
+            b'"transaction":"t"}')
+        assert answer("replay/cancel", b'{"stream": "gone"}') == (
+            b'{"status":"error","error":{"code":"not_found","message":"no running stream '
+            b'\'gone\'","field":"stream"}}')
+        stats = json.loads(answer("stats", b""))["data"]
+        assert list(stats) == [
+            "version", "uptime_s", "events_total", "events_stored", "duplicates",
+            "dead_letters_total", "dead_letters", "qos0_dropped", "received", "write_errors",
+            "queue_depth", "last_commit_lag_ms", "last_commit_at", "oldest_event_at",
+            "newest_event_at", "database_bytes", "wal_bytes", "replay_streams", "disk_guard"]
+        assert stats["events_total"] == 1 and stats["disk_guard"] is None
+    finally:
+        handlers.stop(5)

@@ -15,7 +15,7 @@ from peewee_migrate import Router
 
 from sidecar.config import DatabaseConfig
 from sidecar.core.events import now_ms
-from sidecar.errors import PayloadError, RequestError
+from sidecar.errors import FilterError, PayloadError, RequestError
 from sidecar.ingest import letters
 from sidecar.ingest.decode import dead_letter, decode_message
 from sidecar.ingest.writer import Delivery
@@ -190,7 +190,7 @@ def test_list_is_newest_first_keyset_paged_and_filtered(db, reader):
     assert [x.topic for x in found] == ["kairo/room1/t"] * 3
     found, _ = letters.page(reader, letters.LetterFilter(since=now_ms() + 60_000), limit=10)
     assert found == []
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(FilterError) as info:
         letters.page(reader, letters.LetterFilter(topic="a/#/b"), limit=10)
     assert info.value.field == "topic"
 

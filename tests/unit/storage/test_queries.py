@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from sidecar.api.protocol import QueryRequest, RequestMessage, decode_request
+import sidecar.storage
+from sidecar.api.protocol import QueryRequest, RequestMessage, bad_filter, decode_request
 from sidecar.config import DatabaseConfig, load_config
 from sidecar.core import topics
-from sidecar.errors import ConfigError, RequestError
+from sidecar.core.events import StoredEvent, event_size
+from sidecar.errors import ConfigError, FilterError, RequestError
 from sidecar.storage.db import migrate, open_database
 from sidecar.storage.queries import conditions
 from sidecar.storage.reads import Reader, open_reader
@@ -101,9 +105,10 @@ def test_filters_select_the_right_events(reader: Reader, filters: dict[str, Any]
 ])
 def test_bad_filters_name_the_field(filters: dict[str, Any], field: str):
     """Bad globs, topic filters, times and where keys raise bad_request naming the field."""
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(FilterError) as info:
         conditions(msgspec.convert(filters, QueryRequest))
-    assert (info.value.code, info.value.field) == ("bad_request", field)
+    refusal = bad_filter(info.value)  # what the API answers
+    assert (refusal.code, refusal.field, info.value.exit_code) == ("bad_request", field, 2)
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -160,3 +165,54 @@ def test_config_accepts_overlap_with_another_base_topic():
         load_config(environ=environ)  # under kairo/#: still refused
     environ["KAIRO_SIDECAR_API__BASE_TOPIC"] = "svc/history"
     assert load_config(environ=environ).api.base_topic == "svc/history"
+
+
+# ------------------------------------------------------------------------------ reads
+def test_reads_return_stored_events(reader: Reader):
+    """Pages and get return StoredEvent rows whose fields are named in answer order."""
+    event = reader.get("a3")
+    assert isinstance(event, StoredEvent)
+    assert (event.id, event.type, event.created_at) == ("a3", "kairo.sys.boot", 1_700_000_002_000)
+    assert json.loads(event.payload)["session_id"] == "s1"
+    page = reader.page(conditions(QueryRequest()), limit=2)
+    assert all(isinstance(e, StoredEvent) for e in page)
+    assert [e.seq for e in page] == sorted(e.seq for e in page) and page[1].id == "a2"
+    assert reader.get("missing") is None
+
+
+def test_answer_page_holds_what_fits_and_says_where_to_go_on(reader: Reader):
+    """answer_page stops before the event that takes the answer past max_bytes (one event always
+    goes), cuts at limit, and gives next only when more events may match."""
+    cond = conditions(QueryRequest())
+    everything = reader.page(cond, limit=100)
+    sizes = [event_size(e) for e in everything]
+
+    def walk(limit: int, max_bytes: int) -> list[tuple[list[str], int | None]]:
+        pages, after = [], None
+        while True:
+            found = reader.answer_page(conditions(QueryRequest(after=after)), limit=limit,
+                                       max_bytes=max_bytes)
+            pages.append(([e.id for e in found.events], found.next))
+            if found.next is None:
+                return pages
+            assert found.next == found.events[-1].seq
+            after = found.next
+
+    first_two = sizes[0] + sizes[1]
+    assert walk(10, first_two)[0] == (["a1", "a2"], everything[1].seq)
+    assert walk(10, first_two - 1)[0] == (["a1"], everything[0].seq)
+    assert walk(10, 1) == [([e.id], e.seq if i < 4 else None) for i, e in enumerate(everything)]
+    assert walk(4, 10**6) == [(["a1", "a2", "a3", "a4"], everything[3].seq), (["a5"], None)]
+    assert walk(5, 10**6) == [(["a1", "a2", "a3", "a4", "a5"], None)]
+    assert walk(2, sum(sizes) - sizes[4] + 1) == [(["a1", "a2"], everything[1].seq),
+                                                 (["a3", "a4"], everything[3].seq), (["a5"], None)]
+
+
+def test_storage_imports_nothing_from_the_api():
+    """No module of sidecar.storage imports sidecar.api (storage sits below the API)."""
+    storage = Path(sidecar.storage.__file__).parent
+    for module in storage.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith("sidecar.api")], module.name
