@@ -8,6 +8,8 @@ or, on ``<base>/request/#``, acked at once and passed to ``on_request`` (the API
 What stays here is the session: the receive window, the connection generation that keeps packet
 ids of a previous connection from being acked on a new one (the broker re-sends those messages
 anyway), the hand-over lock of ``stop_intake``, the retained ``online``/``offline`` state topic.
+``[mqtt] fast_client`` picks the paho client: ``paho_client.Client`` (buffered reads, batched
+acks, relying on paho internals) or, when false, paho's own ``Client`` as it ships.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class Subscriber:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._client = self._make_client()
+        self._ack_many: Callable[[list[int]], None] = (
+            self._client.ack_many if isinstance(self._client, Client) else self._ack_one_by_one)
 
     # ------------------------------------------------------------------ set-up
     def attach(self, *, on_event: OnMessage, on_request: OnMessage | None = None,
@@ -109,10 +113,12 @@ class Subscriber:
         self._on_request = on_request if on_request is not None else _unattached
         self._on_new_session = on_new_session if on_new_session is not None else _now
 
-    def _make_client(self) -> Client:
+    def _make_client(self) -> paho.Client:
         cfg = self._config
         v5 = cfg.protocol == "5"
-        client = Client(  # paho's, with buffered reads and batched acks (paho_client)
+        # ``fast_client``: paho's Client with buffered reads and batched acks (paho_client),
+        # which relies on paho internals; off, paho's own Client as it ships.
+        client = (Client if cfg.fast_client else paho.Client)(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
@@ -154,7 +160,7 @@ class Subscriber:
             kwargs["clean_start"] = False
             kwargs["properties"] = self._connect_properties()
         log.info("mqtt_connecting", host=cfg.host, port=cfg.port, client_id=cfg.client_id,
-                 protocol=cfg.protocol, receive_window=self.window)
+                 protocol=cfg.protocol, receive_window=self.window, fast_client=cfg.fast_client)
         self._client.connect_async(cfg.host, cfg.port, **kwargs)
         self._client.loop_start()
 
@@ -185,10 +191,16 @@ class Subscriber:
         an earlier connection are skipped (their packet ids mean nothing on this one)."""
         generation = self._generation
         mids = [mid for token_generation, mid in tokens if token_generation == generation]
-        self._client.ack_many(mids)  # one write for the batch, in receive order
+        self._ack_many(mids)  # one write for the batch, in receive order
         stale = len(tokens) - len(mids)
         if stale:
             log.info("acks_skipped_after_reconnect", count=stale)
+
+    def _ack_one_by_one(self, mids: list[int]) -> None:
+        """``ack_many`` of paho's own Client (``fast_client = false``): one PUBACK per call."""
+        ack = self._client.ack
+        for mid in mids:
+            ack(mid, 1)
 
     # ------------------------------------------------------------------ callbacks (network thread)
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
@@ -218,7 +230,7 @@ class Subscriber:
         self._client.subscribe(self._subscriptions)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        exc = getattr(client, "last_connect_error", None)
+        exc = getattr(client, "last_connect_error", None)  # paho_client only
         log.warning("mqtt_connect_failed", host=self._config.host, port=self._config.port,
                     reason=network_reason(exc, tls=self._config.tls is not None)
                     if exc is not None else "connection failed")
