@@ -1,4 +1,10 @@
-"""Wires config, database, writer and subscriber together; owns start-up and shutdown order."""
+"""Wires config, database, writer and subscriber together; owns start-up and shutdown order.
+
+The order of construction: the subscriber (the MQTT session, no callbacks yet), the writer with
+``ack=subscriber.ack``, the API handlers with ``publish=subscriber.publish``, the intake over the
+writer; then ``subscriber.attach`` hands it the callbacks (events to the intake, requests to the
+handlers, a new session to the writer) before anything starts.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,10 @@ import peewee
 from sidecar import __version__
 from sidecar.api.handlers import Handlers
 from sidecar.api.replay import CommitSignal
-from sidecar.broker.subscriber import Subscriber, receive_window
+from sidecar.broker.subscriber import Subscriber
 from sidecar.config import Config
 from sidecar.core.stats import Stats
+from sidecar.ingest.intake import Intake
 from sidecar.ingest.writer import Writer
 from sidecar.logs import get_logger
 from sidecar.storage.maintenance import Maintenance, truncate_wal
@@ -67,20 +74,21 @@ class Sidecar:
                 signal.signal(sig, self._signal)
         self.open()
         assert self.db is not None
-        window = receive_window(cfg.mqtt, cfg.writer.queue_size)
-        subscriber_ref: list[Subscriber] = []
         commits = CommitSignal()
+        # The writer acks through the subscriber, and the subscriber's callbacks feed the
+        # writer: the subscriber comes first, and gets its callbacks by ``attach`` below.
+        self.subscriber = subscriber = Subscriber(
+            cfg.mqtt, queue_size=cfg.writer.queue_size,
+            api_base_topic=cfg.api.base_topic if cfg.api.enabled else None)
         self.maintenance = Maintenance(self.db, cfg,
                                        pending=lambda: self.writer.depth if self.writer else 0)
-        self.writer = Writer(self.db, cfg.writer, ack=lambda tokens: subscriber_ref[0].ack(tokens),
-                             window=window, stats=self.stats, on_commit=commits.notify,
+        self.writer = Writer(self.db, cfg.writer, ack=subscriber.ack, window=subscriber.window,
+                             stats=self.stats, on_commit=commits.notify,
                              maintenance=self.maintenance, on_full=self.maintenance.make_room)
-        self.handlers = self._make_handlers(commits, subscriber_ref)
-        self.subscriber = Subscriber(cfg.mqtt, cfg.ingest, self.writer,
-                                     queue_size=cfg.writer.queue_size,
-                                     on_request=self.handlers.submit if self.handlers else None,
-                                     api_base_topic=cfg.api.base_topic)
-        subscriber_ref.append(self.subscriber)
+        self.handlers = self._make_handlers(commits, subscriber)
+        subscriber.attach(on_event=Intake(self.writer, cfg.ingest).receive,
+                          on_request=self.handlers.receive if self.handlers else None,
+                          on_new_session=self.writer.session_reset)
         log.info("sidecar_starting", version=__version__, database=cfg.database.url,
                  synchronous=cfg.database.synchronous, batch_size=cfg.writer.batch_size,
                  flush_interval=cfg.writer.flush_interval, topics=cfg.mqtt.topics)
@@ -91,15 +99,14 @@ class Sidecar:
         code = self._main_loop(on_ready)
         return self._shutdown(code)
 
-    def _make_handlers(self, commits: CommitSignal,
-                       subscriber_ref: list[Subscriber]) -> Handlers | None:
+    def _make_handlers(self, commits: CommitSignal, subscriber: Subscriber) -> Handlers | None:
         """The request API (``[api]``): workers answer through the subscriber's client."""
         cfg = self.config
         if not cfg.api.enabled:
             return None
         writer = self.writer
         return Handlers(cfg.api, Reader(open_reader(cfg.database)),
-                        publish=lambda *a, **k: subscriber_ref[0].publish(*a, **k),
+                        publish=subscriber.publish,
                         stats=self.stats, commits=commits, event_topics=cfg.mqtt.topics,
                         queue_depth=lambda: writer.depth if writer is not None else 0,
                         disk_guard=self._disk_guard_state)

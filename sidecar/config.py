@@ -54,6 +54,9 @@ class MQTTConfig(_Section, frozen=True):
     reconnect_min_delay: Annotated[float, Meta(gt=0, le=3600)] = 1.0
     reconnect_max_delay: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     state_topic: Annotated[str, Meta(min_length=1)] = "kairo-sidecar/state"
+    # paho's Client with buffered reads and batched acks (sidecar.broker.paho_client, which
+    # relies on paho internals); false: paho's own Client as it ships, slower under load.
+    fast_client: bool = True
 
 
 class DatabaseConfig(_Section, frozen=True):

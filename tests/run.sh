@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite: a venv in .venv with the test extra, the linter, the type
-# checker and pytest. Needs the mosquitto binary (sudo apt-get install mosquitto); the tests
-# start their own brokers on free loopback ports. Extra arguments go to pytest.
+# Set up and run the whole test suite: a venv in .venv with the test extra (the versions of
+# constraints.txt), the linter, the type checker, the import-layer contracts (lint-imports) and
+# pytest. Needs the mosquitto binary (sudo apt-get install mosquitto); the tests start their own
+# brokers on free loopback ports. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +23,5 @@ fi
 .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache   # the layer contracts of pyproject.toml
 exec .venv/bin/python -m pytest "$@"

@@ -1,6 +1,7 @@
 """Request/response: route each request to a worker, answer it where the requester asked.
 
-The paho network thread only calls ``submit`` (a bounded queue; when it is full the answer is
+The paho network thread only calls ``receive`` (the broker's ``on_request``: the message
+becomes a ``RequestMessage``) and so ``submit`` (a bounded queue; when it is full the answer is
 ``busy``). A small pool of worker threads decodes, validates and answers requests, each on its
 own read connection; a replay gets its own thread (``replay.ReplayStream``). Nothing here
 imports paho: answers go out through the ``publish`` callable ``app`` passes in.
@@ -32,10 +33,12 @@ from sidecar.api.protocol import (
     ReplayRequest,
     RequestMessage,
     StatsRequest,
+    request_from_inbound,
 )
 from sidecar.api.replay import CommitSignal, ReplayStream, Sent
 from sidecar.config import ApiConfig
 from sidecar.core import topics
+from sidecar.core.inbound import InboundMessage
 from sidecar.core.stats import Stats
 from sidecar.errors import FilterError, RequestError, StorageError
 from sidecar.logs import RateLimited, get_logger
@@ -87,7 +90,8 @@ class Handlers:
         self._event_topics = list(event_topics)
         self._queue_depth = queue_depth
         self._disk_guard = disk_guard  # the disk guard's state (sidecar.diskguard), or None
-        self._request_filter = f"{config.base_topic}/request/#"
+        self._request_prefix = f"{config.base_topic}/request/"
+        self._request_filter = self._request_prefix + "#"
         self._queue: queue.Queue[RequestMessage | None] = queue.Queue(config.queue_size)
         self._workers: list[threading.Thread] = []
         self._streams: dict[str, ReplayStream] = {}
@@ -130,6 +134,10 @@ class Handlers:
             return len(self._streams)
 
     # ------------------------------------------------------------------ network thread
+    def receive(self, msg: InboundMessage) -> None:
+        """The broker's ``on_request``: a message on ``<base_topic>/request/<op>``."""
+        self.submit(request_from_inbound(msg, prefix=self._request_prefix))
+
     def submit(self, msg: RequestMessage) -> None:
         """Queue a request for a worker; answer ``busy`` at once when the queue is full."""
         if self._stopping:

@@ -20,6 +20,7 @@ from sidecar.core import codecs as wire
 from sidecar.core.decode_errors import decode_failure, explain_validation
 from sidecar.core.events import StoredEvent
 from sidecar.core.filters import MAX_INT64
+from sidecar.core.inbound import InboundMessage
 from sidecar.errors import FilterError, RequestError
 
 OPS = ("query", "get", "replay", "replay/cancel", "replay/renew", "stats")
@@ -32,7 +33,8 @@ Scalar = str | int | float | bool | None
 
 
 class RequestMessage(NamedTuple):
-    """One request as it came off the broker (no paho types past ``mqtt``)."""
+    """One request as the API sees it (``request_from_inbound`` makes it from the broker's
+    ``InboundMessage``)."""
 
     op: str
     payload: bytes
@@ -40,6 +42,15 @@ class RequestMessage(NamedTuple):
     correlation_data: bytes | None = None
     content_type: str | None = None
     retain: bool = False
+
+
+def request_from_inbound(msg: InboundMessage, *, prefix: str) -> RequestMessage:
+    """A message the broker received on ``<prefix><op>`` (``prefix`` is
+    ``<base_topic>/request/``) -> the request for ``op``."""
+    return RequestMessage(op=msg.topic[len(prefix):], payload=bytes(msg.payload),
+                          response_topic=msg.response_topic,
+                          correlation_data=msg.correlation_data,
+                          content_type=msg.content_type, retain=msg.retain)
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

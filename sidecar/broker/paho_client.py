@@ -1,4 +1,5 @@
-"""paho's ``Client`` with a faster receive path and batched acks (used by ``mqtt`` only).
+"""paho's ``Client`` with a faster receive path and batched acks (``broker.subscriber``'s client
+unless ``[mqtt] fast_client = false``).
 
 Profiles of the daemon draining a backlog (BENCHMARKS.md) showed the paho network thread and
 the writer thread taking turns on the GIL for every system call:
@@ -13,8 +14,12 @@ the writer thread taking turns on the GIL for every system call:
   ``ack_many`` queues the PUBACKs of a whole batch as one write: one wake-up and one ``send``.
   The bytes are the ones ``ack`` would send, in the same order.
 
-Both rely on paho internals (``_create_socket``, ``_packet_queue``): ``pyproject.toml`` pins
-paho-mqtt below 3, and ``tests/test_subscriber.py`` runs them against a real broker.
+Both rely on paho internals: ``_create_socket`` (called by ``reconnect``), ``_sock``,
+``_transport``, ``_packet_queue(command, packet, mid, qos)``, and paho's loop asking the socket
+for ``pending()``. ``pyproject.toml`` pins paho-mqtt below 2.3; ``tests/test_paho_client.py``
+checks each of them against the installed paho (naming any that went missing) and runs the
+client against a real broker. Should a paho release break them, ``[mqtt] fast_client = false``
+runs on paho's own ``Client`` until this module is fixed.
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
-"""The MQTT subscriber: the only module that imports paho.
+"""The MQTT subscriber: the persistent session, and nothing about what the messages mean.
 
-The paho network thread only hands off: decode (``ingest``), queue (``writer.submit``), return.
-Acknowledgements are sent by the writer after commit through ``ack``; the packet ids of a
-previous connection are never acked on a new one (the broker re-sends those messages anyway).
+The paho network thread only hands off: each message becomes an ``InboundMessage`` (plain
+values, no paho types) passed to ``on_event`` (``sidecar.ingest.intake`` decodes and queues it)
+or, on ``<base>/request/#``, acked at once and passed to ``on_request`` (the API). Callbacks are
+``attach``-ed before ``start``: the writer they feed needs this subscriber's ``ack``.
+
+What stays here is the session: the receive window, the connection generation that keeps packet
+ids of a previous connection from being acked on a new one (the broker re-sends those messages
+anyway), the hand-over lock of ``stop_intake``, the retained ``online``/``offline`` state topic.
+``[mqtt] fast_client`` picks the paho client: ``paho_client.Client`` (buffered reads, batched
+acks, relying on paho internals) or, when false, paho's own ``Client`` as it ships.
 """
 
 from __future__ import annotations
@@ -19,19 +26,21 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sidecar.api.protocol import RequestMessage
 from sidecar.broker.connfail import network_reason, refusal_reason
 from sidecar.broker.paho_client import Client
-from sidecar.config import IngestConfig, MQTTConfig
+from sidecar.config import MQTTConfig
 from sidecar.core.events import now_ms
-from sidecar.errors import PayloadError
-from sidecar.ingest.decode import dead_letter, decode_message
-from sidecar.ingest.writer import Delivery, Writer
-from sidecar.logs import RateLimited, get_logger
+from sidecar.core.inbound import AckToken, InboundMessage
+from sidecar.logs import get_logger
 
 log = get_logger("sidecar.mqtt")
 
 MAX_RECEIVE_MAXIMUM = 65535
+
+OnMessage = Callable[[InboundMessage], None]
+# A new session began: call ``then`` (which subscribes) once the packet ids of the old one are
+# forgotten downstream. The default calls it at once.
+OnNewSession = Callable[[Callable[[], None]], None]
 
 
 def receive_window(config: MQTTConfig, queue_size: int) -> int:
@@ -52,22 +61,36 @@ def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class Subscriber:
-    """A persistent-session subscriber feeding the writer."""
+def _now(then: Callable[[], None]) -> None:
+    then()
 
-    def __init__(self, config: MQTTConfig, ingest: IngestConfig, writer: Writer, *,
-                 queue_size: int, on_request: Callable[[RequestMessage], None] | None = None,
-                 api_base_topic: str = "kairo-sidecar") -> None:
+
+def _unattached(msg: InboundMessage) -> None:
+    raise RuntimeError("Subscriber.attach(on_event=...) must come before start()")
+
+
+def _topic(msg: paho.MQTTMessage) -> str:
+    try:
+        return msg.topic
+    except UnicodeDecodeError:  # stored as a dead letter, under a readable name
+        return msg._topic.decode("utf-8", "backslashreplace")
+
+
+class Subscriber:
+    """A persistent-session subscriber handing messages to callbacks."""
+
+    def __init__(self, config: MQTTConfig, *, queue_size: int,
+                 api_base_topic: str | None = None) -> None:
         self._config = config
-        self._ingest = ingest
-        self._writer = writer
         # Requests (``<base>/request/<op>``) are acked at once and handed to ``on_request``;
         # they are never events. Config makes sure the event topics cannot match them.
-        self._on_request = on_request
-        self._request_prefix = f"{api_base_topic}/request/" if on_request is not None else None
+        self._request_prefix = f"{api_base_topic}/request/" if api_base_topic is not None else None
         self._subscriptions = [(topic, config.qos) for topic in config.topics]
         if self._request_prefix is not None:
             self._subscriptions.append((self._request_prefix + "#", 1))
+        self._on_event: OnMessage = _unattached
+        self._on_request: OnMessage = _unattached
+        self._on_new_session: OnNewSession = _now
         self.window = receive_window(config, queue_size)
         self._generation = 0
         self._accepting = True
@@ -75,15 +98,27 @@ class Subscriber:
         self._closing = False
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._dead_log = RateLimited(period=10.0, burst=10)
-        self._drop_log = RateLimited(period=10.0, burst=1)
         self._client = self._make_client()
+        self._ack_many: Callable[[list[int]], None] = (
+            self._client.ack_many if isinstance(self._client, Client) else self._ack_one_by_one)
 
     # ------------------------------------------------------------------ set-up
-    def _make_client(self) -> Client:
+    def attach(self, *, on_event: OnMessage, on_request: OnMessage | None = None,
+               on_new_session: OnNewSession | None = None) -> None:
+        """Set where messages go; before ``start``. ``on_request`` is required when the
+        subscriber was made with ``api_base_topic`` (requests are subscribed), else refused."""
+        if (on_request is None) != (self._request_prefix is None):
+            raise ValueError("on_request must be given exactly when api_base_topic is set")
+        self._on_event = on_event
+        self._on_request = on_request if on_request is not None else _unattached
+        self._on_new_session = on_new_session if on_new_session is not None else _now
+
+    def _make_client(self) -> paho.Client:
         cfg = self._config
         v5 = cfg.protocol == "5"
-        client = Client(  # paho's, with buffered reads and batched acks (mqtt_client)
+        # ``fast_client``: paho's Client with buffered reads and batched acks (paho_client),
+        # which relies on paho internals; off, paho's own Client as it ships.
+        client = (Client if cfg.fast_client else paho.Client)(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
@@ -117,20 +152,22 @@ class Subscriber:
 
     def start(self) -> None:
         """Connect in the background; paho reconnects with backoff from then on."""
+        if self._on_event is _unattached:
+            raise RuntimeError("Subscriber.attach(on_event=...) must come before start()")
         cfg = self._config
         kwargs: dict[str, Any] = {"keepalive": cfg.keepalive}
         if cfg.protocol == "5":
             kwargs["clean_start"] = False
             kwargs["properties"] = self._connect_properties()
         log.info("mqtt_connecting", host=cfg.host, port=cfg.port, client_id=cfg.client_id,
-                 protocol=cfg.protocol, receive_window=self.window)
+                 protocol=cfg.protocol, receive_window=self.window, fast_client=cfg.fast_client)
         self._client.connect_async(cfg.host, cfg.port, **kwargs)
         self._client.loop_start()
 
     def stop_intake(self) -> None:
         """Take no more messages; unacked ones stay with the broker for the next start.
 
-        Waits for a message being handed over right now, so that nothing reaches the writer
+        Waits for a message being handed over right now, so that nothing reaches ``on_event``
         after this returns (the writer's stop marker must be the last thing in its queue).
         """
         with self._intake:
@@ -149,13 +186,21 @@ class Subscriber:
         log.info("mqtt_closed")
 
     # ------------------------------------------------------------------ acks (writer thread)
-    def ack(self, tokens: Sequence[tuple[int, int]]) -> None:
+    def ack(self, tokens: Sequence[AckToken]) -> None:
+        """PUBACK these messages (``InboundMessage.token``), in this order; those received on
+        an earlier connection are skipped (their packet ids mean nothing on this one)."""
         generation = self._generation
         mids = [mid for token_generation, mid in tokens if token_generation == generation]
-        self._client.ack_many(mids)  # one write for the batch, in receive order
+        self._ack_many(mids)  # one write for the batch, in receive order
         stale = len(tokens) - len(mids)
         if stale:
             log.info("acks_skipped_after_reconnect", count=stale)
+
+    def _ack_one_by_one(self, mids: list[int]) -> None:
+        """``ack_many`` of paho's own Client (``fast_client = false``): one PUBACK per call."""
+        ack = self._client.ack
+        for mid in mids:
+            ack(mid, 1)
 
     # ------------------------------------------------------------------ callbacks (network thread)
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
@@ -170,7 +215,7 @@ class Subscriber:
         if not session_present:
             # A new session has no subscription yet, so nothing arrives until we subscribe:
             # subscribe only once the writer has forgotten the old session's packet ids.
-            self._writer.session_reset(then=self._subscribe)
+            self._on_new_session(self._subscribe)
             event = "mqtt_session_lost" if self._generation > 1 else "mqtt_session_new"
             (log.warning if self._generation > 1 else log.info)(
                 event, hint="the broker holds no session for this client id: messages published "
@@ -185,7 +230,7 @@ class Subscriber:
         self._client.subscribe(self._subscriptions)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        exc = getattr(client, "last_connect_error", None)
+        exc = getattr(client, "last_connect_error", None)  # paho_client only
         log.warning("mqtt_connect_failed", host=self._config.host, port=self._config.port,
                     reason=network_reason(exc, tls=self._config.tls is not None)
                     if exc is not None else "connection failed")
@@ -212,71 +257,35 @@ class Subscriber:
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._intake:  # uncontended but for stop_intake
             if self._accepting:  # else not acked: the broker delivers it again after the restart
-                self._handle(client, msg)
+                self._hand_over(client, msg)
 
-    def _handle(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
-        if self._request_prefix is not None and self._topic(msg).startswith(self._request_prefix):
-            self._request(client, msg)
+    def _hand_over(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
+        topic = _topic(msg)
+        props = msg.properties
+        if props is None:  # MQTT 3.1.1
+            content_type = user_props = response_topic = correlation = None
+        else:
+            content_type = getattr(props, "ContentType", None)
+            user_props = getattr(props, "UserProperty", None)
+            response_topic = getattr(props, "ResponseTopic", None)
+            correlation = getattr(props, "CorrelationData", None)
+        prefix = self._request_prefix
+        request = prefix is not None and topic.startswith(prefix)
+        if request and msg.qos:
+            client.ack(msg.mid, msg.qos)  # a request is not an event: acked on arrival
+        inbound = InboundMessage(
+            topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.mid, self._generation,
+            now_ms(), content_type, user_props, response_topic,
+            bytes(correlation) if correlation is not None else None)
+        if not request:
+            self._on_event(inbound)
             return
-        received_at = now_ms()
         try:
-            row = self._to_row(msg, received_at)
-        except Exception as exc:  # never let a message crash the network thread
-            log.exception("message_handling_failed")
-            row = dead_letter(self._topic(msg), msg.payload, f"internal error: {exc!r}",
-                              received_at=received_at, max_bytes=self._ingest.dead_letter_max_bytes)
-        delivery = Delivery(row, msg.qos, msg.mid, self._generation, bool(msg.dup))
-        if not self._writer.submit(delivery):
-            allowed, _ = self._drop_log.allow()
-            if allowed:
-                log.warning("qos0_dropped_queue_full", total=self._writer.stats.qos0_dropped,
-                            queue_size=self._writer.depth)
-
-    def _to_row(self, msg: paho.MQTTMessage, received_at: int) -> Any:
-        topic = self._topic(msg)
-        props = getattr(msg, "properties", None)
-        content_type = getattr(props, "ContentType", None) if props is not None else None
-        user_props = getattr(props, "UserProperty", None) if props is not None else None
-        try:
-            return decode_message(topic, msg.payload, received_at=received_at,
-                                  max_payload_bytes=self._ingest.max_payload_bytes,
-                                  content_type=content_type, user_properties=user_props)
-        except PayloadError as exc:
-            allowed, suppressed = self._dead_log.allow()
-            if allowed:
-                log.warning("event_rejected", topic=topic, reason=exc.reason,
-                            size=len(msg.payload), suppressed=suppressed)
-            return dead_letter(topic, msg.payload, exc.reason, received_at=received_at,
-                               max_bytes=self._ingest.dead_letter_max_bytes,
-                               content_type=content_type, user_properties=user_props)
-
-    @staticmethod
-    def _topic(msg: paho.MQTTMessage) -> str:
-        try:
-            return msg.topic
-        except UnicodeDecodeError:
-            return msg._topic.decode("utf-8", "backslashreplace")
-
-    # ------------------------------------------------------------------ API requests and answers
-    def _request(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
-        """Ack a request at once (it is not an event) and hand it to the API workers."""
-        if msg.qos:
-            client.ack(msg.mid, msg.qos)
-        assert self._on_request is not None and self._request_prefix is not None
-        props = getattr(msg, "properties", None)
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        try:
-            self._on_request(RequestMessage(
-                op=self._topic(msg)[len(self._request_prefix):],
-                payload=bytes(msg.payload),
-                response_topic=getattr(props, "ResponseTopic", None) if props is not None else None,
-                correlation_data=bytes(correlation) if correlation is not None else None,
-                content_type=getattr(props, "ContentType", None) if props is not None else None,
-                retain=bool(msg.retain),
-            ))
+            self._on_request(inbound)
         except Exception:  # never let a request crash the network thread
             log.exception("request_handoff_failed")
 
+    # ------------------------------------------------------------------ publishing (any thread)
     def publish(self, topic: str, payload: bytes, *, correlation_data: bytes | None = None,
                 content_type: str | None = None) -> paho.MQTTMessageInfo:
         """Publish an answer at QoS 1 (thread-safe); the returned info tells when the broker

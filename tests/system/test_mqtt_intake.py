@@ -1,4 +1,5 @@
-"""Tests of the subscriber's intake switch (no broker needed: messages are handed in directly)."""
+"""Tests of the subscriber's intake switch and hand-over (no broker needed: messages are handed
+in directly, through the real ``Intake``, to a stand-in writer)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import paho.mqtt.client as paho
 
 from sidecar.broker.subscriber import Subscriber
 from sidecar.config import IngestConfig, MQTTConfig
+from sidecar.core.stats import Stats
+from sidecar.ingest.intake import Intake
+from sidecar.ingest.writer import Delivery
 from tests.conftest import wait_until
 
 
@@ -17,9 +21,11 @@ class SlowWriter:
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
-        self.got: list[object] = []
+        self.got: list[Delivery] = []
+        self.stats = Stats()
+        self.depth = 0
 
-    def submit(self, delivery: object) -> bool:
+    def submit(self, delivery: Delivery) -> bool:
         self.entered.set()
         self.release.wait(10)
         self.got.append(delivery)
@@ -37,7 +43,8 @@ def test_stop_intake_waits_for_a_hand_over_in_progress_then_refuses():
     """stop_intake returns only after a message being handed over reached the writer; a message
     arriving after it is not handed over (the broker keeps it)."""
     writer = SlowWriter()
-    sub = Subscriber(MQTTConfig(), IngestConfig(), writer, queue_size=10)  # type: ignore[arg-type]
+    sub = Subscriber(MQTTConfig(), queue_size=10)
+    sub.attach(on_event=Intake(writer, IngestConfig()).receive)
     receiving = threading.Thread(target=sub._on_message, args=(None, None, _message(1)))
     receiving.start()
     assert writer.entered.wait(5)
