@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,10 +274,3 @@ def flood(requester: Requester, batch: list[Request], *, prefix: str, timeout: f
         if problem:
             result.problems.append(f"{op} {body[:100]!r}: {problem}")
     return result
-
-
-def settle_streams(stats: Callable[[], dict[str, Any]], *, timeout: float) -> None:
-    """Wait until no replay stream runs any more."""
-    deadline = time.monotonic() + timeout
-    while stats().get("replay_streams", 0) and time.monotonic() < deadline:
-        time.sleep(0.2)

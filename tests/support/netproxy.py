@@ -53,7 +53,6 @@ class NetworkProxy:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
-        self.connections = 0  # accepted so far
         self._thread = threading.Thread(target=self._accept, name="netproxy", daemon=True)
 
     # ------------------------------------------------------------------ control
@@ -99,7 +98,6 @@ class NetworkProxy:
                 continue
             except OSError:
                 return
-            self.connections += 1
             pair = _Pair(client)
             with self._lock:
                 self._pairs.append(pair)
