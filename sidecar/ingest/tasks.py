@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from sidecar.ingest.writer import Writer
+
+class Writer(Protocol):
+    """What a task may ask of the writer (``sidecar.ingest.writer.Writer`` fits); a protocol
+    rather than an import, so the writer and its tasks do not import each other."""
+
+    def forget_delivery_ids(self) -> bool: ...
 
 
 class WriterTask:
