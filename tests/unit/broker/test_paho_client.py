@@ -17,9 +17,9 @@ from paho.mqtt.properties import Properties
 
 from sidecar.broker.paho_client import Client, _BufferedSocket
 from sidecar.config import load_config
-from tests.broker import Broker
 from tests.conftest import wait_until
-from tests.test_subscriber import publish, publisher, start_inprocess
+from tests.support.broker import Broker
+from tests.system.test_subscriber import publish, publisher, start_inprocess
 
 # Every private name of paho the subclass (and the subscriber) touch, with the parameters it
 # passes: a paho release that renames or reshapes one must fail here, by name.
