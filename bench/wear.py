@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=3000, help="new events per batch size")
     parser.add_argument("--batches", default="10,30,100")
     parser.add_argument("--dir", default="/tmp/kairo-wear")
+    parser.add_argument("--setup", action="append", default=[], metavar="SQL",
+                        help="run on each copy before measuring (a variant: drop an index, "
+                             "set an FTS5 option); not counted")
     parser.add_argument("--child", nargs=4, metavar=("PATH", "EVENTS", "BATCH", "START"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -107,7 +111,8 @@ def main() -> None:
     directory.mkdir(parents=True, exist_ok=True)
     base = base_database(directory, args.base_events)
     print(f"schema {_schema_version()}, {args.base_events:,} events already stored, "
-          f"{args.events:,} new events per row; write_bytes incl. the final checkpoint")
+          f"{args.events:,} new events per row; write_bytes incl. the final checkpoint"
+          + "".join(f"; setup: {sql}" for sql in args.setup))
     print("| events per commit | bytes written per event | x the event JSON |")
     print("|---:|---:|---:|")
     for batch in (int(b) for b in args.batches.split(",")):
@@ -115,6 +120,12 @@ def main() -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{work}{suffix}").unlink(missing_ok=True)
         shutil.copyfile(base, work)
+        if args.setup:
+            con = sqlite3.connect(work, isolation_level=None)
+            for sql in args.setup:
+                con.execute(sql)
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.close()
         out = subprocess.run([sys.executable, "-m", "bench.wear", "--child", str(work),
                               str(args.events), str(batch), str(args.base_events)],
                              check=True, capture_output=True, text=True).stdout
