@@ -8,10 +8,17 @@ from .base import BaseModel, SequenceField
 
 
 class Event(BaseModel):
-    """One stored event. ``seq`` is the global, never reused replay cursor."""
+    """One stored event. ``seq`` is the global, never reused replay cursor.
+
+    ``id``, ``correlation_id``, ``causation_id`` and ``trace_id`` are found through
+    ``event_keys`` (a contentless FTS5 table, rowid = ``seq``, kept in step by triggers:
+    migration 004, ``sidecar.storage.keys``), not through B-tree indexes: a B-tree keyed by a
+    random value dirties a page per event on every commit. ``id`` is unique by the writer's
+    check in the insert transaction, not by a constraint.
+    """
 
     seq = SequenceField()
-    id = peewee.TextField(unique=True)
+    id = peewee.TextField()
     topic = peewee.TextField()
     type = peewee.TextField()
     source = peewee.TextField()
@@ -30,13 +37,6 @@ class Event(BaseModel):
             (("type", "seq"), False),  # a type's events in seq order (queries); migration 002
             (("created_at",), False),
         )
-
-
-# Partial indexes: most events carry no correlation or trace id, so only index the ones that do.
-Event.add_index(Event.index(Event.correlation_id, name="events_correlation_id")
-                .where(Event.correlation_id.is_null(False)))
-Event.add_index(Event.index(Event.trace_id, name="events_trace_id")
-                .where(Event.trace_id.is_null(False)))
 
 
 class DeadLetter(BaseModel):

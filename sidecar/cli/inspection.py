@@ -157,7 +157,7 @@ def _reingest(args: argparse.Namespace, config: Config) -> int:
             ids = _command_line(lambda: list(letters.matching_ids(reader, flt)))
         finally:
             reader.close()
-    db = open_store(config.database, schema="unchecked", create=False, shared=True)
+    db = open_store(config.database, schema="current", create=False, shared=True)
     counts: dict[str, int] = {}
     try:
         for outcome in letters.reingest(db, ids, max_payload_bytes=config.ingest.max_payload_bytes):

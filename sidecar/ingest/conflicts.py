@@ -1,11 +1,11 @@
 """A second event with a stored id but a different body: a conflict, kept as a dead letter.
 
-Insert-or-ignore on ``events.id`` drops every copy of an id after the first. For a redelivery
-that is right (the copy is the same event), but an event that reuses a stored id with another
-body (a producer bug, two devices minting the same id) would vanish without a trace. So the
-writer compares bodies, but only when its insert ignored something (``rowcount`` below the
-batch size): the common case, a batch of new ids, costs nothing. Then one query per 500 ids
-reads the stored bodies; an ignored event whose body differs becomes a dead letter with reason
+The writer inserts only the first copy of an id that is not stored (``new_events``: one lookup
+in ``event_keys`` per batch). For a redelivery that is right (the copy is the same event), but
+an event that reuses a stored id with another body (a producer bug, two devices minting the
+same id) would vanish without a trace. So the writer compares bodies, but only when it left an
+event out: then one more lookup per 500 ids reads the stored bodies (the batch's own inserts
+included); an event left out whose body differs becomes a dead letter with reason
 ``conflict: ...`` in the same transaction, holding the refused event as JSON.
 
 The body is ``type``, ``source``, ``payload`` and ``metadata`` (which holds the event's own
@@ -22,11 +22,11 @@ from typing import Any
 
 from sidecar.core.events import DeadLetterRow, EventRow
 from sidecar.logs import RateLimited, get_logger
+from sidecar.storage import keys
 
 log = get_logger("sidecar.conflicts")
 
 DEAD_LETTER_BYTES = 65536  # the refused event kept in the dead letter (as the writer's isolation)
-_CHUNK = 500  # ids per query, far below SQLite's variable limit
 _log = RateLimited(period=10.0, burst=10)
 
 
@@ -53,18 +53,25 @@ def refused_event_json(row: EventRow) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
+def new_events(cursor: sqlite3.Cursor, events: Sequence[EventRow]) -> list[EventRow]:
+    """The first copy of each id among ``events`` that is not stored yet (one lookup in
+    ``event_keys`` per batch): what the insert writes. The others are redeliveries or
+    conflicts (``find_conflicts``, once they are inserted)."""
+    stored = keys.stored_events(cursor, [row.id for row in events if row.id is not None])
+    seen: set[str] = set()
+    fresh: list[EventRow] = []
+    for row in events:
+        if row.id is None or row.id in stored or row.id in seen:
+            continue
+        seen.add(row.id)
+        fresh.append(row)
+    return fresh
+
+
 def find_conflicts(cursor: sqlite3.Cursor, events: Sequence[EventRow]) -> list[DeadLetterRow]:
-    """The dead letters for those of ``events`` (just inserted with insert-or-ignore, in the
-    same transaction) whose id is stored with a different body."""
-    ids = sorted({row.id for row in events if row.id is not None})
-    stored: dict[str, tuple[Any, ...]] = {}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
-        marks = ",".join("?" * len(chunk))
-        for id_, *rest in cursor.execute(
-                f"SELECT id, seq, type, source, payload, metadata FROM events WHERE id IN ({marks})",
-                chunk).fetchall():
-            stored[id_] = tuple(rest)
+    """The dead letters for those of ``events`` (not inserted: their id was stored, or came
+    earlier in the same batch) whose id is stored with a different body."""
+    stored = keys.stored_events(cursor, [row.id for row in events if row.id is not None])
     dead: list[DeadLetterRow] = []
     for row in events:
         found = stored.get(row.id) if row.id is not None else None

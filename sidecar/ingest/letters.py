@@ -6,7 +6,7 @@ migration 003 the MQTT 5 content type and user properties the decode used).
 
 Re-ingest runs the stored bytes through the same decoder as live ingest (``ingest.
 decode_message``, with the configured ``max_payload_bytes``) and the writer's insert path
-(``writer.EventInsert``: insert-or-ignore on the id, conflict check). It is idempotent because
+(``writer.EventInsert``: an id already stored is not inserted again, conflict check). It is idempotent because
 the dead letter is deleted **in the same transaction** that inserts its event: once committed
 there is nothing left to re-ingest, and a second run (or a second process at the same time: the
 transaction is ``IMMEDIATE`` and reads the dead letter inside it) finds no dead letter. So an
@@ -29,13 +29,14 @@ from typing import Any
 import msgspec
 import peewee
 
-from models import DeadLetter, Event
+from models import DeadLetter
 from sidecar.core import topics
 from sidecar.core.events import uuid7
 from sidecar.errors import FilterError, PayloadError, RequestError, StorageError
 from sidecar.ingest.decode import decode_message, properties_from_json
 from sidecar.ingest.writer import EventInsert
 from sidecar.logs import get_logger
+from sidecar.storage import keys
 from sidecar.storage.queries import MQTT_MATCH_FUNCTION
 from sidecar.storage.sqlite_errors import describe, is_busy, retry_busy
 
@@ -258,8 +259,7 @@ def _reingest_one(db: peewee.Database, insert: EventInsert, letter_id: int,
         inserted, conflicts = insert.run(cursor, [event])
         if conflicts:
             return Outcome(id=letter_id, result="failed", reason=conflicts[0].reason)
-        seq_sql, seq_params = _sql(db, Event.select(Event.seq).where(Event.id == event.id))
-        (seq,) = cursor.execute(seq_sql, seq_params).fetchone()
+        seq = keys.seq_of(cursor, event.id or "")
         delete_sql, delete_params = _sql(db, DeadLetter.delete().where(DeadLetter.id == letter_id))
         cursor.execute(delete_sql, delete_params)
     return Outcome(id=letter_id, result="stored" if inserted else "already_stored", seq=seq,

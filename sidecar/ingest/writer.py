@@ -1,8 +1,8 @@
 """The batch writer: one thread, one write connection, one transaction per batch, acks after.
 
 The paho network thread calls ``submit``; the writer thread takes up to ``batch_size``
-deliveries (or what arrived within ``flush_interval``), writes them in ONE transaction with
-insert-or-ignore on the event id, commits, and only then releases the acks, in receive order.
+deliveries (or what arrived within ``flush_interval``), writes them in ONE transaction (an id
+already stored is not inserted again), commits, and only then releases the acks, in receive order.
 A database error never acks: the writer logs, backs off and retries the same batch.
 
 Other work (stop, session reset) comes through the same queue as task objects
@@ -26,7 +26,7 @@ from sidecar.config import WriterConfig
 from sidecar.core.events import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, DeadLetterRow, EventRow, now_ms, uuid7
 from sidecar.core.stats import Stats
 from sidecar.ingest.bulk import BulkInsert
-from sidecar.ingest.conflicts import find_conflicts
+from sidecar.ingest.conflicts import find_conflicts, new_events
 from sidecar.ingest.tasks import STOP, SessionReset, WriterTask
 from sidecar.logs import RateLimited, get_logger
 from sidecar.storage.sqlite_errors import describe as describe_error
@@ -71,8 +71,13 @@ def _insert_sql(model: type[peewee.Model], columns: Sequence[str], *, replace: b
 
 
 class EventInsert:
-    """Insert-or-ignore of event rows, then the conflict check on what was ignored: the one
-    path by which events are stored (the writer's batches and ``letters`` re-ingest)."""
+    """Insert the events whose id is not stored yet, then the conflict check on the others:
+    the one path by which events are stored (the writer's batches and ``letters`` re-ingest).
+
+    There is no UNIQUE index on ``events.id`` (a B-tree keyed by a random value costs a page
+    per event on every commit): the batch's ids are looked up in ``event_keys`` (one query per
+    batch, ``sidecar.storage.keys``) inside the write transaction, and only the first copy of
+    each id not stored is inserted."""
 
     def __init__(self) -> None:
         self._bulk = BulkInsert.for_sqlite(_insert_sql(Event, EVENT_COLUMNS), len(EVENT_COLUMNS))
@@ -80,10 +85,12 @@ class EventInsert:
     def run(self, cursor: Any, events: Sequence[EventRow]) -> tuple[int, list[DeadLetterRow]]:
         """Insert ``events`` (all with an id) in the caller's transaction. Returns how many
         were new and the ``conflict`` dead letters for ids stored with another body; the rest
-        (ignored, same body) are redeliveries."""
-        inserted = self._bulk.run(cursor, events)  # few calls, few GIL waits
-        if inserted < len(events):  # ids already stored: redeliveries, or conflicts?
-            return inserted, find_conflicts(cursor, events)
+        (same body as the stored event) are redeliveries."""
+        fresh = new_events(cursor, events)
+        inserted = self._bulk.run(cursor, fresh)  # few calls, few GIL waits
+        if len(fresh) < len(events):  # ids already stored: redeliveries, or conflicts?
+            kept = {id(row) for row in fresh}
+            return inserted, find_conflicts(cursor, [r for r in events if id(r) not in kept])
         return inserted, []
 
 

@@ -119,6 +119,26 @@ def ensure_incremental_vacuum(db: peewee.Database) -> bool:
     return True
 
 
+def release_free_pages(db: peewee.Database) -> int:
+    """Hand every free page back to the file system (``incremental_vacuum``), then truncate the
+    WAL; returns the pages released. Run once after migrations: a rebuilt table (migration 004)
+    leaves the old one's pages free, and a commit that allocates from a large free list dirties
+    free-list pages too (``bench.wear``: ~28 % more bytes per event with 30 MB free)."""
+    free = int(db.execute_sql("PRAGMA freelist_count").fetchone()[0])
+    if not free:
+        return 0
+    started = time.monotonic()
+    try:
+        db.connection().executescript("PRAGMA incremental_vacuum")
+    except (peewee.DatabaseError, sqlite3.Error) as exc:
+        log.warning("free_pages_not_released", error=str(exc), pages=free,
+                    hint="they are reused by new events; a purge releases them later")
+        return 0
+    truncate_wal(db, when="after_vacuum")
+    log.info("free_pages_released", pages=free, seconds=round(time.monotonic() - started, 2))
+    return free
+
+
 class Maintenance:
     """The writer's between-batches hook: periodic PASSIVE checkpoints, the disk guard (first:
     it keeps ingest alive) and the retention purge.

@@ -23,6 +23,7 @@ from sidecar.core import topics
 from sidecar.core.events import StoredEvent, parse_timestamp
 from sidecar.core.filters import MAX_INT64, Filter
 from sidecar.errors import FilterError, PayloadError
+from sidecar.storage import keys
 
 MQTT_MATCH_FUNCTION = "kairo_mqtt_match"
 
@@ -61,7 +62,7 @@ def conditions(request: Filter) -> Conditions:
     for name in ("correlation_id", "causation_id", "trace_id"):
         value = getattr(request, name)
         if value is not None:
-            terms.append(getattr(Event, name) == value)
+            terms.append(keys.seq_term(name, value))  # through event_keys: no B-tree on ids
     if request.where:
         terms.extend(_where_term(key, value) for key, value in request.where.items())
     return Conditions(tuple(terms), request.after)
@@ -96,7 +97,7 @@ def by_seqs(seqs: list[int], *, order: str = "asc") -> peewee.Select:
 
 
 def by_id(event_id: str) -> peewee.Select:
-    return Event.select(*EVENT_FIELDS).where(Event.id == event_id).limit(1).tuples()
+    return Event.select(*EVENT_FIELDS).where(keys.seq_term("id", event_id)).limit(1).tuples()
 
 
 def summary() -> peewee.Select:

@@ -18,7 +18,7 @@ from sidecar.config import DatabaseConfig
 from sidecar.errors import PendingMigrationsError
 from sidecar.storage.db import check_schema, migrate, open_database, sqlite_path
 from sidecar.storage.integrity import verify_on_start
-from sidecar.storage.maintenance import ensure_incremental_vacuum, truncate_wal
+from sidecar.storage.maintenance import ensure_incremental_vacuum, release_free_pages, truncate_wal
 from sidecar.storage.sqlite_errors import retry_busy
 
 Schema = Literal["migrate", "current", "unchecked"]
@@ -67,5 +67,6 @@ def _bring_schema(db: peewee.SqliteDatabase, schema: Schema, *, shared: bool) ->
     if shared:
         return retry_busy(lambda: migrate(db), what="apply migrations", path=str(db.database))
     applied = migrate(db)
-    ensure_incremental_vacuum(db)
+    if ensure_incremental_vacuum(db) and applied:
+        release_free_pages(db)
     return applied

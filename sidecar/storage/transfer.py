@@ -6,8 +6,9 @@
   file, checked, then renamed into place.
 * ``export``: one JSON object per event and line, in ``seq`` order, with the same filters as
   queries (``queries.conditions``); ``payload`` and ``metadata`` are written byte for byte.
-* ``import_events``: insert-or-ignore by event id, in batches: importing a file twice adds
-  nothing. Imported events get new ``seq`` values (they are new to this store's replay cursor).
+* ``import_events``: an event whose id is stored is skipped (``keys``), in batches: importing
+  a file twice adds nothing. Imported events get new ``seq`` values (they are new to this
+  store's replay cursor).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sidecar.config import DatabaseConfig
 from sidecar.core.decode_errors import describe
 from sidecar.errors import InputFileError
 from sidecar.logs import get_logger
+from sidecar.storage import keys
 from sidecar.storage.sqlite_errors import retry_busy
 from sidecar.storage.startup import open_store
 
@@ -109,8 +111,20 @@ class ImportResult:
 
 
 _INSERT_COLUMNS = EXPORT_COLUMNS[1:]  # never seq: this store numbers its own events
-_INSERT = (f"INSERT OR IGNORE INTO events ({', '.join(_INSERT_COLUMNS)}) "
+_INSERT = (f"INSERT INTO events ({', '.join(_INSERT_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})")
+
+
+def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The first row of each id in ``batch`` whose id is not stored (``keys``: one lookup)."""
+    stored = keys.stored_events(cursor, [row[0] for row in batch])
+    seen: set[str] = set()
+    fresh = []
+    for row in batch:
+        if row[0] not in stored and row[0] not in seen:
+            seen.add(row[0])
+            fresh.append(row)
+    return fresh
 
 
 def open_for_import(config: DatabaseConfig) -> peewee.SqliteDatabase:
@@ -121,7 +135,7 @@ def open_for_import(config: DatabaseConfig) -> peewee.SqliteDatabase:
 
 def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_size: int = 1000,
                   source: str = "input", progress: Callable[[int], None] | None = None) -> ImportResult:
-    """Insert-or-ignore every exported event of ``lines``, ``batch_size`` per transaction.
+    """Insert every exported event of ``lines`` whose id is not stored, ``batch_size`` per transaction.
     A malformed line stops the import with an error naming it; the batches before it are kept
     (importing again is safe)."""
     started = time.monotonic()
@@ -136,8 +150,9 @@ def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_si
         def write() -> int:
             with db.atomic("IMMEDIATE"):
                 cursor = db.cursor()
-                cursor.executemany(_INSERT, batch)
-                return max(cursor.rowcount, 0)
+                fresh = _not_stored(cursor, batch)
+                cursor.executemany(_INSERT, fresh)
+                return len(fresh)
 
         inserted += retry_busy(write, what="import events", path=str(db.database))
         batch.clear()

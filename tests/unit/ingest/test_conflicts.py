@@ -120,33 +120,39 @@ def reads_of_events(statements: list[str]) -> list[str]:
             and "delivery_ids" not in s]
 
 
-def test_no_query_when_every_id_is_new(db):
-    """The conflict check reads nothing unless the insert ignored an id (the hot path is free)."""
+def test_one_key_lookup_when_every_id_is_new(db):
+    """A batch of new ids costs one lookup in event_keys; the conflict check reads only when
+    an id was left out (a second lookup, for the stored bodies)."""
     w, _, _ = writer(db)
     statements: list[str] = []
     db.connection().set_trace_callback(statements.append)
     try:
         write(w, *(row({**EVENT, "id": f"new-{i}"}) for i in range(50)))
-        assert not reads_of_events(statements), statements
+        reads = reads_of_events(statements)
+        assert len(reads) == 1 and "event_keys MATCH" in reads[0], statements
         statements.clear()
         write(w, row({**EVENT, "id": "new-3"}), row({**EVENT, "id": "new-51"}), first_mid=60)
         reads = reads_of_events(statements)
-        assert len(reads) == 1 and "FROM events WHERE id IN" in reads[0], statements
+        assert len(reads) == 2 and all("event_keys MATCH" in r for r in reads), statements
     finally:
         db.connection().set_trace_callback(None)
 
 
 def test_find_conflicts_reads_in_chunks(tmp_path: Path):
     """More than 500 repeated ids (a big redelivery) are compared in several queries."""
+    migrated = open_database(DatabaseConfig(url=f"sqlite:///{tmp_path / 'x.db'}"))
+    migrate(migrated)
+    migrated.close()
     con = sqlite3.connect(tmp_path / "x.db")
-    con.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT UNIQUE, type, source, "
-                "payload, metadata)")
     rows = [row({**EVENT, "id": f"r-{i}"}) for i in range(1200)]
-    con.executemany("INSERT INTO events (id, type, source, payload, metadata) VALUES (?,?,?,?,?)",
-                    [(r.id, r.type, r.source, r.payload, r.metadata) for r in rows])
+    con.executemany(f"INSERT INTO events ({', '.join(EventRow._fields)}) "
+                    f"VALUES ({', '.join('?' * len(EventRow._fields))})", rows)
     changed = [r._replace(payload='{"x":1}') if i % 400 == 0 else r for i, r in enumerate(rows)]
+    statements: list[str] = []
+    con.set_trace_callback(statements.append)
     dead = find_conflicts(con.cursor(), changed)
     assert [d.reason.split("'")[1] for d in dead] == ["r-0", "r-400", "r-800"]
+    assert len(reads_of_events(statements)) == 3  # 500 ids per lookup
 
 
 def test_body_comparison_and_refused_event_json():

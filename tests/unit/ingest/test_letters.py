@@ -210,8 +210,8 @@ def test_show_gives_text_or_base64_and_the_truncation(db, reader):
 
 
 def test_dead_letters_from_before_migration_003_are_read_and_reingested(tmp_path):
-    """A file still at migration 002 (no property columns) is listed, shown and re-ingested;
-    migrating it keeps its dead letters, with no properties."""
+    """A file still at migration 002 (no property columns) is listed and shown; migrating it
+    keeps its dead letters, with no properties, and they re-ingest."""
     database = open_database(DatabaseConfig(url=f"sqlite:///{tmp_path / 'old.db'}"))
     Router(database, migrate_dir=MIGRATIONS_DIR).run("002_events_type_seq")
     database.execute_sql("INSERT INTO dead_letters (topic, payload, payload_size, reason, "
@@ -224,10 +224,13 @@ def test_dead_letters_from_before_migration_003_are_read_and_reingested(tmp_path
         assert [x.id for x in letters.page(old, letters.LetterFilter(), limit=5)[0]] == [1]
     finally:
         old.close()
-    assert reingest(database, [1])[0].event_id == "old-1"
     database.execute_sql("INSERT INTO dead_letters (topic, payload, payload_size, reason, "
                          "received_at) VALUES ('t', x'00', 1, 'r', 2)")
-    assert migrate(database) == ["003_dead_letter_properties"]
+    assert migrate(database) == ["003_dead_letter_properties", "004_event_keys"]
+    assert database.execute_sql("SELECT topic, content_type, user_properties FROM "
+                                "dead_letters ORDER BY id").fetchall() == [
+        ("kairo/old/x", None, None), ("t", None, None)]
+    assert reingest(database, [1])[0].event_id == "old-1"
     assert database.execute_sql("SELECT topic, content_type, user_properties FROM "
                                 "dead_letters").fetchall() == [("t", None, None)]
     database.close()
