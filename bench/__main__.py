@@ -13,7 +13,9 @@ the medians) into ``<out>/profiles/``; summarise one with ``python -m bench.prof
 
 Run heavy benchmarks alone on the machine (``flock /tmp/kairo-heavy.lock python -m bench run``):
 every scenario also runs its baseline interleaved, but a second heavy job still skews both.
-Scenarios: storage, sync, drain, live, latency, soak, cold, queries (with replay).
+Scenarios: storage, sync, drain, live, latency, soak, cold, queries (with replay), wear (issue
+11: bytes written per event at 10 and 100 events/s and at a drain, on a database already holding
+1,000,000 events, 200,000 with ``--quick``; ``python -m bench run --only wear``).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from pathlib import Path
 from sidecar.config import LogConfig
 from sidecar.logs import configure_logging
 
-from . import api, ingest, storage
+from . import api, ingest, storage, wear
 from .harness import Report, Results
+from .wear import Pace
 
-SCENARIOS = ("storage", "sync", "drain", "live", "latency", "soak", "cold", "queries")
+SCENARIOS = ("storage", "sync", "drain", "live", "latency", "soak", "cold", "queries", "wear")
 
 
 @dataclass(frozen=True)
@@ -56,21 +59,27 @@ class Size:
     query_rounds: int
     replay: int
     replay_rounds: int
+    wear_seed: int
+    wear_paces: tuple[Pace, ...]
+    wear_drain: int
 
 
 SIZES = {
     "full": Size(drain=100_000, live=100_000, naive=5_000, rounds=3, latency_seconds=10,
                  latency_rounds=3, storage=100_000, sync=100_000, sync_rounds=3, soak=1_000_000,
                  soak_step=100_000, big=1_000_000, cold_rounds=5, query_rounds=200,
-                 replay=100_000, replay_rounds=3),
+                 replay=100_000, replay_rounds=3, wear_seed=1_000_000,
+                 wear_paces=(Pace(10, 120), Pace(100, 60)), wear_drain=100_000),
     "quick": Size(drain=20_000, live=20_000, naive=1_000, rounds=2, latency_seconds=4,
                   latency_rounds=2, storage=20_000, sync=20_000, sync_rounds=2, soak=100_000,
                   soak_step=20_000, big=100_000, cold_rounds=3, query_rounds=50,
-                  replay=20_000, replay_rounds=2),
+                  replay=20_000, replay_rounds=2, wear_seed=200_000,
+                  wear_paces=(Pace(10, 60), Pace(100, 30)), wear_drain=20_000),
     "smoke": Size(drain=300, live=300, naive=50, rounds=1, latency_seconds=0.5,
                   latency_rounds=1, storage=500, sync=500, sync_rounds=1, soak=600,
                   soak_step=300, big=2_000, cold_rounds=1, query_rounds=3,
-                  replay=500, replay_rounds=1),
+                  replay=500, replay_rounds=1, wear_seed=2_000,
+                  wear_paces=(Pace(10, 1), Pace(100, 0.5)), wear_drain=300),
 }
 
 DESCRIPTIONS = {
@@ -80,7 +89,8 @@ DESCRIPTIONS = {
              "500 (load) and 20 (a trickle); ratio to NORMAL"),
     "drain": ("1 Drain", "a backlog queued by the broker for the persistent session while the "
               "consumer is down; time from its MQTT connect to the last commit (receive-only: "
-              "last message)"),
+              "last message); the baseline is the fastest plain paho subscriber (MQTT 3.1.1, "
+              "count and ack), MQTT 5 beside it"),
     "live": ("2 Live rate", "the consumer running; the publisher sends the batch as fast as the "
              "broker accepts; time from the first publish to the last commit (or receive)"),
     "latency": ("3 Latency", "fixed-rate publishing; publish to committed (visible to a reader, "
@@ -89,6 +99,10 @@ DESCRIPTIONS = {
              "in chunks: RSS after each chunk, /proc/<pid>/io write_bytes per stored event, "
              "file size per event"),
     "cold": ("9 Cold start", "process start to sidecar_ready (checked, migrated, subscribed)"),
+    "wear": ("11 SD-card wear", "/proc/<pid>/io write_bytes per stored event of the daemon at "
+             "default settings, on a database already holding the seeded events, under a paced "
+             "QoS 1 publisher (~320-byte envelopes) and at a drain, with the clean stop's final "
+             "checkpoint; the baseline: a typical paho+sqlite script, same seed and load"),
     "queries": ("5+6 Queries and replay", "round trips over MQTT with sidecar.client (MQTT 5), "
                 "100-event pages, against the same page read straight from SQLite; replay "
                 "events/s"),
@@ -129,7 +143,10 @@ def run_suite(results: Results, size: Size, only: tuple[str, ...], out: Path, *,
     from tests.support.broker import start_broker
 
     root = Path(tempfile.mkdtemp(prefix="kairo-bench-"))
-    broker = start_broker(root / "broker", extra_conf="set_tcp_nodelay true\n")
+    # max_inflight_messages: the window of an MQTT 3.1.1 subscriber (the receive-only baseline),
+    # the same as the daemon's MQTT 5 Receive Maximum (its queue_size, 5000)
+    broker = start_broker(root / "broker",
+                          extra_conf="set_tcp_nodelay true\nmax_inflight_messages 5000\n")
     proc = getattr(broker._backend, "proc", None)
     env = ingest.Env(port=broker.port, broker_pid=proc.pid if proc is not None else 0,
                      root=root, profile_dir=out / "profiles" if profile else None)
@@ -172,6 +189,8 @@ def run_suite(results: Results, size: Size, only: tuple[str, ...], out: Path, *,
         scenario("queries", lambda r: api.queries(env, r, big_db(r), size.query_rounds,
                                                   replay_events=min(size.replay, size.big),
                                                   replay_rounds=size.replay_rounds))
+        scenario("wear", lambda r: wear.wear(env, r, seed_n=size.wear_seed,
+                                             paces=size.wear_paces, drain_n=size.wear_drain))
     finally:
         broker.close()
         if not keep:

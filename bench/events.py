@@ -53,9 +53,10 @@ def _cumulative() -> tuple[list[str], list[int]]:
 
 
 def make_messages(n: int, *, seed: int = 7, start: int = 0, now_ms: int | None = None,
-                  spacing_ms: int = SPACING_MS) -> list[Message]:
+                  spacing_ms: int = SPACING_MS, rich: bool = False) -> list[Message]:
     """``n`` messages; ``metadata.timestamp`` is ``now_ms`` (default: the seeded base time)
-    plus ``spacing_ms`` per event."""
+    plus ``spacing_ms`` per event. ``rich``: the fuller envelopes of issue 11 (~320 bytes: a
+    schema version and site in the metadata, battery and signal strength in the payload)."""
     rnd = random.Random(seed * 1_000_003 + start)
     names, weights = _cumulative()
     base = BASE_TS if now_ms is None else now_ms
@@ -72,7 +73,14 @@ def make_messages(n: int, *, seed: int = 7, start: int = 0, now_ms: int | None =
             metadata["correlationId"] = f"wf-{seed}-{rnd.randrange(correlation_pool):07d}"
         if rnd.random() < 0.3:
             metadata["traceId"] = f"{rnd.getrandbits(128):032x}"
+        if rich:
+            metadata["schemaVersion"] = "1.2"
+            metadata["site"] = f"home-{seed % 7:02d}"
         payload: dict[str, object] = {"room": ROOMS[i % len(ROOMS)], "n": i}
+        if rich:
+            payload["battery"] = rnd.randrange(20, 101)
+            payload["rssi"] = -rnd.randrange(40, 90)
+            payload["fw"] = f"2.{rnd.randrange(10)}.{rnd.randrange(20)}"
         if kind[0] == "sensor":
             payload["value"] = round(rnd.uniform(-10, 40), 2)
             payload["unit"] = {"temp": "C", "humidity": "%", "power": "W"}[kind[1]]
@@ -107,7 +115,8 @@ def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(size, n - start)
 
 
-def seed_database(path: Path, n: int, *, seed: int = 11, chunk: int = 50_000) -> float:
+def seed_database(path: Path, n: int, *, seed: int = 11, chunk: int = 50_000,
+                  rich: bool = False) -> float:
     """Fast path: ``n`` events decoded like the daemon and inserted with the writer's SQL in
     one transaction per ``chunk`` (the database must be migrated). Returns the seconds taken.
     Ends with a TRUNCATE checkpoint, so the file is as a cleanly stopped daemon leaves it."""
@@ -118,7 +127,7 @@ def seed_database(path: Path, n: int, *, seed: int = 11, chunk: int = 50_000) ->
     con.execute("PRAGMA cache_size=-262144")
     sql = insert_sql()
     for start, size in chunks(n, chunk):
-        rows = rows_for(make_messages(size, seed=seed, start=start))
+        rows = rows_for(make_messages(size, seed=seed, start=start, rich=rich))
         con.execute("BEGIN IMMEDIATE")
         con.executemany(sql, rows)
         con.execute("COMMIT")

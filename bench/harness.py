@@ -53,12 +53,32 @@ class Target:
     op: str  # ">=" or "<="
     unit: str = ""
     note: str = ""
+    goal: float | None = None  # a stricter aim beside the required ``limit``
+
+    def _meets(self, limit: float | None) -> bool | None:
+        if self.value is None or self.value != self.value or limit is None:
+            return None
+        return self.value >= limit if self.op == ">=" else self.value <= limit
 
     @property
     def met(self) -> bool | None:
-        if self.value is None or self.value != self.value:
-            return None
-        return self.value >= self.limit if self.op == ">=" else self.value <= self.limit
+        return self._meets(self.limit)
+
+    @property
+    def goal_met(self) -> bool | None:
+        return self._meets(self.goal)
+
+    def text(self) -> str:
+        """``<= 10x`` (and ``, goal <= 3x``)."""
+        def limit(value: float) -> str:
+            return f"{self.op} {fmt(value, 2 if value < 10 else 0)}{self.unit}"
+        return limit(self.limit) + ("" if self.goal is None else f", goal {limit(self.goal)}")
+
+    def verdict(self) -> str:
+        met = {True: "yes", False: "**no**", None: "n/a"}[self.met]
+        if self.goal is None:
+            return met
+        return f"{met}, goal {({True: 'yes', False: '**no**', None: 'n/a'}[self.goal_met])}"
 
 
 @dataclass
@@ -91,8 +111,9 @@ class Report:
         return value
 
     def target(self, name: str, value: float | None, op: str, limit: float, *, unit: str = "",
-               note: str = "") -> Target:
-        t = Target(name, None if value is None else round(float(value), 3), limit, op, unit, note)
+               note: str = "", goal: float | None = None) -> Target:
+        t = Target(name, None if value is None else round(float(value), 3), limit, op, unit, note,
+                   goal)
         self.targets.append(t)
         return t
 
@@ -113,7 +134,8 @@ class Report:
             "seconds": round(self.seconds, 1), "error": self.error,
             "runs": self.runs, "medians": self.medians(), "ratios": self.ratios,
             "targets": [{"name": t.name, "value": t.value, "op": t.op, "limit": t.limit,
-                         "unit": t.unit, "met": t.met, "note": t.note} for t in self.targets],
+                         "unit": t.unit, "met": t.met, "note": t.note, "goal": t.goal,
+                         "goal_met": t.goal_met} for t in self.targets],
             "table": [{"metric": m, "value": v, "ratio": r} for m, v, r in self.rows],
             "extra": self.extra, "notes": self.notes,
         }
@@ -192,14 +214,13 @@ class Results:
                 continue
             for i, (metric, value, ratio) in enumerate(report.rows):
                 t = targets.pop(metric, None)
-                goal = f"{t.op} {fmt(t.limit, 2 if t.limit < 10 else 0)}{t.unit}" if t else ""
-                met = "" if t is None else {True: "yes", False: "**no**", None: "n/a"}[t.met]
+                goal = t.text() if t else ""
+                met = "" if t is None else t.verdict()
                 lines.append(f"| {n if i == 0 else ''} | {report.title if i == 0 else ''} | "
                              f"{metric} | {value} | {ratio} | {goal} | {met} |")
             for t in targets.values():  # targets without a row of their own
-                met = {True: "yes", False: "**no**", None: "n/a"}[t.met]
-                lines.append(f"| | | {t.name} | {fmt(t.value, 2)}{t.unit} | | {t.op} "
-                             f"{fmt(t.limit, 2)}{t.unit} | {met} |")
+                lines.append(f"| | | {t.name} | {fmt(t.value, 2)}{t.unit} | | {t.text()} | "
+                             f"{t.verdict()} |")
         notes = [(r.title, note) for r in self.reports for note in r.notes]
         if notes:
             lines.append("")

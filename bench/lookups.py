@@ -1,6 +1,6 @@
 """Lookups by id, correlation id and trace id: B-tree indexes (schema 003) against event_keys (004).
 
-``python -m bench.lookups OLD.db NEW.db`` (e.g. the two ``bench.wear`` base files: the same
+``python -m bench.lookups OLD.db NEW.db`` (e.g. the two ``bench.commit_wear`` base files: the same
 1,000,000 seeded events): 300 random events' ids and their correlation and trace ids, each
 looked up on both files, interleaved, in one process (SQLite alone, no MQTT); every answer is
 compared (they must be equal) and p50 / p99 printed.

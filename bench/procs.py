@@ -287,8 +287,10 @@ class Sidecar:
 
 def run_baseline(mode: str, port: int, client_id: str, *, count: int = 0, out: Path | None = None,
                  db: Path | None = None, record: bool = False, receive_max: int = 5000,
-                 wait: bool = True, timeout: float = 300.0) -> subprocess.Popen[bytes]:
-    """Start ``python -m bench.subscribers MODE`` (and wait for it unless ``wait=False``)."""
+                 wait: bool = True, timeout: float = 300.0,
+                 v311: bool = False) -> subprocess.Popen[bytes]:
+    """Start ``python -m bench.subscribers MODE`` (and wait for it unless ``wait=False``);
+    ``v311``: prepare/clean the session of an MQTT 3.1.1 subscriber (``receive311``)."""
     cmd = [sys.executable, "-m", "bench.subscribers", mode, "--port", str(port), "--client-id",
            client_id, "--count", str(count), "--receive-max", str(receive_max),
            "--timeout", str(timeout)]
@@ -298,9 +300,92 @@ def run_baseline(mode: str, port: int, client_id: str, *, count: int = 0, out: P
         cmd += ["--db", str(db)]
     if record:
         cmd.append("--record")
+    if v311:
+        cmd.append("--v311")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     if wait:
         code = proc.wait(timeout + 30)
         if code:
             raise RuntimeError(f"baseline {mode} exited {code}")
     return proc
+
+
+# ------------------------------------------------------------------------------ wear
+def exit_io(proc: subprocess.Popen[bytes], pid: int | None = None, *,
+            timeout: float = 120.0) -> dict[str, int]:
+    """Wait for ``proc`` to exit and return its final ``/proc/<pid>/io`` (read while it is a
+    zombie, before it is reaped: everything it wrote, its last checkpoint included)."""
+    pid = proc.pid if pid is None else pid
+    deadline = time.monotonic() + timeout
+    while True:  # waitid has no timeout: poll with WNOHANG, then read before reaping
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        if info is not None and info.si_pid == pid:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} still running after {timeout}s")
+        time.sleep(0.01)
+    io = proc_io(pid)
+    proc.wait(10)
+    return io
+
+
+def settle(*paths: Path) -> None:
+    """fsync ``paths`` (those that exist) and drop them from the page cache, so the next
+    process to change a page counts it in its ``write_bytes`` (a page already dirty is not
+    counted again), and counts 4 KiB for it: a file written in large chunks (a copy) sits in
+    large folios, and dirtying 4 KiB of a 64 KiB folio counts all 64 KiB (ext4 on Linux 6.x;
+    measured 61,603 vs 4,055 bytes per 4 KiB page rewritten, see BENCHMARKS.md)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+SYNC_CALLS = ("fsync", "fdatasync", "sync_file_range")
+
+
+class SyncCounter:
+    """``strace -f -c -e trace=fsync,fdatasync,sync_file_range`` attached to a running process (all its
+    threads) until it exits: how many sync calls it made. ``/proc/<pid>/io`` has no such count
+    (``syscw`` counts every write call)."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid = pid
+        self.out = out
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> SyncCounter:
+        self.proc = subprocess.Popen(
+            ["strace", "-f", "-c", "-e", "trace=" + ",".join(SYNC_CALLS), "-o", str(self.out),
+             "-p", str(self.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while _tracer(self.pid) == 0:  # attached when the tracee names its tracer
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"strace could not attach to {self.pid} "
+                                   f"(exit {self.proc.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"strace did not attach to {self.pid} in {timeout}s")
+            time.sleep(0.01)
+        return self
+
+    def result(self, timeout: float = 120.0) -> dict[str, int]:
+        """After the traced process exited: calls per sync system call (0 where none)."""
+        assert self.proc is not None
+        self.proc.wait(timeout)
+        counts = dict.fromkeys(SYNC_CALLS, 0)
+        for line in self.out.read_text().splitlines():
+            fields = line.split()  # % time, seconds, usecs/call, calls, [errors], syscall
+            if len(fields) >= 5 and fields[-1] in counts:
+                counts[fields[-1]] = int(fields[3])
+        return counts
+
+
+def _tracer(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return -1
+    return 0

@@ -8,19 +8,28 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bench.__main__ import SCENARIOS
 from tests.conftest import ROOT
 
 
-def test_bench_smoke_run_writes_json_and_markdown(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """One `python -m bench run --smoke` for the module: its JSON results and output folder."""
+    out = tmp_path_factory.mktemp("bench") / "results"
+    result = subprocess.run([sys.executable, "-m", "bench", "run", "--smoke", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / "latest-smoke.json").read_text()), out
+
+
+def test_bench_smoke_run_writes_json_and_markdown(smoke: tuple[dict[str, Any], Path]) -> None:
     """`python -m bench run --smoke` runs every scenario, exits 0, and leaves a JSON file with
     machine, runs, medians, ratios and targets per scenario, plus the Markdown table."""
-    out = tmp_path / "results"
-    result = subprocess.run([sys.executable, "-m", "bench", "run", "--smoke", "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    data = json.loads((out / "latest-smoke.json").read_text())
+    data, out = smoke
     assert data["size"] == "smoke" and data["command"].startswith("python -m bench run")
     assert {"cpu", "cores", "python", "sqlite", "mosquitto"} <= data["machine"].keys()
     assert list(data["scenarios"]) == list(SCENARIOS)
@@ -34,5 +43,38 @@ def test_bench_smoke_run_writes_json_and_markdown(tmp_path: Path) -> None:
             assert target["met"] in (True, False, None)
             assert target["value"] is None or math.isfinite(target["value"]), (key, target)
     assert "ratio / baseline" in (out / "latest-smoke.md").read_text()
-    assert {"drain", "live", "latency", "soak", "queries", "cold", "storage", "sync"} == set(SCENARIOS)
+    assert {"drain", "live", "latency", "soak", "queries", "cold", "storage", "sync",
+            "wear"} == set(SCENARIOS)
     assert "sidecar / receive-only" in data["scenarios"]["drain"]["ratios"]
+
+
+def test_bench_smoke_throughput_baseline_is_mqtt311_with_mqtt5_beside_it(
+        smoke: tuple[dict[str, Any], Path]) -> None:
+    """Drain and live compare the daemon to the MQTT 3.1.1 receive-only subscriber (the fastest
+    plain paho client) and show the MQTT 5 one as a second baseline."""
+    data, _ = smoke
+    for key in ("drain", "live"):
+        variants = data["scenarios"][key]["medians"]
+        assert {"receive-only", "receive-only MQTT 5"} <= variants.keys(), key
+        assert any("MQTT 3.1.1" in row["metric"] for row in data["scenarios"][key]["table"]), key
+    assert "sidecar / receive-only MQTT 5" in data["scenarios"]["drain"]["ratios"]
+
+
+def test_bench_smoke_wear_measures_bytes_and_fsyncs_of_daemon_and_typical_script(
+        smoke: tuple[dict[str, Any], Path]) -> None:
+    """The wear scenario measures, for the daemon and the typical paho+sqlite script, bytes
+    written per event (final checkpoint included, so never zero) at each paced rate and at a
+    drain, fsyncs at each rate, and checks bytes against the issue's 10x (goal 3x)."""
+    wear = smoke[0]["scenarios"]["wear"]
+    medians = wear["medians"]
+    paced = [v for v in medians if v.startswith("sidecar ") and "ev/s" in v]
+    assert len(paced) == 2 and {"sidecar drain", "typical drain"} <= medians.keys()
+    for variant in [*paced, *(v.replace("sidecar", "typical") for v in paced)]:
+        assert medians[variant]["write_bytes"] > 0, variant
+        assert medians[variant]["syncs"] >= 1, variant  # at least the final checkpoint's
+        assert 250 < medians[variant]["event_json_bytes"] < 400, variant
+    for variant in ("sidecar drain", "typical drain"):
+        assert medians[variant]["write_bytes"] > 0, variant
+    goals = [t for t in wear["targets"] if t["goal"] is not None]
+    assert len(goals) == 3 and all(t["limit"] == 10 and t["goal"] == 3 for t in goals)
+    assert all(t["goal_met"] in (True, False) for t in goals)
