@@ -20,6 +20,7 @@ from sidecar.config import Config
 from sidecar.core.stats import Stats
 from sidecar.ingest.writer import Writer
 from sidecar.logs import get_logger
+from sidecar.storage.durability import JournalSync, journal_sync_for
 from sidecar.storage.maintenance import Maintenance, truncate_wal
 from sidecar.storage.reads import Reader, open_reader
 from sidecar.storage.startup import open_store
@@ -49,6 +50,7 @@ class Sidecar:
         self.writer: Writer | None = None
         self.subscriber: Subscriber | None = None
         self.handlers: Handlers | None = None
+        self.journal_sync: JournalSync | None = None
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -72,9 +74,13 @@ class Sidecar:
         commits = CommitSignal()
         self.maintenance = Maintenance(self.db, cfg,
                                        pending=lambda: self.writer.depth if self.writer else 0)
+        durability = cfg.database.effective_durability
+        self.journal_sync = journal_sync_for(self.db, durability=durability)
         self.writer = Writer(self.db, cfg.writer, ack=lambda tokens: subscriber_ref[0].ack(tokens),
                              window=window, stats=self.stats, on_commit=commits.notify,
-                             maintenance=self.maintenance, on_full=self.maintenance.make_room)
+                             maintenance=self.maintenance, on_full=self.maintenance.make_room,
+                             sync=self.journal_sync.sync if self.journal_sync else None,
+                             sync_interval=cfg.database.sync_interval)
         self.handlers = self._make_handlers(commits, subscriber_ref)
         self.subscriber = Subscriber(cfg.mqtt, cfg.ingest, self.writer,
                                      queue_size=cfg.writer.queue_size,
@@ -82,7 +88,8 @@ class Sidecar:
                                      api_base_topic=cfg.api.base_topic)
         subscriber_ref.append(self.subscriber)
         log.info("sidecar_starting", version=__version__, database=cfg.database.url,
-                 synchronous=cfg.database.synchronous, batch_size=cfg.writer.batch_size,
+                 durability=durability, synchronous=cfg.database.effective_synchronous,
+                 sync_interval=cfg.database.sync_interval, batch_size=cfg.writer.batch_size,
                  flush_interval=cfg.writer.flush_interval, topics=cfg.mqtt.topics)
         self.writer.start()
         if self.handlers is not None:
@@ -164,6 +171,10 @@ class Sidecar:
         if not self.writer.alive:
             truncate_wal(self.db, when="stop")
         self.db.close()
+        if self.journal_sync is not None:
+            self.journal_sync.close()
+            log.info("journal_syncs", syncs=self.journal_sync.syncs,
+                     seconds=round(self.journal_sync.seconds, 3))
         log.info("sidecar_stopped", drained=drained, seconds=round(time.monotonic() - started, 3),
                  events_stored=self.stats.events_stored, duplicates=self.stats.duplicates,
                  dead_letters=self.stats.dead_letters, qos0_dropped=self.stats.qos0_dropped)
