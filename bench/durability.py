@@ -165,7 +165,7 @@ def main() -> None:
                  (0.0, args.bulk)]
         print("| load | durability | events | fsyncs/s | bytes/event | x JSON | ack p50 / p99 |")
         print("|---|---|---:|---:|---:|---:|---:|")
-        for rate, events in loads:
+        for rate, events in [(r, n) for r, n in loads if n > 0]:  # --seconds 0 / --bulk 0: skip
             for mode in args.modes.split(","):
                 r = run(template, work, mode, rate, events, args.sync_interval)
                 per_event = int(r["write_bytes"]) / events  # type: ignore[call-overload]

@@ -6,8 +6,9 @@ insert-or-ignore on the event id, commits, and only then releases the acks, in r
 A database error never acks: the writer logs, backs off and retries the same batch.
 
 With a ``sync`` (the group commit, ``[database] durability = "group"``) the acks of committed
-batches are held until one sync has made all of them durable: when ``sync_interval`` has passed
-since the first of them committed, when they fill half the broker's in-flight window (so the
+batches are held until one sync has made all of them durable: at the first commit after
+``sync_interval`` has passed since the first of them committed (or then, if no commit is due
+within another ``sync_interval``), when they fill half the broker's in-flight window (so the
 broker never waits on a sync), before a task runs, and at the end.
 
 Other work (stop, session reset) comes through the same queue as task objects
@@ -257,7 +258,8 @@ class Writer:
             except queue.Empty:
                 if self._stopping.is_set() or self._window_full():
                     break
-                self._sync_if_due()
+                if deadline > self._sync_due + self._sync_interval:
+                    self._sync_if_due()  # else this batch's commit, coming soon, syncs them all
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
