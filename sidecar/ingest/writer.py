@@ -500,7 +500,7 @@ class Writer:
         if not self._unsynced:
             self._sync_due = time.monotonic() + self._sync_interval
         self._unsynced.extend(tokens)
-        if len(self._unsynced) >= self._sync_at_acks or self._window_full():
+        if len(self._unsynced) >= self._sync_at_acks:  # the broker keeps sending meanwhile
             self._sync_and_release()
         else:
             self._sync_if_due()
