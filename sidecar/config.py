@@ -63,7 +63,8 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 class DatabaseConfig(_Section, frozen=True):
     """``durability`` decides when an acked event is on stable storage (README "Durability"):
     ``group`` commits with ``synchronous = NORMAL`` and syncs the WAL once before releasing
-    the acks of every batch committed since the last sync (within ``sync_interval``);
+    the acks of every batch committed since the last sync (after ``sync_interval``, see the
+    writer);
     ``full`` is ``synchronous = FULL`` (a sync per commit); ``none`` acks after the commit
     without a sync (``synchronous`` as set: NORMAL, the pre-1.x default, can lose acked
     events on a power cut)."""
