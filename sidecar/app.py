@@ -27,6 +27,7 @@ from sidecar.core.stats import Stats
 from sidecar.ingest.intake import Intake
 from sidecar.ingest.writer import Writer
 from sidecar.logs import get_logger
+from sidecar.storage.durability import JournalSync, journal_sync_for
 from sidecar.storage.maintenance import Maintenance, truncate_wal
 from sidecar.storage.reads import Reader, open_reader
 from sidecar.storage.startup import open_store
@@ -56,6 +57,7 @@ class Sidecar:
         self.writer: Writer | None = None
         self.subscriber: Subscriber | None = None
         self.handlers: Handlers | None = None
+        self.journal_sync: JournalSync | None = None
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -82,15 +84,20 @@ class Sidecar:
             api_base_topic=cfg.api.base_topic if cfg.api.enabled else None)
         self.maintenance = Maintenance(self.db, cfg,
                                        pending=lambda: self.writer.depth if self.writer else 0)
+        durability = cfg.database.effective_durability
+        self.journal_sync = journal_sync_for(self.db, durability=durability)
         self.writer = Writer(self.db, cfg.writer, ack=subscriber.ack, window=subscriber.window,
                              stats=self.stats, on_commit=commits.notify,
-                             maintenance=self.maintenance, on_full=self.maintenance.make_room)
+                             maintenance=self.maintenance, on_full=self.maintenance.make_room,
+                             sync=self.journal_sync.sync if self.journal_sync else None,
+                             sync_interval=cfg.database.sync_interval)
         self.handlers = self._make_handlers(commits, subscriber)
         subscriber.attach(on_event=Intake(self.writer, cfg.ingest).receive,
                           on_request=self.handlers.receive if self.handlers else None,
                           on_new_session=self.writer.session_reset)
         log.info("sidecar_starting", version=__version__, database=cfg.database.url,
-                 synchronous=cfg.database.synchronous, batch_size=cfg.writer.batch_size,
+                 durability=durability, synchronous=cfg.database.effective_synchronous,
+                 sync_interval=cfg.database.sync_interval, batch_size=cfg.writer.batch_size,
                  flush_interval=cfg.writer.flush_interval, topics=cfg.mqtt.topics)
         self.writer.start()
         if self.handlers is not None:
@@ -171,6 +178,10 @@ class Sidecar:
         if not self.writer.alive:
             truncate_wal(self.db, when="stop")
         self.db.close()
+        if self.journal_sync is not None:
+            self.journal_sync.close()
+            log.info("journal_syncs", syncs=self.journal_sync.syncs,
+                     seconds=round(self.journal_sync.seconds, 3))
         log.info("sidecar_stopped", drained=drained, seconds=round(time.monotonic() - started, 3),
                  events_stored=self.stats.events_stored, duplicates=self.stats.duplicates,
                  dead_letters=self.stats.dead_letters, qos0_dropped=self.stats.qos0_dropped)

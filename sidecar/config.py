@@ -59,15 +59,47 @@ class MQTTConfig(_Section, frozen=True):
     fast_client: bool = True
 
 
+Durability = Literal["group", "full", "none"]
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+
 class DatabaseConfig(_Section, frozen=True):
+    """``durability`` decides when an acked event is on stable storage (README "Durability"):
+    ``group`` commits with ``synchronous = NORMAL`` and syncs the WAL once before releasing
+    the acks of every batch committed since the last sync (after ``sync_interval``, see the
+    writer);
+    ``full`` is ``synchronous = FULL`` (a sync per commit); ``none`` acks after the commit
+    without a sync (``synchronous`` as set: NORMAL, the pre-1.x default, can lose acked
+    events on a power cut)."""
+
     url: str = ""
-    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    durability: Durability = "group"
+    synchronous: Synchronous = "NORMAL"
+    sync_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
     busy_timeout_ms: Annotated[int, Meta(ge=0)] = 5000
     cache_size_kib: Annotated[int, Meta(ge=0)] = 8192
     migrate_on_start: bool = True
     startup_check: Literal["quick", "full", "off"] = "quick"
     checkpoint_interval: Duration = 300.0
     journal_size_limit: ByteSize = 32 * 1024 * 1024
+
+    @property
+    def effective_durability(self) -> Durability:
+        """``group`` with ``synchronous`` FULL/EXTRA is ``full`` (SQLite already syncs each
+        commit: a configuration from before ``durability`` keeps working); ``group`` with OFF
+        (refused by ``load_config``) is ``none``."""
+        if self.durability == "group" and self.synchronous in ("FULL", "EXTRA"):
+            return "full"
+        if self.durability == "group" and self.synchronous == "OFF":
+            return "none"
+        return self.durability
+
+    @property
+    def effective_synchronous(self) -> Synchronous:
+        """The ``PRAGMA synchronous`` every connection gets: ``full`` raises NORMAL to FULL."""
+        if self.durability == "full" and self.synchronous == "NORMAL":
+            return "FULL"
+        return self.synchronous
 
 
 class WriterConfig(_Section, frozen=True):
@@ -192,6 +224,12 @@ def _check(config: Config, source: str) -> None:
     if config.mqtt.reconnect_min_delay > config.mqtt.reconnect_max_delay:
         raise ConfigError("must not exceed mqtt.reconnect_max_delay", source=source,
                           key="mqtt.reconnect_min_delay")
+    database = config.database
+    if database.synchronous == "OFF" and database.durability != "none":
+        raise ConfigError(f'"OFF" never syncs, not even a checkpoint: it cannot give '
+                          f'database.durability = "{database.durability}" (use NORMAL or FULL, '
+                          'or durability = "none" to accept losing and corrupting data on a '
+                          "power cut)", source=source, key="database.synchronous")
 
 
 def _check_api_topics(config: Config, source: str) -> None:

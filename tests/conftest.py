@@ -86,11 +86,13 @@ class SidecarProcess:
         for key, value in overrides.items():
             self.env["KAIRO_SIDECAR_" + key.upper()] = str(value)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.wrapper: list[str] = []  # a command the daemon runs under (e.g. strace ... --)
 
     def start(self, *, wait_ready: bool = True) -> SidecarProcess:
         offset = len(self.log_text())
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], env=self.env,
+        self.proc = subprocess.Popen([*self.wrapper, sys.executable, "-m", "sidecar", "run"],
+                                     env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, cwd=self.db_path.parent)
         log.close()
         if wait_ready:

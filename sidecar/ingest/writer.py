@@ -5,6 +5,12 @@ deliveries (or what arrived within ``flush_interval``), writes them in ONE trans
 already stored is not inserted again), commits, and only then releases the acks, in receive order.
 A database error never acks: the writer logs, backs off and retries the same batch.
 
+With a ``sync`` (the group commit, ``[database] durability = "group"``) the acks of committed
+batches are held until one sync has made all of them durable: at the first commit after
+``sync_interval`` has passed since the first of them committed (or then, if no commit is due
+within another ``sync_interval``), when they fill half the broker's in-flight window (so the
+broker never waits on a sync), before a task runs, and at the end.
+
 Other work (stop, session reset) comes through the same queue as task objects
 (``sidecar.ingest.tasks``), so it runs in order, between two batches.
 """
@@ -118,8 +124,14 @@ class Writer:
     def __init__(self, db: peewee.Database, config: WriterConfig, *, ack: AckFn, window: int,
                  stats: Stats, on_commit: Callable[[], None] | None = None,
                  maintenance: Callable[[], None] | None = None,
-                 on_full: Callable[[], None] | None = None) -> None:
+                 on_full: Callable[[], None] | None = None,
+                 sync: Callable[[], None] | None = None, sync_interval: float = 1.0) -> None:
         self._db = db
+        self._sync = sync  # group commit: makes every commit so far durable (storage.durability)
+        self._sync_interval = sync_interval
+        self._sync_at_acks = max(1, window // 2)
+        self._unsynced: list[AckToken] = []  # acks of committed batches awaiting the sync
+        self._sync_due = float("inf")  # when the oldest of them must be synced
         self._maintenance = maintenance  # one short step between batches (checkpoint, purge)
         self._on_full = on_full  # SQLITE_FULL: make room (the disk guard) before the retry
         self._config = config
@@ -229,8 +241,9 @@ class Writer:
         """Block for the first delivery, then take more until a flush condition holds. A task
         ends the batch (it runs after it: the batch holds what was queued before the task)."""
         try:
-            first = self._queue.get(timeout=0.5)
+            first = self._queue.get(timeout=min(0.5, max(0.0, self._sync_due - time.monotonic())))
         except queue.Empty:
+            self._sync_if_due()
             return [], STOP if self._stopping.is_set() else None
         if isinstance(first, WriterTask):
             return [], first
@@ -252,6 +265,8 @@ class Writer:
             except queue.Empty:
                 if self._stopping.is_set() or self._window_full():
                     break
+                if deadline > self._sync_due + self._sync_interval:
+                    self._sync_if_due()  # else this batch's commit, coming soon, syncs them all
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -279,12 +294,15 @@ class Writer:
             batch, task = self._collect()
             if batch and not self._write_with_retry(batch):
                 break  # shutdown deadline passed while the database failed: nothing acked
-            if task is not None and not task.run(self):
-                break
+            if task is not None:
+                self._sync_and_release()  # a task runs after the acks queued before it
+                if not task.run(self):
+                    break
             if self._stopping.is_set() and self._queue.empty():
                 break
             if self._maintenance is not None and not self._stopping.is_set():
                 self._run_maintenance(self._maintenance)
+        self._sync_and_release()  # what was committed is made durable and acked
         log.info("writer_stopped", queued=self._queue.qsize())
 
     @staticmethod
@@ -479,9 +497,41 @@ class Writer:
         stats.last_commit_lag_ms = now_ms() - oldest
 
     def _release(self, batch: list[Delivery]) -> None:
+        """Ack a committed batch now, or (group commit) once a sync has made it durable."""
         tokens = [(d.generation, d.mid) for d in batch if d.qos]
-        if tokens:
-            try:
-                self._ack(tokens)
-            finally:
-                self._acked_qos1 += len(tokens)
+        if not tokens:
+            return
+        if self._sync is None:
+            self._send_acks(tokens)
+            return
+        if not self._unsynced:
+            self._sync_due = time.monotonic() + self._sync_interval
+        self._unsynced.extend(tokens)
+        if len(self._unsynced) >= self._sync_at_acks:  # the broker keeps sending meanwhile
+            self._sync_and_release()
+        else:
+            self._sync_if_due()
+
+    def _sync_if_due(self) -> None:
+        if self._unsynced and time.monotonic() >= self._sync_due:
+            self._sync_and_release()
+
+    def _sync_and_release(self) -> None:
+        """One sync for every batch committed since the last, then their acks, in order. A
+        failed sync raises (the writer stops, nothing more is acked: the broker keeps them)."""
+        if not self._unsynced or self._sync is None:
+            return
+        try:
+            self._sync()
+        except OSError as exc:
+            log.critical("journal_sync_failed", error=str(exc), unacked=len(self._unsynced),
+                         hint="the writer stops; the broker keeps the unacked messages")
+            raise
+        tokens, self._unsynced, self._sync_due = self._unsynced, [], float("inf")
+        self._send_acks(tokens)
+
+    def _send_acks(self, tokens: list[AckToken]) -> None:
+        try:
+            self._ack(tokens)
+        finally:
+            self._acked_qos1 += len(tokens)

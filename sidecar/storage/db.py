@@ -38,7 +38,7 @@ def pragmas(config: DatabaseConfig) -> list[tuple[str, object]]:
     """The pragmas every connection gets (the writer's and every reader's)."""
     return [
         ("journal_mode", "wal"),
-        ("synchronous", config.synchronous),
+        ("synchronous", config.effective_synchronous),
         ("busy_timeout", config.busy_timeout_ms),
         ("cache_size", -config.cache_size_kib),
         ("temp_store", "memory"),

@@ -479,3 +479,36 @@ def test_cli_config_masks_password(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "hunter2-secret" not in result.stdout
     assert json.loads(result.stdout)["mqtt"]["password"] == "***"
+
+
+def test_durability_defaults_to_group_commit_on_normal() -> None:
+    """The default acks only durable events: group commit over synchronous NORMAL, 1 s."""
+    database = load_config(environ={}).database
+    assert database.durability == "group" and database.effective_durability == "group"
+    assert database.effective_synchronous == "NORMAL" and database.sync_interval == 1.0
+
+
+@pytest.mark.parametrize(("durability", "synchronous", "effective", "pragma"), [
+    ("full", "NORMAL", "full", "FULL"),
+    ("full", "EXTRA", "full", "EXTRA"),
+    ("group", "FULL", "full", "FULL"),  # a config from before durability keeps its FULL
+    ("none", "NORMAL", "none", "NORMAL"),
+    ("none", "OFF", "none", "OFF"),
+])
+def test_durability_and_synchronous_combine(tmp_path: Path, durability: str, synchronous: str,
+                                            effective: str, pragma: str) -> None:
+    """durability decides the acks; synchronous the pragma; full raises NORMAL to FULL."""
+    path = tmp_path / "c.toml"
+    path.write_text(f'[database]\ndurability = "{durability}"\nsynchronous = "{synchronous}"\n')
+    database = load_config(path, environ={}).database
+    assert (database.effective_durability, database.effective_synchronous) == (effective, pragma)
+
+
+@pytest.mark.parametrize("durability", ["group", "full"])
+def test_synchronous_off_with_durable_acks_is_refused(tmp_path: Path, durability: str) -> None:
+    """OFF never syncs, so durable acks on it are refused, naming database.synchronous."""
+    path = tmp_path / "c.toml"
+    path.write_text(f'[database]\ndurability = "{durability}"\nsynchronous = "OFF"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == "database.synchronous"
