@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.events import make_messages, mean_size, seed_database
+from bench.procs import settle
 from sidecar.config import DatabaseConfig, LogConfig, WriterConfig
 from sidecar.core.stats import Stats
 from sidecar.ingest.decode import decode_message
@@ -124,6 +125,7 @@ def run(template: Path, work: Path, mode: str, rate: float, events: int,
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     shutil.copyfile(template, db)
+    settle(db)  # a fresh copy in large folios would count whole folios in write_bytes
     summary = work / "strace-summary.txt"
     strace = shutil.which("strace")
     prefix = ([strace, "-f", "-c", "--seccomp-bpf", "-e", "trace=fsync,fdatasync", "-o",
