@@ -2,7 +2,7 @@
 
 The configuration and the command line both accept ``full``, ``Full`` or ``FULL`` for the
 choice ``FULL``; a value that is none of them gets one message, in our words, listing what is
-allowed. ``fold_choices`` walks a decoded config the way ``units.parse_units`` does.
+allowed. ``fold_choices`` rewrites a decoded config through ``shapes.walk``, as ``units`` does.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-import msgspec
+from sidecar.core.shapes import SKIP, walk
 
 
 class ChoiceError(ValueError):
@@ -53,28 +53,11 @@ def literal_choices(type_: Any) -> tuple[str, ...] | None:
 def fold_choices(value: Any, type_: Any, key: str = "") -> Any:
     """Return ``value`` (decoded TOML/JSON for ``type_``) with every string given for a
     ``Literal`` field replaced by the allowed spelling; ``ChoiceError`` names the key."""
+    return walk(value, type_, _fold, key)
+
+
+def _fold(value: Any, type_: Any, key: str) -> Any:
     allowed = literal_choices(type_)
-    if allowed is not None:
-        return pick(value, allowed, key=key) if isinstance(value, str) else value
-    if get_origin(type_) is Annotated:
-        return fold_choices(value, get_args(type_)[0], key)
-    struct = _struct_of(type_)
-    if struct is not None and isinstance(value, dict):
-        out = dict(value)
-        for field in msgspec.structs.fields(struct):
-            if field.encode_name in out:
-                name = f"{key}.{field.encode_name}" if key else field.encode_name
-                out[field.encode_name] = fold_choices(out[field.encode_name], field.type, name)
-        return out
-    if get_origin(type_) is list and isinstance(value, list):
-        (item,) = get_args(type_)
-        return [fold_choices(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
-def _struct_of(type_: Any) -> type[msgspec.Struct] | None:
-    candidates = get_args(type_) if get_origin(type_) is not None else (type_,)
-    for member in candidates:
-        if isinstance(member, type) and issubclass(member, msgspec.Struct):
-            return member
-    return None
+    if allowed is None:
+        return SKIP
+    return pick(value, allowed, key=key) if isinstance(value, str) else value

@@ -15,6 +15,8 @@ from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
 
+from sidecar.core.shapes import SKIP, walk
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _SIZE_UNITS = {
@@ -153,30 +155,19 @@ FreeSpace = Annotated[str, _Unit(_free_space_text)]
 def parse_units(value: Any, type_: Any, key: str = "") -> Any:
     """Return ``value`` (decoded TOML/JSON for ``type_``) with every ``Duration``/``ByteSize``
     inside it parsed to a number; leave anything else for msgspec to validate."""
-    origin = get_origin(type_)
-    if origin is Annotated:
-        base, *extras = get_args(type_)
-        for extra in extras:
-            if isinstance(extra, _Unit):
-                try:
-                    return extra.parse(value)
-                except (TypeError, ValueError) as exc:
-                    raise UnitError(str(exc), key=key) from None
-        return parse_units(value, base, key)
-    if isinstance(type_, type) and issubclass(type_, msgspec.Struct) and isinstance(value, dict):
-        out = dict(value)
-        for field in msgspec.structs.fields(type_):
-            if field.encode_name in out:
-                name = f"{key}.{field.encode_name}" if key else field.encode_name
-                out[field.encode_name] = parse_units(out[field.encode_name], field.type, name)
-        return out
-    if origin is list and isinstance(value, list):
-        (item,) = get_args(type_)
-        return [parse_units(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    for member in get_args(type_) if origin is not None else ():
-        if isinstance(member, type) and issubclass(member, msgspec.Struct) and isinstance(value, dict):
-            return parse_units(value, member, key)
-    return value
+    return walk(value, type_, _parse_unit, key)
+
+
+def _parse_unit(value: Any, type_: Any, key: str) -> Any:
+    if get_origin(type_) is not Annotated:
+        return SKIP
+    for extra in get_args(type_)[1:]:
+        if isinstance(extra, _Unit):
+            try:
+                return extra.parse(value)
+            except (TypeError, ValueError) as exc:
+                raise UnitError(str(exc), key=key) from None
+    return SKIP
 
 
 def format_duration(seconds: float) -> str:
