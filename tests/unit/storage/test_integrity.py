@@ -215,3 +215,37 @@ def test_recover_of_a_table_with_no_index_and_no_root_says_lost_unknown(tmp_path
     assert "expected, lost unknown" in line and "table unreadable" in line, line
     assert "lost 0 " in recovered_line(result.stdout, "events")
     assert "dead_letters an unknown number" in result.stderr
+
+
+def _cached_pages(path: Path) -> int:
+    """How many of ``path``'s pages are in the page cache (mincore on a mapping)."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    with path.open("rb") as fh:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fh.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value)
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, vector) == 0, ctypes.get_errno()
+            return sum(b & 1 for b in vector.raw)
+        finally:
+            libc.munmap(address, size)
+
+
+def test_start_up_check_leaves_the_file_out_of_the_page_cache(tmp_path: Path) -> None:
+    """The check reads every page; afterwards none stays cached (in read-ahead's large folios a
+    later 4 KiB page write would count as the whole folio written: SD-card wear)."""
+    path = create_db(tmp_path / "c.db", [event(i) for i in range(3000)])
+    path.read_bytes()  # every page cached, as a read-through would leave it
+    assert _cached_pages(path) > 0
+    verify_on_start(path, "quick")
+    assert _cached_pages(path) == 0
