@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import CorruptDatabaseError, StorageError
-from sidecar.storage.integrity import problems, recover, verify_on_start
+from sidecar.storage.integrity import cached_fraction, problems, recover, verify_on_start
 from tests.conftest import ROOT
 from tests.support.seed import create_db, damage_page_holding, event, query, sha256
 
@@ -217,35 +217,30 @@ def test_recover_of_a_table_with_no_index_and_no_root_says_lost_unknown(tmp_path
     assert "dead_letters an unknown number" in result.stderr
 
 
-def _cached_pages(path: Path) -> int:
-    """How many of ``path``'s pages are in the page cache (mincore on a mapping)."""
-    import ctypes
-    import mmap
-
-    size = path.stat().st_size
-    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+def _drop(path: Path) -> None:
     with path.open("rb") as fh:
-        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fh.fileno(), 0)
-        assert address not in (None, ctypes.c_void_p(-1).value)
-        try:
-            vector = ctypes.create_string_buffer(pages)
-            assert libc.mincore(address, size, vector) == 0, ctypes.get_errno()
-            return sum(b & 1 for b in vector.raw)
-        finally:
-            libc.munmap(address, size)
+        os.fsync(fh.fileno())
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def test_start_up_check_leaves_the_file_out_of_the_page_cache(tmp_path: Path) -> None:
-    """The check reads every page; afterwards none stays cached (in read-ahead's large folios a
-    later 4 KiB page write would count as the whole folio written: SD-card wear)."""
+    """The check of a file not in the page cache reads every page; afterwards none stays cached
+    (in read-ahead's large folios a later 4 KiB page write would count as the whole folio
+    written: SD-card wear)."""
     path = create_db(tmp_path / "c.db", [event(i) for i in range(3000)])
-    path.read_bytes()  # every page cached, as a read-through would leave it
-    assert _cached_pages(path) > 0
+    _drop(path)
+    assert cached_fraction(path) == 0.0
+    problems(path)
+    assert cached_fraction(path) > 0.5  # what the check alone leaves
+    _drop(path)
     verify_on_start(path, "quick")
-    assert _cached_pages(path) == 0
+    assert cached_fraction(path) == 0.0
+
+
+def test_start_up_check_keeps_a_cached_file_cached(tmp_path: Path) -> None:
+    """A file already in the page cache (a restart) stays there: the next start's check reads
+    memory, not the disk (cold start at 1,000,000 events: 0.8 s, not 2.7 s)."""
+    path = create_db(tmp_path / "c.db", [event(i) for i in range(3000)])
+    path.read_bytes()
+    verify_on_start(path, "quick")
+    assert cached_fraction(path) == 1.0
