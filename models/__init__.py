@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .base import BaseModel, SequenceField, database_proxy
-from .tables import ALL_MODELS, DeadLetter, DeliveryId, Event, KVStore
+from .tables import ALL_MODELS, DeadLetter, DeliveryId, Event, EventType, KVStore
 
-__all__ = ["ALL_MODELS", "BaseModel", "DeadLetter", "DeliveryId", "Event", "KVStore", "SequenceField",
+__all__ = ["ALL_MODELS", "BaseModel", "DeadLetter", "DeliveryId", "Event", "EventType", "KVStore",
+           "SequenceField",
            "database_proxy"]

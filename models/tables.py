@@ -33,10 +33,21 @@ class Event(BaseModel):
     class Meta:
         table_name = "events"
         indexes = (
-            (("type", "created_at"), False),
-            (("type", "seq"), False),  # a type's events in seq order (queries); migration 002
-            (("created_at",), False),
+            # time ranges, with the type tested in the index (queries, retention by age);
+            # a type's events in seq order come from event_keys (migration 005)
+            (("created_at", "type"), False),
         )
+
+
+class EventType(BaseModel):
+    """Each stored event type once (a trigger on ``events`` adds new ones; migration 005): a
+    type glob expands to the stored types it matches without reading events."""
+
+    type = peewee.TextField(primary_key=True)
+
+    class Meta:
+        table_name = "event_types"
+        without_rowid = True
 
 
 class DeadLetter(BaseModel):
@@ -81,4 +92,4 @@ class DeliveryId(BaseModel):
         table_name = "delivery_ids"
 
 
-ALL_MODELS = (Event, DeadLetter, KVStore, DeliveryId)
+ALL_MODELS = (Event, EventType, DeadLetter, KVStore, DeliveryId)

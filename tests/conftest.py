@@ -81,6 +81,8 @@ class SidecarProcess:
             "KAIRO_SIDECAR_MQTT__RECONNECT_MIN_DELAY": "1",
             "KAIRO_SIDECAR_MQTT__RECONNECT_MAX_DELAY": "2",
             "KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{self.db_path}",
+            # the tests wait on commits: 1 s (the default before issue 11) unless a test sets it
+            "KAIRO_SIDECAR_WRITER__FLUSH_INTERVAL": "1",
             "KAIRO_SIDECAR_LOG__FORMAT": "json",
         })
         for key, value in overrides.items():

@@ -1,4 +1,5 @@
-"""Event keys: finding events by id, correlation, causation or trace id through ``event_keys``.
+"""Event keys: finding events by id, correlation, causation or trace id, or type, through
+``event_keys``.
 
 ``event_keys`` is a contentless FTS5 table (rowid = the event's ``seq``; migration 004): an LSM
 inside SQLite. A B-tree keyed by a random value (a UUID) dirties one 4 KiB page per event on
@@ -8,11 +9,13 @@ steps, so the keys of a commit cost a page or two however random they are (BENCH
 
 Each key of an event is one token, the kind's letter and the hex of the value's UTF-8 bytes
 (hex, so the tokenizer keeps any value one token): ``i`` id, ``c`` correlation_id,
-``a`` causation_id, ``t`` trace_id. Triggers on ``events`` write and delete the tokens in the
-same transaction as the row (SQL ``hex()``, upper case; the tokenizer folds case), whatever
-code path inserts or deletes, so this module only reads. Everything that looks a key up goes
-through here: the writer's dedupe and conflict check, import, dead-letter re-ingest, get by id
-and the id filters of a query.
+``a`` causation_id, ``t`` trace_id, ``y`` type (migration 005: a type's events in ``seq`` order
+without the B-tree indexes on the type, which dirtied a leaf per type on every commit).
+Triggers on ``events`` write and delete the tokens in the same transaction as the row (SQL
+``hex()``, upper case; the tokenizer folds case), whatever code path inserts or deletes, so
+this module only reads. Everything that looks a key up goes through here: the writer's dedupe
+and conflict check, import, dead-letter re-ingest, get by id, the id filters of a query, and
+a type's pages (``storage.queries``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import peewee
 from models import Event
 
 TABLE = "event_keys"
-KINDS = {"id": "i", "correlation_id": "c", "causation_id": "a", "trace_id": "t"}
+KINDS = {"id": "i", "correlation_id": "c", "causation_id": "a", "trace_id": "t", "type": "y"}
+FILTERS = ("correlation_id", "causation_id", "trace_id")  # the id filters of a query
 CHUNK = 500  # keys per lookup: one batch of the writer in one query
 
 _SEQS = f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ?"

@@ -59,16 +59,17 @@ def test_every_connection_gets_the_pragmas(tmp_path: Path) -> None:
 
 def test_migrate_creates_the_tables_once(tmp_path: Path) -> None:
     """The first migrate creates every table and index; the second applies nothing. No
-    B-tree on a random-valued key (id, correlation, trace): those are in event_keys (004)."""
+    B-tree on a random-valued key (id, correlation, trace): those are in event_keys (004), with
+    the type (005)."""
     db = open_database(_cfg(tmp_path / "m.db"))
     assert migrate(db) == ["001_initial", "002_events_type_seq", "003_dead_letter_properties",
-                           "004_event_keys"]
+                           "004_event_keys", "005_event_types"]
     assert migrate(db) == []
     tables = {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"events", "dead_letters", "kv_store", "delivery_ids", "event_keys"} <= tables
+    assert {"events", "dead_letters", "kv_store", "delivery_ids", "event_keys", "event_types"} <= tables
     indexes = {r[0] for r in db.execute_sql(
         "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='events'")}
-    assert indexes == {"events_type_created_at", "events_type_seq", "events_created_at"}
+    assert indexes == {"events_created_at_type"}
     triggers = {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type='trigger'")}
     assert triggers == {"events_keys_insert", "events_keys_delete"}
     db.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import CorruptDatabaseError, StorageError
-from sidecar.storage.integrity import problems, recover, verify_on_start
+from sidecar.storage.integrity import cached_fraction, problems, recover, verify_on_start
 from tests.conftest import ROOT
 from tests.support.seed import create_db, damage_page_holding, event, query, sha256
 
@@ -215,3 +215,32 @@ def test_recover_of_a_table_with_no_index_and_no_root_says_lost_unknown(tmp_path
     assert "expected, lost unknown" in line and "table unreadable" in line, line
     assert "lost 0 " in recovered_line(result.stdout, "events")
     assert "dead_letters an unknown number" in result.stderr
+
+
+def _drop(path: Path) -> None:
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def test_start_up_check_leaves_the_file_out_of_the_page_cache(tmp_path: Path) -> None:
+    """The check of a file not in the page cache reads every page; afterwards none stays cached
+    (in read-ahead's large folios a later 4 KiB page write would count as the whole folio
+    written: SD-card wear)."""
+    path = create_db(tmp_path / "c.db", [event(i) for i in range(3000)])
+    _drop(path)
+    assert cached_fraction(path) == 0.0
+    problems(path)
+    assert cached_fraction(path) > 0.5  # what the check alone leaves
+    _drop(path)
+    verify_on_start(path, "quick")
+    assert cached_fraction(path) == 0.0
+
+
+def test_start_up_check_keeps_a_cached_file_cached(tmp_path: Path) -> None:
+    """A file already in the page cache (a restart) stays there: the next start's check reads
+    memory, not the disk (cold start at 1,000,000 events: 0.8 s, not 2.7 s)."""
+    path = create_db(tmp_path / "c.db", [event(i) for i in range(3000)])
+    path.read_bytes()
+    verify_on_start(path, "quick")
+    assert cached_fraction(path) == 1.0

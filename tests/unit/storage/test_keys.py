@@ -1,5 +1,6 @@
-"""event_keys (migration 004, storage.keys): a pre-004 file migrates without losing or duplicating
-a row, lookups and query answers stay the same, deletes forget their keys, plans stay indexed."""
+"""event_keys (migrations 004 and 005, storage.keys): a pre-004 and a pre-005 file migrate
+without losing or duplicating a row, lookups and query answers stay the same, deletes forget
+their keys, plans stay indexed."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def _dump(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 def _ids(reader: Reader, **filters: Any) -> list[int]:
     request = msgspec.convert(filters, QueryRequest)
-    return [row.seq for row in reader.page(conditions(request), limit=1000)]
+    return [row.seq for row in reader.page(conditions(request), limit=1000, order=request.order)]
 
 
 def test_migration_004_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
@@ -77,7 +78,7 @@ def test_migration_004_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
     sequence = _dump(path, "SELECT seq FROM sqlite_sequence WHERE name = 'events'")
     assert sequence == [(600,)] and len(before) == 588
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
-    assert migrate(db) == ["004_event_keys"]
+    assert Router(db, migrate_dir=MIGRATIONS_DIR).run("004_event_keys") == ["004_event_keys"]
     db.close()
     assert _dump(path, "SELECT * FROM events ORDER BY seq") == before
     assert _dump(path, "SELECT seq FROM sqlite_sequence WHERE name = 'events'") == sequence
@@ -144,4 +145,108 @@ def test_lookups_read_only_the_matching_rows(tmp_path: Path) -> None:
         plan = " | ".join(row[3] for row in db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params))
         assert "VIRTUAL TABLE INDEX" in plan and "SCAN t1" not in plan and \
             "SCAN events" not in plan, plan
+    db.close()
+
+
+def _pre_005(path: Path, rows: list[tuple[Any, ...]]) -> None:
+    """A file built by migrations 001-004 holding ``rows``, with gaps and a deleted tail."""
+    db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
+    Router(db, migrate_dir=MIGRATIONS_DIR).run("004_event_keys")
+    with db.atomic():
+        _insert(db.cursor(), rows)
+        db.execute_sql("DELETE FROM events WHERE seq > ?", (len(rows) - 5,))
+        db.execute_sql("DELETE FROM events WHERE seq BETWEEN 100 AND 106")
+    db.close()
+
+
+def _typed_rows(n: int) -> list[tuple[Any, ...]]:
+    """``_rows`` with five types (one non-ASCII) and created_at out of seq order."""
+    types = ("kairo.user.login", "kairo.user.logout", "kairo.sensor.temp", "other", "kairo.\u00e9t\u00e9")
+    return [(*row[:2], types[i % 5], *row[3:6], 1_700_000_000_000 + (i * 7919) % 1000, *row[7:])
+            for i, row in enumerate(_rows(n))]
+
+
+def test_migration_005_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
+    """A pre-005 file migrates with every row, seq and key as it was, the type indexes replaced
+    by type tokens and event_types, and every type query (exact, list, glob, descending,
+    paged, with a time range or an id) answering what the rows say."""
+    path = tmp_path / "old.db"
+    _pre_005(path, _typed_rows(600))
+    before = _dump(path, "SELECT * FROM events ORDER BY seq")
+    sequence = _dump(path, "SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+    assert sequence == [(600,)] and len(before) == 588
+    db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
+    assert migrate(db) == ["005_event_types"]
+    db.close()
+    assert _dump(path, "SELECT * FROM events ORDER BY seq") == before
+    assert _dump(path, "SELECT seq FROM sqlite_sequence WHERE name = 'events'") == sequence
+    assert _dump(path, "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' "
+                       "ORDER BY name") == [("events_created_at_type",)]
+    types = sorted({row[3] for row in before})
+    assert _dump(path, "SELECT type FROM event_types ORDER BY type") == [(t,) for t in types]
+    assert _dump(path, "INSERT INTO event_keys (event_keys, rank) VALUES ('integrity-check', 0)") == []
+    since, until = 1_700_000_000_200, 1_700_000_000_700
+
+    def expect(wanted: set[str], **more: Any) -> list[int]:
+        return [row[0] for row in before if row[3] in wanted
+                and (not more.get("timed") or since <= row[7] < until)
+                and (more.get("corr") is None or row[9] == more["corr"])]
+
+    reader = Reader(open_reader(DatabaseConfig(), path=path))
+    try:
+        for seq, event_id, *_ in before:
+            assert reader.get(event_id).seq == seq  # type: ignore[union-attr]
+        cases: list[tuple[Any, set[str]]] = [(t, {t}) for t in types]
+        cases += [(["kairo.user.login", "other"], {"kairo.user.login", "other"}),
+                  ("kairo.user.*", {"kairo.user.login", "kairo.user.logout"}),
+                  (["kairo.*.temp", "other"], {"kairo.sensor.temp", "other"}),
+                  ("kairo.\u00e9*", {"kairo.\u00e9t\u00e9"}), ("nothing.*", set()), ("absent", set())]
+        for value, wanted in cases:
+            assert _ids(reader, type=value) == expect(wanted), value
+            assert _ids(reader, type=value, order="desc") == expect(wanted)[::-1], value
+            assert _ids(reader, type=value, since=since, until=until) == \
+                expect(wanted, timed=True), value
+            assert _ids(reader, type=value, correlation_id="wf-3") == \
+                expect(wanted, corr="wf-3"), value
+            pages: list[int] = []
+            after = 0
+            while True:  # keyset pages of 7 from the cursor: every event once, none skipped
+                request = msgspec.convert({"type": value, "after": after}, QueryRequest)
+                got = [row.seq for row in reader.page(conditions(request), limit=7)]
+                pages += got
+                if len(got) < 7:
+                    break
+                after = got[-1]
+            assert pages == expect(wanted), value
+    finally:
+        reader.db.close()
+    db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
+    db.execute_sql("INSERT INTO events (id, topic, type, source, payload, metadata, created_at, "
+                   "received_at) VALUES ('next', 't', 'brand.new', 's', '{}', '{}', 1, 1)")
+    assert db.execute_sql("SELECT seq FROM events WHERE id = 'next'").fetchone() == (601,)
+    assert db.execute_sql("SELECT rowid FROM event_keys WHERE event_keys MATCH ?",
+                          (keys.match("type", ["brand.new"]),)).fetchall() == [(601,)]
+    assert ("brand.new",) in db.execute_sql("SELECT type FROM event_types").fetchall()
+    db.execute_sql("DELETE FROM events WHERE type = 'other'")
+    assert db.execute_sql("SELECT rowid FROM event_keys WHERE event_keys MATCH ?",
+                          (keys.match("type", ["other"]),)).fetchall() == []
+    db.execute_sql("INSERT INTO event_keys (event_keys, rank) VALUES ('integrity-check', 0)")
+    db.close()
+
+
+def test_type_pages_stream_event_keys_in_seq_order(tmp_path: Path) -> None:
+    """A type (or glob) query without an id or time filter reads the type's tokens from
+    event_keys in rowid order from the cursor: no scan of events, no sort (a sort would read
+    every event of the type: tens of ms at a million events)."""
+    path = tmp_path / "p.db"
+    db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
+    migrate(db)
+    for body in ({"type": "a"}, {"type": ["a", "b"]}, {"type": "a.*"},
+                 {"type": "a", "source": "s", "after": 5}, {"type": "a.*", "order": "desc"}):
+        request = msgspec.convert(body, QueryRequest)
+        query = page(conditions(request), limit=100, order=request.order)
+        sql, params = db.get_sql_context().sql(query).query()
+        plan = " | ".join(row[3] for row in db.execute_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+        assert plan.startswith("SCAN t") and "VIRTUAL TABLE INDEX" in plan and \
+            "TEMP B-TREE" not in plan and "SCAN events" not in plan, (body, plan)
     db.close()

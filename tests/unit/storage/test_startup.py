@@ -19,7 +19,7 @@ from sidecar.storage.db import check_schema
 from sidecar.storage.startup import open_store
 
 MIGRATIONS = ["001_initial", "002_events_type_seq", "003_dead_letter_properties",
-              "004_event_keys"]
+              "004_event_keys", "005_event_types"]
 
 
 def _cfg(path: Path, **kw: Any) -> DatabaseConfig:
@@ -190,5 +190,6 @@ def test_migrate_command_opens_through_the_start_up_sequence(
     _legacy_file(path)
     assert cli._cmd_migrate(Config(database=_cfg(path))) == 0
     assert [call["schema"] for call in spy.calls] == ["migrate"]
-    assert capsys.readouterr().out.strip() == f"applied 4 migration(s): {', '.join(MIGRATIONS)}"
+    assert capsys.readouterr().out.strip() == \
+        f"applied {len(MIGRATIONS)} migration(s): {', '.join(MIGRATIONS)}"
     assert _auto_vacuum(path) == 2
