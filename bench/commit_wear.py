@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from sidecar.config import DatabaseConfig, WriterConfig
 from sidecar.core.stats import Stats
@@ -29,14 +31,39 @@ from sidecar.ingest.writer import Delivery, Writer
 from sidecar.storage.db import migrate, open_database
 
 from .events import make_messages, mean_size, rows_for, seed_database
-from .procs import settle
+from .procs import proc_io, settle
 
 
-def _write_bytes() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    raise RuntimeError("no write_bytes in /proc/self/io")
+def write_bytes() -> int:
+    """``write_bytes`` of this process (``/proc/self/io``): whole pages it dirtied so far."""
+    io = proc_io(os.getpid())
+    if "write_bytes" not in io:
+        raise RuntimeError("no write_bytes in /proc/self/io")
+    return io["write_bytes"]
+
+
+def push_through_writer(db: Any, rows: list[Any], batch: int) -> int:
+    """Every row through the real ``Writer``, exactly ``batch`` per commit (all queued before
+    it starts); returns the bytes this process dirtied meanwhile."""
+    events = len(rows)
+    done = threading.Event()
+    acked = [0]
+
+    def ack(tokens: object) -> None:
+        acked[0] += len(tokens)  # type: ignore[arg-type]
+        if acked[0] >= events:
+            done.set()
+
+    writer = Writer(db, WriterConfig(batch_size=batch, flush_interval=0.05, queue_size=events),
+                    ack=ack, window=events, stats=Stats())
+    for i, row in enumerate(rows):
+        writer.submit(Delivery(row, qos=1, mid=i % 65535 + 1, generation=1))
+    before = write_bytes()
+    writer.start()
+    if not done.wait(600):
+        raise RuntimeError("the writer did not finish")
+    writer.stop(10)
+    return write_bytes() - before
 
 
 def _schema_version() -> str:
@@ -65,26 +92,11 @@ def measure(path: Path, events: int, batch: int, start: int) -> dict[str, float]
     rows = rows_for(messages)
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
     migrate(db)
-    done = threading.Event()
-    acked = [0]
-
-    def ack(tokens: object) -> None:
-        acked[0] += len(tokens)  # type: ignore[arg-type]
-        if acked[0] >= events:
-            done.set()
-
-    writer = Writer(db, WriterConfig(batch_size=batch, flush_interval=0.05, queue_size=events),
-                    ack=ack, window=events, stats=Stats())
-    for i, row in enumerate(rows):
-        writer.submit(Delivery(row, qos=1, mid=i % 65535 + 1, generation=1))
-    before = _write_bytes()
-    writer.start()
-    if not done.wait(600):
-        raise RuntimeError("the writer did not finish")
-    writer.stop(10)
+    pushed = push_through_writer(db, list(rows), batch)
+    before = write_bytes()
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
-    written = _write_bytes() - before
+    written = pushed + write_bytes() - before
     stored = events  # every event is new
     json_size = mean_size(messages)
     return {"batch": batch, "events": events, "write_bytes": written,

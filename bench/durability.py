@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.commit_wear import write_bytes
 from bench.events import make_messages, mean_size, seed_database
 from bench.procs import settle
 from sidecar.config import DatabaseConfig, LogConfig, WriterConfig
@@ -42,11 +42,6 @@ from sidecar.storage.maintenance import truncate_wal
 
 MODES = ("none", "full", "group")
 WINDOW = 5000
-
-
-def _write_bytes() -> int:
-    text = Path("/proc/self/io").read_text()
-    return int(re.search(r"^write_bytes: (\d+)", text, re.M).group(1))  # type: ignore[union-attr]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -79,7 +74,7 @@ def child(path: Path, mode: str, rate: float, events: int, sync_interval: float)
     stats = Stats()
     writer = Writer(db, WriterConfig(), ack=ack, window=WINDOW, stats=stats,
                     sync=sync.sync if sync else None, sync_interval=sync_interval)
-    before = _write_bytes()
+    before = write_bytes()
     started, started_wall = time.monotonic(), time.time()
     writer.start()
     for i, m in enumerate(messages):
@@ -100,7 +95,7 @@ def child(path: Path, mode: str, rate: float, events: int, sync_interval: float)
     writer.stop(10)
     truncate_wal(db, when="stop")
     db.close()
-    written = _write_bytes() - before
+    written = write_bytes() - before
     committed = (stats.last_commit_at or started_wall) - started_wall
     return {"mode": mode, "rate": rate, "events": events, "seconds": elapsed,
             "commit_seconds": committed,

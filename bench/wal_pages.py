@@ -18,16 +18,13 @@ import argparse
 import shutil
 import sqlite3
 import struct
-import threading
 from collections import Counter
 from pathlib import Path
 
-from sidecar.config import DatabaseConfig, WriterConfig
-from sidecar.core.stats import Stats
-from sidecar.ingest.writer import Delivery, Writer
+from sidecar.config import DatabaseConfig
 from sidecar.storage.db import migrate, open_database
 
-from .commit_wear import _write_bytes
+from .commit_wear import push_through_writer, write_bytes
 from .events import make_messages, rows_for
 from .procs import settle
 
@@ -89,30 +86,13 @@ def run(base: Path, events: int, batch: int, setup: list[str], work: Path, *,
     db._pragmas = [*db._pragmas, ("wal_autocheckpoint", 0)]  # type: ignore[attr-defined]
     db.execute_sql("PRAGMA wal_autocheckpoint = 0")
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    done = threading.Event()
-    acked = [0]
-
-    def ack(tokens: object) -> None:
-        acked[0] += len(tokens)  # type: ignore[arg-type]
-        if acked[0] >= events:
-            done.set()
-
-    writer = Writer(db, WriterConfig(batch_size=batch, flush_interval=0.05, queue_size=events),
-                    ack=ack, window=events, stats=Stats())
-    for i, row in enumerate(rows):
-        writer.submit(Delivery(row, qos=1, mid=i % 65535 + 1, generation=1))
-    before = _write_bytes()
-    writer.start()
-    if not done.wait(600):
-        raise RuntimeError("the writer did not finish")
-    writer.stop(10)
-    to_wal = _write_bytes() - before
+    to_wal = push_through_writer(db, list(rows), batch)
     wal_copy = work.with_suffix(".wal-copy")
     shutil.copyfile(f"{work}-wal", wal_copy)
-    copied = _write_bytes()
+    copied = write_bytes()
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
-    written = to_wal + _write_bytes() - copied
+    written = to_wal + write_bytes() - copied
     commits = [c for c in _frames(wal_copy) if len(c) > 0]
     owners = _owners(work)
     frames: Counter[str] = Counter()
