@@ -22,8 +22,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sidecar.config import DatabaseConfig, WriterConfig
 from sidecar.core.stats import Stats
@@ -42,9 +43,14 @@ def write_bytes() -> int:
     return io["write_bytes"]
 
 
-def push_through_writer(db: Any, rows: list[Any], batch: int) -> int:
+class Pushed(NamedTuple):
+    seconds: float  # from the writer's start to the last ack
+    write_bytes: int  # what this process dirtied meanwhile (the writer's stop included)
+
+
+def push_through_writer(db: Any, rows: list[Any], batch: int) -> Pushed:
     """Every row through the real ``Writer``, exactly ``batch`` per commit (all queued before
-    it starts); returns the bytes this process dirtied meanwhile."""
+    it starts): how long it took and the bytes this process dirtied meanwhile."""
     events = len(rows)
     done = threading.Event()
     acked = [0]
@@ -59,11 +65,13 @@ def push_through_writer(db: Any, rows: list[Any], batch: int) -> int:
     for i, row in enumerate(rows):
         writer.submit(Delivery(row, qos=1, mid=i % 65535 + 1, generation=1))
     before = write_bytes()
+    started = time.perf_counter()
     writer.start()
     if not done.wait(600):
         raise RuntimeError("the writer did not finish")
+    seconds = time.perf_counter() - started
     writer.stop(10)
-    return write_bytes() - before
+    return Pushed(seconds, write_bytes() - before)
 
 
 def _schema_version() -> str:
@@ -92,7 +100,7 @@ def measure(path: Path, events: int, batch: int, start: int) -> dict[str, float]
     rows = rows_for(messages)
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
     migrate(db)
-    pushed = push_through_writer(db, list(rows), batch)
+    pushed = push_through_writer(db, list(rows), batch).write_bytes
     before = write_bytes()
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()

@@ -20,17 +20,15 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from sidecar.config import DatabaseConfig, LogConfig, WriterConfig
+from sidecar.config import DatabaseConfig, LogConfig
 from sidecar.core.events import EventRow, now_ms
-from sidecar.core.stats import Stats
 from sidecar.ingest.decode import decode_message
-from sidecar.ingest.writer import Delivery, Writer
 from sidecar.logs import configure_logging
 from sidecar.storage.db import migrate, open_database
+
+from .commit_wear import push_through_writer
 
 LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -53,25 +51,7 @@ def run_once(path: Path, level: str, rows: list[EventRow], batch_size: int) -> f
     """Seconds for the writer to commit and ack every row, queued up front."""
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}", synchronous=level))  # type: ignore[arg-type]
     migrate(db)
-    done = threading.Event()
-    acked = [0]
-    n = len(rows)
-
-    def ack(tokens: object) -> None:
-        acked[0] += len(tokens)  # type: ignore[arg-type]
-        if acked[0] >= n:
-            done.set()
-
-    writer = Writer(db, WriterConfig(batch_size=batch_size, flush_interval=0.05, queue_size=n),
-                    ack=ack, window=n, stats=Stats())
-    for i, row in enumerate(rows):
-        writer.submit(Delivery(row, qos=1, mid=i % 65535 + 1, generation=1))
-    started = time.perf_counter()
-    writer.start()
-    if not done.wait(600):
-        raise RuntimeError(f"{level}: writer did not finish")
-    elapsed = time.perf_counter() - started
-    writer.stop(10)
+    elapsed = push_through_writer(db, rows, batch_size).seconds
     db.close()
     return elapsed
 

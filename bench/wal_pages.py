@@ -86,7 +86,7 @@ def run(base: Path, events: int, batch: int, setup: list[str], work: Path, *,
     db._pragmas = [*db._pragmas, ("wal_autocheckpoint", 0)]  # type: ignore[attr-defined]
     db.execute_sql("PRAGMA wal_autocheckpoint = 0")
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    to_wal = push_through_writer(db, list(rows), batch)
+    to_wal = push_through_writer(db, list(rows), batch).write_bytes
     wal_copy = work.with_suffix(".wal-copy")
     shutil.copyfile(f"{work}-wal", wal_copy)
     copied = write_bytes()
