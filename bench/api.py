@@ -18,6 +18,7 @@ from typing import Any
 from sidecar.api.protocol import QueryRequest
 from sidecar.client import SidecarClient
 from sidecar.config import DatabaseConfig
+from sidecar.storage import cleanstop
 from sidecar.storage.queries import conditions
 from sidecar.storage.reads import Reader, open_reader
 
@@ -51,18 +52,23 @@ def _sidecar_on(env: Env, db: Path, name: str) -> Sidecar:
 # ---------------------------------------------------------------------------------- 9 cold start
 def cold_start(env: Env, report: Report, big: Path, n: int, rounds: int) -> None:
     """Process start to ``sidecar_ready`` (database checked and migrated, subscribed) on the
-    ``n``-event database, against the same on an empty database."""
+    ``n``-event database, against the same on an empty database. The default start-up check
+    (``auto``) reads the whole file only after an unclean stop, so the big database is started
+    both ways: after a clean stop (the record ``storage.cleanstop`` leaves; the usual restart)
+    and after a crash (no record: the whole-file ``quick_check`` runs)."""
     empty = migrated_db(env.workdir("empty") / "kairo.db")
     report.params.update(events=n, rounds=rounds)
     big_copy = _sidecar_on(env, big, "cold")  # one copy, reused: starting does not change it
 
-    def start(variant: str, sc: Sidecar) -> None:
+    def start(variant: str, sc: Sidecar, *, crashed: bool = False) -> None:
+        if crashed:  # what a SIGKILL or power cut leaves: no clean-stop record
+            cleanstop.record_path(sc.db_path).unlink(missing_ok=True)
         sc.client_id = env.client_id("cold")
         sc.start()
         ready = sc.wait_log("sidecar_ready")
         t_ready = wall_iso_to_mono_ns(ready["timestamp"])
         events = {e["event"]: e for e in sc.log_events()}
-        check = events.get("integrity_checked", {}).get("seconds")
+        check = events.get("integrity_checked", {}).get("seconds", 0.0)
         starting = events.get("sidecar_starting")
         if sc.stop():
             raise RuntimeError("the daemon did not stop cleanly")
@@ -72,16 +78,23 @@ def cold_start(env: Env, report: Report, big: Path, n: int, rounds: int) -> None
                    if starting else None)
 
     empty_sc = Sidecar(empty.parent, env.port, env.client_id("cold-empty"), overrides=_NO_SESSION)
+    start("warm-up", big_copy, crashed=True)  # leaves the clean-stop record the next start reads
     interleave(rounds, {"big": lambda r: start("big", big_copy),
+                        "big after a crash": lambda r: start("big after a crash", big_copy,
+                                                              crashed=True),
                         "empty": lambda r: start("empty", empty_sc)})
     big_s, empty_s = report.median("big", "seconds"), report.median("empty", "seconds")
+    crash_s = report.median("big after a crash", "seconds")
     ratio = report.ratio("big / empty", big_s, empty_s)
-    report.row(f"process start to ready, {fmt(n)} events", f"{big_s:.2f} s",
+    report.ratio("big after a crash / empty", crash_s, empty_s)
+    report.row(f"process start to ready, {fmt(n)} events, after a clean stop", f"{big_s:.2f} s",
                f"{ratio:.2f}x empty")
+    report.row(f"process start to ready, {fmt(n)} events, after a crash (whole-file check)",
+               f"{crash_s:.2f} s", f"{crash_s / empty_s:.2f}x empty")
     report.row("process start to ready, empty database (baseline)", f"{empty_s:.2f} s", "1.00x")
-    check = report.median("big", "check_seconds")
+    check = report.median("big after a crash", "check_seconds")
     if check == check:
-        report.row(f"of which the start-up integrity check ({fmt(n)} events)", f"{check:.2f} s")
+        report.row(f"of which the integrity check after a crash ({fmt(n)} events)", f"{check:.2f} s")
     report.target(f"process start to ready, {fmt(n)} events", big_s, "<=", 1.0, unit=" s")
 
 

@@ -27,6 +27,8 @@ from sidecar.core.stats import Stats
 from sidecar.ingest.intake import Intake
 from sidecar.ingest.writer import Writer
 from sidecar.logs import get_logger
+from sidecar.storage import cleanstop
+from sidecar.storage.db import sqlite_path
 from sidecar.storage.durability import JournalSync, journal_sync_for
 from sidecar.storage.maintenance import Maintenance, truncate_wal
 from sidecar.storage.reads import Reader, open_reader
@@ -58,6 +60,7 @@ class Sidecar:
         self.subscriber: Subscriber | None = None
         self.handlers: Handlers | None = None
         self.journal_sync: JournalSync | None = None
+        self.checked_at: float | None = None  # the whole file's last check (storage.cleanstop)
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -65,7 +68,11 @@ class Sidecar:
     def open(self) -> None:
         """Open the database and bring the schema up to date (or refuse)."""
         database = self.config.database
-        self.db = open_store(database, schema="migrate" if database.migrate_on_start else "current")
+        self.db = open_store(database, schema="migrate" if database.migrate_on_start else "current",
+                             on_verified=self._verified)
+
+    def _verified(self, checked_at: float) -> None:
+        self.checked_at = checked_at
 
     def run(self, *, install_signals: bool = True,
             on_ready: Callable[[], None] | None = None) -> int:
@@ -175,9 +182,13 @@ class Sidecar:
             self.handlers.stop(min(timeout, 5.0))  # replay streams end with "shutdown"
         drained = self.writer.stop(timeout)
         self.subscriber.close()
+        folded = None
         if not self.writer.alive:
-            truncate_wal(self.db, when="stop")
+            folded = truncate_wal(self.db, when="stop")
         self.db.close()
+        if code == 0 and drained and folded is not None and not folded.busy \
+                and self.checked_at is not None:
+            cleanstop.write(sqlite_path(self.config.database.url), checked_at=self.checked_at)
         if self.journal_sync is not None:
             self.journal_sync.close()
             log.info("journal_syncs", syncs=self.journal_sync.syncs,

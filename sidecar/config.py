@@ -79,7 +79,7 @@ class DatabaseConfig(_Section, frozen=True):
     busy_timeout_ms: Annotated[int, Meta(ge=0)] = 5000
     cache_size_kib: Annotated[int, Meta(ge=0)] = 8192
     migrate_on_start: bool = True
-    startup_check: Literal["quick", "full", "off"] = "quick"
+    startup_check: Literal["auto", "quick", "full", "off"] = "auto"
     checkpoint_interval: Duration = 300.0
     journal_size_limit: ByteSize = 32 * 1024 * 1024
 

@@ -22,6 +22,7 @@ import peewee
 from sidecar.config import DatabaseConfig
 from sidecar.errors import CorruptDatabaseError, StorageError
 from sidecar.logs import get_logger
+from sidecar.storage import cleanstop
 from sidecar.storage.db import check_is_sqlite, migrate, open_database
 from sidecar.storage.maintenance import StorageInfo, storage_info, truncate_wal
 from sidecar.storage.sqlite_errors import is_busy, retry_busy
@@ -60,11 +61,31 @@ def problems(path: Path, *, full: bool = False, timeout: float = 5.0) -> list[st
         return [f"{exc}"]
 
 
-def verify_on_start(path: Path, mode: str) -> None:
-    """Refuse (``CorruptDatabaseError``, exit 6) a database that fails its start-up check."""
-    if mode == "off" or not path.exists() or path.stat().st_size == 0:
-        return
+def verify_on_start(path: Path, mode: str) -> float:
+    """Refuse (``CorruptDatabaseError``, exit 6) a database that fails its start-up check.
+
+    ``auto`` checks like ``quick`` unless the last stop was clean and nothing touched the file
+    since (``storage.cleanstop``). Either way the clean-stop record is removed before the file
+    is opened for writing. Returns when the whole file was last checked (unix seconds; 0.0 if
+    it never was), for the record the next clean stop writes."""
+    now = time.time()
+    if not path.exists() or path.stat().st_size == 0:
+        cleanstop.clear(path)
+        return now  # a new database: nothing to check yet
+    record = cleanstop.read(path)
+    if mode == "off":
+        cleanstop.clear(path)
+        return record.checked_at if record is not None else 0.0
     check_is_sqlite(path)
+    if mode == "auto":
+        reason = cleanstop.why_check(path, record, now=now)
+        if reason is None:
+            assert record is not None
+            log.info("integrity_check_skipped", reason="clean_stop",
+                     last_check_age_s=round(now - record.checked_at))
+            cleanstop.clear(path)
+            return record.checked_at
+        log.info("integrity_check_needed", reason=reason)
     cached_before = cached_fraction(path)
     started = time.monotonic()
     found = problems(path, full=mode == "full")
@@ -72,8 +93,10 @@ def verify_on_start(path: Path, mode: str) -> None:
     if found:
         log.error("database_corrupt", path=str(path), problems=found[:10])
         raise CorruptDatabaseError(path=str(path), problems=found)
+    cleanstop.clear(path)
     if cached_before < 0.5:
         _forget_cached_pages(path)
+    return now
 
 
 def cached_fraction(path: Path) -> float:

@@ -25,14 +25,16 @@ Schema = Literal["migrate", "current", "unchecked"]
 
 
 def open_store(config: DatabaseConfig, *, schema: Schema, create: bool = True, shared: bool = False,
-               on_migrated: Callable[[list[str]], None] | None = None) -> peewee.SqliteDatabase:
+               on_migrated: Callable[[list[str]], None] | None = None,
+               on_verified: Callable[[float], None] | None = None) -> peewee.SqliteDatabase:
     """Open the database of ``config`` for writing, with its models bound to it.
 
     ``schema``: ``"migrate"`` applies pending migrations; ``"current"`` refuses a file that
     needs some (``PendingMigrationsError``); ``"unchecked"`` leaves the schema unread. Every
     check refuses a file migrated by a newer version (``SchemaTooNewError``). ``create=False``
     refuses a file that does not exist instead of creating it. ``on_migrated`` is given the
-    names of the migrations applied (``[]`` if none were pending).
+    names of the migrations applied (``[]`` if none were pending); ``on_verified`` when the
+    whole file was last checked (``storage.cleanstop``; only where the check runs).
 
     A process that owns the file from start-up (``shared=False``: the daemon, ``migrate``)
     first runs the ``startup_check`` integrity check, folds in what a crash left in the WAL
@@ -41,7 +43,9 @@ def open_store(config: DatabaseConfig, *, schema: Schema, create: bool = True, s
     wait on, or rewrite the file under, the daemon) and retries migrations while it is busy.
     """
     if not shared:
-        verify_on_start(sqlite_path(config.url), config.startup_check)
+        checked_at = verify_on_start(sqlite_path(config.url), config.startup_check)
+        if on_verified is not None:
+            on_verified(checked_at)
     db = open_database(config, create=create)
     try:
         if not shared:

@@ -61,7 +61,7 @@ class Spy:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, config: DatabaseConfig, **kwargs: Any) -> Any:
-        self.calls.append({"url": config.url, **kwargs})
+        self.calls.append({"url": config.url, "schema": kwargs.get("schema")})
         return open_store(config, **kwargs)
 
 
