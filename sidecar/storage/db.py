@@ -113,9 +113,15 @@ def migrate(db: peewee.Database) -> list[str]:
     pending = check_schema(db)
     if not pending:
         return []
+    # Rebuilding a table or building an index sorts every row: with the connection's
+    # temp_store=MEMORY the sort of a 1,000,000-event table peaked at 584 MB RSS (a Pi may have
+    # 512 MB). In temporary files (SQLite's, next to nothing in memory) it stays small.
+    db.execute_sql("PRAGMA temp_store = FILE")
     try:
         applied = _router(db).run()
     except peewee.DatabaseError as exc:
         raise StorageError(f"migration failed: {exc}", path=getattr(db, "database", None)) from exc
+    finally:
+        db.execute_sql("PRAGMA temp_store = MEMORY")
     log.info("migrations_applied", migrations=applied)
     return applied

@@ -108,7 +108,14 @@ def ensure_incremental_vacuum(db: peewee.Database) -> bool:
     started = time.monotonic()
     try:
         db.execute_sql("PRAGMA auto_vacuum = INCREMENTAL")
-        db.execute_sql("VACUUM")
+        # VACUUM copies the whole database into a temporary one: in memory (the connection's
+        # temp_store) that is the file's size in RSS (458 MB at 1,000,000 events); on disk next
+        # to nothing.
+        db.execute_sql("PRAGMA temp_store = FILE")
+        try:
+            db.execute_sql("VACUUM")
+        finally:
+            db.execute_sql("PRAGMA temp_store = MEMORY")
     except (peewee.DatabaseError, sqlite3.Error) as exc:
         log.warning("vacuum_convert_failed", error=str(exc),
                     hint="needs free disk space about the size of the database; retried at "
