@@ -27,6 +27,7 @@ from sidecar.core.stats import Stats
 from sidecar.ingest.intake import Intake
 from sidecar.ingest.writer import Writer
 from sidecar.logs import get_logger
+from sidecar.storage import indexes
 from sidecar.storage.durability import JournalSync, journal_sync_for
 from sidecar.storage.maintenance import Maintenance, truncate_wal
 from sidecar.storage.reads import Reader, open_reader
@@ -66,6 +67,8 @@ class Sidecar:
         """Open the database and bring the schema up to date (or refuse)."""
         database = self.config.database
         self.db = open_store(database, schema="migrate" if database.migrate_on_start else "current")
+        # after the schema: the expression indexes [indexes] paths lists, the unlisted dropped
+        indexes.sync(self.db, self.config.indexes.paths)
 
     def run(self, *, install_signals: bool = True,
             on_ready: Callable[[], None] | None = None) -> int:
