@@ -70,12 +70,13 @@ def _child(path: Path, events: int, batch: int, start: int, fingerprint: bool) -
     json_size = mean_size(messages) + (len(',"fingerprint":""') + 32 if fingerprint else 0)
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
     migrate(db)
-    pushed = push_through_writer(db, rows, batch).write_bytes
+    pushed = push_through_writer(db, rows, batch)
     before = write_bytes()
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
-    written = pushed + write_bytes() - before
-    return {"bytes_per_event": written / events, "ratio": written / events / json_size}
+    written = pushed.write_bytes + write_bytes() - before
+    return {"bytes_per_event": written / events, "ratio": written / events / json_size,
+            "events_per_s": events / pushed.seconds}
 
 
 def paths_base(directory: Path, base_events: int) -> Path:
@@ -119,8 +120,8 @@ def _prepare(base: Path, work: Path, keys: list[str]) -> None:
 def wear(directory: Path, base: Path, base_events: int, events: int, batch: int) -> None:
     print(f"\n{base_events:,} events already stored, {events:,} new events, {batch} per "
           "commit; write_bytes incl. the final checkpoint")
-    print("| path indexes | bytes written per event | x the event JSON |")
-    print("|---|---:|---:|")
+    print("| path indexes | bytes written per event | x the event JSON | writer events/s |")
+    print("|---|---:|---:|---:|")
     work = directory / "paths-work.db"
     for name, keys, fingerprint in VARIANTS:
         _prepare(base, work, keys)
@@ -128,7 +129,8 @@ def wear(directory: Path, base: Path, base_events: int, events: int, batch: int)
                               str(events), str(batch), str(base_events), str(int(fingerprint))],
                              check=True, capture_output=True, text=True).stdout
         result = json.loads(out.strip().splitlines()[-1])
-        print(f"| {name} | {result['bytes_per_event']:,.0f} | {result['ratio']:.1f}x |", flush=True)
+        print(f"| {name} | {result['bytes_per_event']:,.0f} | {result['ratio']:.1f}x "
+              f"| {result['events_per_s']:,.0f} |", flush=True)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{work}{suffix}").unlink(missing_ok=True)
 
