@@ -27,7 +27,7 @@ from sidecar.core.stats import Stats
 from sidecar.ingest.intake import Intake
 from sidecar.ingest.writer import Writer
 from sidecar.logs import get_logger
-from sidecar.storage import cleanstop
+from sidecar.storage import cleanstop, indexes
 from sidecar.storage.db import sqlite_path
 from sidecar.storage.durability import JournalSync, journal_sync_for
 from sidecar.storage.maintenance import Maintenance, truncate_wal
@@ -70,6 +70,8 @@ class Sidecar:
         database = self.config.database
         self.db = open_store(database, schema="migrate" if database.migrate_on_start else "current",
                              on_verified=self._verified)
+        # after the schema: the expression indexes [indexes] paths lists, the unlisted dropped
+        indexes.sync(self.db, self.config.indexes.paths)
 
     def _verified(self, checked_at: float) -> None:
         self.checked_at = checked_at

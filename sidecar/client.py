@@ -54,6 +54,17 @@ class Page:
 
     events: list[dict[str, Any]]
     next: int | None
+    unindexed_where: list[str] | None = None  # where keys no path index served
+
+
+@dataclass(frozen=True)
+class LatestPage:
+    """One page of ``latest``: the newest event per key, the last key when more may follow
+    (``None`` at the end), and whether a path index served it."""
+
+    events: list[dict[str, Any]]
+    next: Any
+    indexed: bool
 
 
 class SidecarClient:
@@ -273,7 +284,8 @@ class SidecarClient:
         """One page of events matching ``filters`` (type, source, topic, since, until,
         correlation_id, causation_id, trace_id, after, where)."""
         data = self.request("query", {**filters, "limit": limit, "order": order})
-        return Page(events=data["events"], next=data["next"])
+        return Page(events=data["events"], next=data["next"],
+                    unindexed_where=data.get("unindexed_where"))
 
     def query_all(self, *, limit: int | None = None, order: str | None = None,
                   **filters: Any) -> Iterator[dict[str, Any]]:
@@ -281,6 +293,25 @@ class SidecarClient:
         after = filters.pop("after", None)
         while True:
             page = self.query(limit=limit, order=order, after=after, **filters)
+            yield from page.events
+            if page.next is None:
+                return
+            after = page.next
+
+    def latest(self, key: str, *, limit: int | None = None, after: Any = None,
+               **filters: Any) -> LatestPage:
+        """The newest event per distinct value of ``key`` (``payload.name``) among the events
+        matching ``filters`` (type, source, where), in key order; ``after``: the ``next`` of
+        the previous page."""
+        data = self.request("latest", {**filters, "key": key, "limit": limit, "after": after})
+        return LatestPage(events=data["events"], next=data["next"], indexed=data["indexed"])
+
+    def latest_all(self, key: str, *, limit: int | None = None,
+                   **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every key's newest event, walking the ``next`` cursor page by page."""
+        after = filters.pop("after", None)
+        while True:
+            page = self.latest(key, limit=limit, after=after, **filters)
             yield from page.events
             if page.next is None:
                 return

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import msgspec
 from msgspec import Meta
 
-from sidecar.core import choices, topics, units
+from sidecar.core import choices, paths, topics, units
 from sidecar.core.codecs import explain_validation
 from sidecar.core.units import ByteSize, Duration, FreeSpace
 from sidecar.errors import ConfigError
@@ -139,10 +139,13 @@ class ApiConfig(_Section, frozen=True):
 
 
 class RetentionRule(_Section, frozen=True):
-    """``max_age`` for the event types matching the glob ``type`` (first matching rule wins)."""
+    """``max_age`` for the event types matching the glob ``type`` (first matching rule wins);
+    ``keep_latest`` (a JSON path such as ``payload.name``): the newest event per value of that
+    path among these types is never deleted, whatever its age or the caps."""
 
     type: Annotated[str, Meta(min_length=1)]
     max_age: Duration
+    keep_latest: str | None = None
 
 
 class RetentionConfig(_Section, frozen=True):
@@ -158,6 +161,13 @@ class RetentionConfig(_Section, frozen=True):
     min_free_keep: Duration = 86400.0  # the disk guard never deletes events received this recently
 
 
+class IndexesConfig(_Section, frozen=True):
+    """``paths``: JSON paths (``payload.fingerprint``) the daemon keeps an expression index on
+    (``sidecar.storage.indexes``); each costs writes only for events that hold the path."""
+
+    paths: Annotated[list[str], Meta(max_length=16)] = msgspec.field(default_factory=list)
+
+
 class Config(_Section, frozen=True):
     mqtt: MQTTConfig = msgspec.field(default_factory=MQTTConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -166,6 +176,7 @@ class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    indexes: IndexesConfig = msgspec.field(default_factory=IndexesConfig)
 
 
 def default_database_url(environ: Mapping[str, str]) -> str:
@@ -232,6 +243,25 @@ def _check(config: Config, source: str) -> None:
                           f'database.durability = "{database.durability}" (use NORMAL or FULL, '
                           'or durability = "none" to accept losing and corrupting data on a '
                           "power cut)", source=source, key="database.synchronous")
+    _check_paths(config, source)
+
+
+def _check_paths(config: Config, source: str) -> None:
+    """``[indexes] paths`` and ``keep_latest``: JSON paths in the grammar ``where`` takes."""
+    seen: set[str] = set()
+    for i, key in enumerate(config.indexes.paths):
+        problem = paths.path_error(key)
+        if problem:
+            raise ConfigError(problem, source=source, key=f"indexes.paths[{i}]")
+        if key in seen:
+            raise ConfigError(f"{key!r} is listed twice", source=source, key=f"indexes.paths[{i}]")
+        seen.add(key)
+    for i, rule in enumerate(config.retention.rules):
+        if rule.keep_latest is not None:
+            problem = paths.path_error(rule.keep_latest)
+            if problem:
+                raise ConfigError(problem, source=source,
+                                  key=f"retention.rules[{i}].keep_latest")
 
 
 def _check_api_topics(config: Config, source: str) -> None:

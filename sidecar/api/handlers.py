@@ -28,6 +28,7 @@ from sidecar.api import protocol as requests
 from sidecar.api.protocol import (
     CancelRequest,
     GetRequest,
+    LatestRequest,
     QueryRequest,
     RenewRequest,
     ReplayRequest,
@@ -42,7 +43,7 @@ from sidecar.core.inbound import InboundMessage
 from sidecar.core.stats import Stats
 from sidecar.errors import FilterError, RequestError, StorageError
 from sidecar.logs import RateLimited, get_logger
-from sidecar.storage.queries import conditions
+from sidecar.storage.queries import conditions, json_path
 from sidecar.storage.reads import Reader
 
 log = get_logger("sidecar.handlers")
@@ -258,6 +259,8 @@ class Handlers:
                 return self._query(request, reply.fmt)
             case GetRequest():
                 return self._get(request, reply.fmt)
+            case LatestRequest():
+                return self._latest(request, reply.fmt)
             case ReplayRequest():
                 return self._replay(request, reply)
             case CancelRequest():
@@ -276,10 +279,21 @@ class Handlers:
     def _query(self, request: QueryRequest, fmt: str) -> requests.QueryPage:
         self._check_limit(request.limit, "limit")
         # Read no further than the answer can hold: large events never fill memory.
-        found = self._reader.answer_page(conditions(request), limit=request.limit,
-                                         order=request.order,
+        cond = conditions(request, indexed=self._reader.path_indexes() if request.where else set())
+        found = self._reader.answer_page(cond, limit=request.limit, order=request.order,
                                          max_bytes=self._config.max_response_bytes)
-        return requests.QueryPage([requests.event_out(e, fmt) for e in found.events], found.next)
+        return requests.QueryPage([requests.event_out(e, fmt) for e in found.events], found.next,
+                                  list(cond.unindexed) or None)
+
+    def _latest(self, request: LatestRequest, fmt: str) -> requests.LatestAnswer:
+        self._check_limit(request.limit, "limit")
+        path = json_path(request.key, field="key")
+        cond = conditions(QueryRequest(type=request.type, source=request.source,
+                                       where=request.where))
+        found = self._reader.latest_page(cond, path, limit=request.limit, after=request.after,
+                                         max_bytes=self._config.max_response_bytes)
+        return requests.LatestAnswer(request.key, [requests.event_out(e, fmt) for e in found.events],
+                                     found.next, found.indexed)
 
     def _get(self, request: GetRequest, fmt: str) -> requests.EventOut:
         row = self._reader.get(request.id)
@@ -295,7 +309,7 @@ class Handlers:
                 raise RequestError("bad_request", f"max_duration: must be <= {max_duration} "
                                    "(api.max_duration)", field="max_duration")
             max_duration = request.max_duration
-        cond = conditions(request)
+        cond = conditions(request, indexed=self._reader.path_indexes() if request.where else set())
         with self._lock:
             if self._stopping:
                 raise RequestError("busy", "the sidecar is stopping")

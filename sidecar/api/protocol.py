@@ -23,7 +23,7 @@ from sidecar.core.filters import MAX_INT64
 from sidecar.core.inbound import InboundMessage
 from sidecar.errors import FilterError, RequestError
 
-OPS = ("query", "get", "replay", "replay/cancel", "replay/renew", "stats")
+OPS = ("query", "get", "latest", "replay", "replay/cancel", "replay/renew", "stats")
 
 Text = Annotated[str, Meta(min_length=1, max_length=1024)]
 StreamId = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -81,6 +81,18 @@ class QueryRequest(Filter, frozen=True):
     order: Literal["asc", "desc"] = "asc"
 
 
+class LatestRequest(_Request, frozen=True):
+    """The newest event per distinct value of ``key`` (a JSON path) among the events of
+    ``type``/``source``/``where``; paged by key value (``after``: the last key of a page)."""
+
+    key: Annotated[str, Meta(min_length=1, max_length=1024)]
+    type: Text | Annotated[list[Text], Meta(min_length=1, max_length=100)] | None = None
+    source: Text | Annotated[list[Text], Meta(min_length=1, max_length=100)] | None = None
+    where: Annotated[dict[str, Scalar], Meta(min_length=1, max_length=16)] | None = None
+    limit: Annotated[int, Meta(ge=1)] = 100
+    after: Annotated[str, Meta(max_length=65535)] | int | float | None = None
+
+
 class GetRequest(_Request, frozen=True):
     id: Annotated[str, Meta(min_length=1, max_length=256)]
 
@@ -121,7 +133,7 @@ class _Envelope(msgspec.Struct):
 
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
-    "query": QueryRequest, "get": GetRequest, "replay": ReplayRequest,
+    "query": QueryRequest, "get": GetRequest, "latest": LatestRequest, "replay": ReplayRequest,
     "replay/cancel": CancelRequest, "replay/renew": RenewRequest, "stats": StatsRequest,
 }
 _DECODERS: dict[tuple[str, str], Any] = {}
@@ -199,11 +211,23 @@ class EventOut(msgspec.Struct, frozen=True):
     received_at: int
 
 
-class QueryPage(msgspec.Struct, frozen=True):
-    """The ``data`` of a ``query`` answer: ``next`` is the cursor of the next page or null."""
+class QueryPage(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The ``data`` of a ``query`` answer: ``next`` is the cursor of the next page or null;
+    ``unindexed_where`` (only when some) the ``where`` keys no path index served (a scan)."""
 
     events: list[EventOut]
     next: int | None
+    unindexed_where: list[str] | None = None
+
+
+class LatestAnswer(msgspec.Struct, frozen=True):
+    """The ``data`` of a ``latest`` answer: the newest event per key in key order; ``next``
+    the last key when more may follow, else null; ``indexed`` whether a path index served it."""
+
+    key: str
+    events: list[EventOut]
+    next: str | int | float | None
+    indexed: bool
 
 
 class Cancelled(msgspec.Struct, frozen=True):

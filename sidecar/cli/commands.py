@@ -58,10 +58,15 @@ def _cmd_run(config: Config) -> int:
 
 
 def _cmd_migrate(config: Config) -> int:
+    from sidecar.storage import indexes
     from sidecar.storage.startup import open_store
 
     applied: list[str] = []
-    open_store(config.database, schema="migrate", on_migrated=applied.extend).close()
+    db = open_store(config.database, schema="migrate", on_migrated=applied.extend)
+    try:
+        indexes.sync(db, config.indexes.paths)  # a long index build before the daemon starts
+    finally:
+        db.close()
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
     return 0
 

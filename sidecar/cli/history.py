@@ -1,4 +1,4 @@
-"""The history commands: ``kairo-sidecar query|get|replay``, printing JSON lines.
+"""The history commands: ``kairo-sidecar query|get|latest|replay``, printing JSON lines.
 
 They talk to a running sidecar through the broker (``sidecar.client``), so they work from
 another machine; with ``--db PATH`` they read a local database file directly (no sidecar
@@ -51,6 +51,21 @@ def add_parsers(sub: Any) -> None:
                        metavar="{json,table}",
                        help="json lines (default) or table: readable columns for a terminal")
     _connection(query)
+
+    latest = sub.add_parser(
+        "latest", help="the newest event per distinct value of a JSON path (JSON lines)",
+        description="Print the newest event for each value of KEY among the matching events, "
+                    "in key order. Example: kairo-sidecar latest payload.name "
+                    "--type 'kairo.plugin.*' --all")
+    latest.add_argument("key", help="a JSON path: payload.<path> or metadata.<path>")
+    latest.add_argument("--type", action="append", metavar="TYPE")
+    latest.add_argument("--source", action="append", metavar="SOURCE")
+    latest.add_argument("--where", action="append", metavar="PATH=VALUE")
+    latest.add_argument("--after", metavar="KEY", help="start after this key value (JSON if "
+                        "it parses, else a string)")
+    latest.add_argument("--limit", type=int, help="keys per page (default 100)")
+    latest.add_argument("--all", action="store_true", help="walk every page")
+    _connection(latest)
 
     get = sub.add_parser("get", help="print one event by id",
                          description="Print the event with this id as JSON. Example: "
@@ -118,7 +133,8 @@ def cmd_query(args: argparse.Namespace, config: Config) -> int:
     if args.db:
         reader = _local(args, config)
         request = _convert(body, requests.QueryRequest)
-        cond = _conditions(request)
+        cond = _conditions(request, reader.path_indexes() if request.where else set())
+        _unindexed_hint(list(cond.unindexed))
         after = request.after
         while True:
             rows = reader.page(cond, limit=request.limit + 1, order=request.order, after=after)
@@ -132,6 +148,8 @@ def cmd_query(args: argparse.Namespace, config: Config) -> int:
         with _client(args, config) as client:
             while True:
                 data = client.request("query", body)
+                if "after" not in body:
+                    _unindexed_hint(data.get("unindexed_where") or [])
                 show(data["events"])
                 after = data["next"]
                 if after is None or not args.all:
@@ -140,6 +158,55 @@ def cmd_query(args: argparse.Namespace, config: Config) -> int:
     if after is not None:
         print(f"next: {after} (use --after {after}, or --all)", file=sys.stderr)
     return 0
+
+
+def cmd_latest(args: argparse.Namespace, config: Config) -> int:
+    body = {"key": args.key, "type": _one_or_list(args.type), "source": _one_or_list(args.source),
+            "where": _where(args.where), "after": None if args.after is None else _json_or_text(args.after),
+            "limit": args.limit}
+    body = {k: v for k, v in body.items() if v is not None}
+    out = sys.stdout.buffer
+    if args.db:
+        from sidecar.storage.queries import json_path
+
+        reader = _local(args, config)
+        request = _convert(body, requests.LatestRequest)
+        try:
+            path = json_path(request.key, field="key")
+        except FilterError as exc:
+            raise requests.bad_filter(exc) from None
+        cond = _conditions(requests.QueryRequest(type=request.type, source=request.source,
+                                                 where=request.where))
+        after = request.after
+        while True:
+            found = reader.latest_page(cond, path, limit=request.limit, after=after,
+                                       max_bytes=config.api.max_response_bytes)
+            _print(out, [_event(e) for e in found.events])
+            indexed, after = found.indexed, found.next
+            if after is None or not args.all:
+                break
+    else:
+        with _client(args, config) as client:
+            while True:
+                data = client.request("latest", body)
+                _print(out, data["events"])
+                indexed, after = data["indexed"], data["next"]
+                if after is None or not args.all:
+                    break
+                body["after"] = after
+    if not indexed:
+        print(f"hint: {args.key} has no index: every matching event was read (add it to "
+              "[indexes] paths)", file=sys.stderr)
+    if after is not None:
+        shown = msgspec.json.encode(after).decode()
+        print(f"next: {shown} (use --after {shown!r}, or --all)", file=sys.stderr)
+    return 0
+
+
+def _unindexed_hint(keys: list[str]) -> None:
+    if keys:
+        print(f"hint: where on {', '.join(keys)} ran without an index (a scan); add the path to "
+              "[indexes] paths", file=sys.stderr)
 
 
 def cmd_get(args: argparse.Namespace, config: Config) -> int:
@@ -223,33 +290,42 @@ def _stop_signals() -> Iterator[None]:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
-    "query": cmd_query, "get": cmd_get, "replay": cmd_replay,
+    "query": cmd_query, "get": cmd_get, "latest": cmd_latest, "replay": cmd_replay,
 }
 
 
 # ------------------------------------------------------------------------------ helpers
-def _filter_body(args: argparse.Namespace) -> dict[str, Any]:
-    def one_or_list(values: list[str] | None) -> Any:
-        if not values:
-            return None
-        return values[0] if len(values) == 1 else values
+def _one_or_list(values: list[str] | None) -> Any:
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
 
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return raw
+
+
+def _where(items: list[str] | None) -> dict[str, Any] | None:
     where: dict[str, Any] = {}
-    for item in args.where or ():
+    for item in items or ():
         key, sep, raw = item.partition("=")
         if not sep:
             raise RequestError("bad_request", f"--where {item!r}: expected PATH=VALUE",
                                field="where")
-        try:
-            where[key] = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            where[key] = raw
+        where[key] = _json_or_text(raw)
+    return where or None
+
+
+def _filter_body(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "type": one_or_list(args.type), "source": one_or_list(args.source), "topic": args.topic,
+        "type": _one_or_list(args.type), "source": _one_or_list(args.source), "topic": args.topic,
         "since": cliargs.parse_time(args.since, "--since"),
         "until": cliargs.parse_time(args.until, "--until"),
         "correlation_id": args.correlation_id, "causation_id": args.causation_id,
-        "trace_id": args.trace_id, "after": args.after, "where": where or None,
+        "trace_id": args.trace_id, "after": args.after, "where": _where(args.where),
     }
 
 
@@ -260,10 +336,10 @@ def _convert(body: dict[str, Any], kind: type[Any]) -> Any:
         raise requests.validation_error(str(exc)) from None
 
 
-def _conditions(request: requests.Filter) -> Conditions:
+def _conditions(request: requests.Filter, indexed: set[str] | None = None) -> Conditions:
     """A filter the database refuses is answered as the sidecar would: ``bad_request`` (exit 2)."""
     try:
-        return conditions(request)
+        return conditions(request, indexed=indexed or set())
     except FilterError as exc:
         raise requests.bad_filter(exc) from None
 

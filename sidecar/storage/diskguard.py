@@ -40,6 +40,7 @@ from sidecar.storage.purge import (
     Policy,
     distinct_types,
     incremental_vacuum,
+    keep_latest,
     used_bytes,
 )
 from sidecar.storage.sqlite_errors import describe
@@ -174,6 +175,7 @@ class DiskGuard:
     state: GuardState = field(default_factory=GuardState)
     _run: Iterator[None] | None = None
     _result: GuardResult | None = None
+    _spare: str = ""  # the keep_latest term every delete carries
 
     @classmethod
     def from_config(cls, db: peewee.Database, path: str | Path,
@@ -252,6 +254,9 @@ class DiskGuard:
     def _work(self, result: GuardResult) -> Iterator[None]:
         result.before = space = self._measure()
         protected = self._protected()
+        self._spare = (keep_latest(self.db, self.policy, distinct_types(self.db),
+                                   table="kairo_guard_keep")
+                       if any(self.policy.latest_keys) else "")
         rows = self.db.execute_sql("SELECT count(*) FROM events").fetchone()[0]
         per_row = max(1.0, used_bytes(self.db) / max(1, rows))
         cursor = 0
@@ -282,6 +287,7 @@ class DiskGuard:
         where, params = "seq > ?", [after, *protected]
         if protected:
             where += f" AND type NOT IN ({_marks(len(protected))})"
+        where += self._spare
         cutoff = self.now_ms() - int(self.keep_s * 1000)
         with self.db.atomic("IMMEDIATE"):
             rows = self.db.execute_sql(

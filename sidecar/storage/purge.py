@@ -11,7 +11,10 @@ for long (Home Assistant's recorder re-queues its purge task the same way). The 
 3. size: the oldest events while the used pages exceed ``max_db_bytes``;
 4. vacuum: freed pages go back to the file system (``PRAGMA incremental_vacuum``).
 
-Types whose rule says ``"forever"`` are never deleted, not even by the count and size caps.
+Types whose rule says ``"forever"`` are never deleted, not even by the count and size caps. A
+rule's ``keep_latest`` path keeps the newest event (largest ``seq``) per value of that path among
+the types the rule governs, through every phase and the disk guard: the seqs to keep are read
+once when a run starts (``keep_latest``) into a temporary table on the purging connection.
 Matching is shell-style (``fnmatchcase``: ``*``, ``?``, ``[abc]``), case-sensitive, in Python, so
 the same rule means the same thing everywhere.
 """
@@ -28,6 +31,7 @@ from typing import Any
 import peewee
 
 from sidecar.config import RetentionConfig
+from sidecar.core import paths
 from sidecar.core.units import format_duration
 from sidecar.logs import get_logger
 
@@ -46,12 +50,22 @@ class Policy:
     max_events: int = 0
     max_db_bytes: int = 0
     batch_size: int = 2000
+    latest_keys: tuple[str | None, ...] = ()  # each rule's keep_latest path, as ``rules``
 
     @classmethod
     def from_config(cls, config: RetentionConfig) -> Policy:
         return cls(max_age=config.max_age, rules=tuple((r.type, r.max_age) for r in config.rules),
                    max_events=config.max_events, max_db_bytes=config.max_db_bytes,
-                   batch_size=config.batch_size)
+                   batch_size=config.batch_size,
+                   latest_keys=tuple(r.keep_latest for r in config.rules))
+
+    def keep_latest_for(self, event_type: str) -> str | None:
+        """The path whose newest event per value is kept for ``event_type`` (its first
+        matching rule's ``keep_latest``), or None."""
+        for i, (pattern, _) in enumerate(self.rules):
+            if fnmatchcase(event_type, pattern):
+                return self.latest_keys[i] if i < len(self.latest_keys) else None
+        return None
 
     @property
     def active(self) -> bool:
@@ -90,6 +104,41 @@ def distinct_types(db: peewee.Database) -> list[str]:
     """Every stored event type, sorted (``event_types``: a type whose events are all gone may
     still be listed; purging it finds nothing)."""
     return [row[0] for row in db.execute_sql("SELECT type FROM event_types ORDER BY type")]
+
+
+def kept_select(policy: Policy, types: Sequence[str]) -> tuple[str, tuple[str, ...]] | None:
+    """The SELECT of the seq of the newest event per key of every ``keep_latest`` rule (per
+    path, among the types whose first matching rule names it) and its parameters; None when no
+    rule keeps any."""
+    groups: dict[str, list[str]] = {}
+    for event_type in types:
+        key = policy.keep_latest_for(event_type)
+        if key is not None:
+            groups.setdefault(key, []).append(event_type)
+    selects: list[str] = []
+    params: list[str] = []
+    for key, group in sorted(groups.items()):
+        expr = paths.parse(key).sql
+        for chunk in _chunks(group):
+            selects.append(f"SELECT max(seq) FROM events WHERE type IN ({_marks(len(chunk))}) "
+                           f"AND {expr} IS NOT NULL GROUP BY {expr}")
+            params.extend(chunk)
+    return (" UNION ALL ".join(selects), tuple(params)) if selects else None
+
+
+def keep_latest(db: peewee.Database, policy: Policy, types: Sequence[str], *, table: str) -> str:
+    """Fill the temporary ``table`` with the seqs ``kept_select`` names (read once, at the
+    start of a run) and return the SQL term that spares them (``""`` when no rule keeps any)."""
+    kept = kept_select(policy, types)
+    if kept is None:
+        return ""
+    started = time.monotonic()
+    db.execute_sql(f"CREATE TEMP TABLE IF NOT EXISTS {table} (seq INTEGER PRIMARY KEY)")
+    db.execute_sql(f"DELETE FROM temp.{table}")
+    db.execute_sql(f"INSERT OR IGNORE INTO temp.{table} {kept[0]}", kept[1])
+    (count,) = db.execute_sql(f"SELECT count(*) FROM temp.{table}").fetchone()
+    log.info("retention_keep_latest", kept=count, ms=round((time.monotonic() - started) * 1000, 1))
+    return f" AND seq NOT IN (SELECT seq FROM temp.{table})"
 
 
 def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]]:
@@ -134,6 +183,7 @@ class PurgeRun:
     result: PurgeResult = field(default_factory=PurgeResult)
     _phases: Iterator[None] | None = None
     _started: float = field(default_factory=time.monotonic)
+    _spare: str = ""  # the keep_latest term every delete carries
 
     def step(self) -> bool:
         """Do one small piece of work (at most ``batch_size`` rows); False when finished."""
@@ -156,13 +206,14 @@ class PurgeRun:
     def _work(self) -> Iterator[None]:
         policy, batch = self.policy, self.policy.batch_size
         types = distinct_types(self.db)
+        self._spare = keep_latest(self.db, policy, types, table="kairo_purge_keep")
         yield
         for cutoff, group in age_groups(policy, types, self.now_ms):
             for chunk in _chunks(group):
                 while True:
                     n = self._delete(
                         f"SELECT seq FROM events WHERE type IN ({_marks(len(chunk))}) "
-                        "AND created_at < ? LIMIT ?", (*chunk, cutoff, batch))
+                        f"AND created_at < ?{self._spare} LIMIT ?", (*chunk, cutoff, batch))
                     self.result.by_age += n
                     yield
                     if n < batch:
@@ -227,6 +278,7 @@ class PurgeRun:
         where, params = "seq > ?", [after, *protected]
         if protected:
             where += f" AND type NOT IN ({_marks(len(protected))})"
+        where += self._spare
         with self.db.atomic("IMMEDIATE"):
             last = self.db.execute_sql(
                 f"SELECT max(seq) FROM (SELECT seq FROM events WHERE {where} ORDER BY seq LIMIT ?)",
@@ -272,12 +324,15 @@ def plan(db: peewee.Database, policy: Policy, now_ms: int) -> list[PlanLine]:
     an estimate: how many of the oldest events hold the bytes over the limit."""
     lines: list[PlanLine] = []
     types = distinct_types(db)
+    kept = kept_select(policy, types)  # inline: a dry run reads on a query_only connection
+    spare, spare_params = (f" AND seq NOT IN ({kept[0]})", kept[1]) if kept else ("", ())
     for cutoff, group in age_groups(policy, types, now_ms):
         rows, oldest, newest = 0, None, None
         for chunk in _chunks(group):
             n, lo, hi = db.execute_sql(
                 f"SELECT count(*), min(created_at), max(created_at) FROM events "
-                f"WHERE type IN ({_marks(len(chunk))}) AND created_at < ?", (*chunk, cutoff)).fetchone()
+                f"WHERE type IN ({_marks(len(chunk))}) AND created_at < ?{spare}",
+                (*chunk, cutoff, *spare_params)).fetchone()
             rows += n
             oldest = lo if oldest is None or (lo is not None and lo < oldest) else oldest
             newest = hi if newest is None or (hi is not None and hi > newest) else newest

@@ -12,14 +12,13 @@ for ``where``, and ``kairo_mqtt_match`` (a function every read connection regist
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import peewee
 
 from models import Event
-from sidecar.core import topics
+from sidecar.core import paths, topics
 from sidecar.core.events import StoredEvent, parse_timestamp
 from sidecar.core.filters import MAX_INT64, Filter
 from sidecar.errors import FilterError, PayloadError
@@ -30,8 +29,6 @@ MQTT_MATCH_FUNCTION = "kairo_mqtt_match"
 # The columns of an event in an answer, in ``StoredEvent`` order.
 EVENT_FIELDS = tuple(getattr(Event, name) for name in StoredEvent._fields)
 
-_WHERE_KEY = re.compile(r"^(payload|metadata)((?:\.[A-Za-z0-9_\-]{1,128}|\[\d{1,6}\])+)$")
-_WHERE_SEGMENT = re.compile(r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]")
 
 
 class Conditions(NamedTuple):
@@ -44,11 +41,13 @@ class Conditions(NamedTuple):
     after: int | None
     types: peewee.Node | str | None = None
     by_time: bool = False  # read the (created_at, type) index range, then sort its seqs
+    unindexed: tuple[str, ...] = ()  # the ``where`` keys no path index serves
 
 
-def conditions(request: Filter) -> Conditions:
+def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozenset()) -> Conditions:
     """Validate ``request``'s filters and turn them into WHERE terms; ``FilterError`` if one
-    cannot be used."""
+    cannot be used. ``indexed``: the names of the path indexes in the file
+    (``storage.indexes.existing``); a ``where`` key with one reads it."""
     terms: list[peewee.ColumnBase] = []
     types: peewee.Node | str | None = None
     if request.type is not None:
@@ -69,9 +68,15 @@ def conditions(request: Filter) -> Conditions:
         value = getattr(request, name)
         if value is not None:
             terms.append(keys.seq_term(name, value))  # through event_keys: no B-tree on ids
+    by_index: list[str] = []
+    unindexed: list[str] = []
     if request.where:
-        terms.extend(_where_term(key, value) for key, value in request.where.items())
-    keyed = any(getattr(request, name) is not None for name in keys.FILTERS)
+        for key, value in request.where.items():
+            terms.append(_where_term(key, value))
+            usable = (not isinstance(value, bool) and value is not None
+                      and paths.parse(key).index_name in indexed)
+            (by_index if usable else unindexed).append(key)
+    keyed = any(getattr(request, name) is not None for name in keys.FILTERS) or bool(by_index)
     timed = since is not None or until is not None
     if request.type is not None and not keyed and not timed:
         # Nothing narrower to read from: the type's own tokens, in seq order. With an id, its
@@ -82,7 +87,7 @@ def conditions(request: Filter) -> Conditions:
     # every event in seq order instead to avoid the sort (270 ms for "since" an hour ago at
     # 1,000,000 events; 3 ms through the index). As (type, created_at) did before 005.
     by_time = request.type is not None and not keyed and timed
-    return Conditions(tuple(terms), request.after, types, by_time)
+    return Conditions(tuple(terms), request.after, types, by_time, tuple(unindexed))
 
 
 def page(cond: Conditions, *, limit: int, order: str = "asc",
@@ -238,29 +243,33 @@ def _time(value: int | str | None, field: str) -> int | None:
         raise FilterError(exc.reason, field=field) from None
 
 
-def json_path(key: str) -> tuple[str, str]:
-    """``payload.a.b[0]`` -> ``("payload", '$."a"."b"[0]')``; ``FilterError`` if malformed."""
-    match = _WHERE_KEY.match(key)
-    if not match:
-        raise FilterError(f"where: key {key!r} must be payload.<path> or metadata.<path> "
-                          "(letters, digits, _ and - per level, [n] for an array index)",
-                          field=f"where.{key}")
-    parts = []
-    for name, index in _WHERE_SEGMENT.findall(match.group(2)):
-        parts.append(f'."{name}"' if name else f"[{index}]")
-    return match.group(1), "$" + "".join(parts)
+def json_path(key: str, *, field: str | None = None) -> paths.JsonPath:
+    """``payload.a.b[0]`` -> its ``JsonPath``; ``FilterError`` on ``field`` (default
+    ``where.<key>``) if malformed."""
+    try:
+        return paths.parse(key)
+    except ValueError:
+        name = "where: key" if field is None else f"{field}:"
+        raise FilterError(f"{name} {key!r} must be {paths.PATH_RULE}",
+                          field=field or f"where.{key}") from None
+
+
+def path_value(path: paths.JsonPath) -> peewee.ColumnBase:
+    """The value at ``path`` as SQL, spelled as the path index spells it (the path inlined)."""
+    column = Event.payload if path.column == "payload" else Event.metadata
+    return peewee.fn.json_extract(column, peewee.SQL(f"'{path.path}'"))
 
 
 def _where_term(key: str, value: Any) -> peewee.ColumnBase:
     """Equality on a JSON path. Strings and numbers compare with ``json_extract`` (a JSON
     string never equals a number); ``true``/``false``/``null`` compare the JSON type."""
-    column_name, path = json_path(key)
-    column = Event.payload if column_name == "payload" else Event.metadata
+    path = json_path(key)
+    column = Event.payload if path.column == "payload" else Event.metadata
     if value is None or isinstance(value, bool):
         kind = "null" if value is None else ("true" if value else "false")
-        return peewee.fn.json_type(column, path) == kind
+        return peewee.fn.json_type(column, path.path) == kind
     if isinstance(value, int) and not -MAX_INT64 - 1 <= value <= MAX_INT64:
         raise FilterError(f"where.{key}: integer out of range (SQLite holds 64-bit integers; "
                           "compare a larger number as a float)", field=f"where.{key}")
-    return peewee.fn.json_extract(column, path) == value
+    return path_value(path) == value
 

@@ -22,9 +22,10 @@ import peewee
 
 from models import DeadLetter
 from sidecar.config import DatabaseConfig
-from sidecar.core import topics
+from sidecar.core import paths, topics
 from sidecar.core.events import StoredEvent, event_size
 from sidecar.errors import StorageError
+from sidecar.storage import indexes, latest
 from sidecar.storage.db import pragmas, sqlite_path
 from sidecar.storage.queries import MQTT_MATCH_FUNCTION, Conditions, by_id, by_seqs, page, page_keys, summary
 
@@ -46,6 +47,15 @@ class _Bounded(NamedTuple):
     rows: list[StoredEvent]
     over: bool
     keys: int
+
+
+class LatestPage(NamedTuple):
+    """One page of ``latest``: the newest event per key in key order, the cursor of the next
+    page (the last key; ``None``: the end) and whether a path index served it."""
+
+    events: list[StoredEvent]
+    next: latest.Key | None
+    indexed: bool
 
 
 class StoreFigures(NamedTuple):
@@ -152,6 +162,40 @@ class Reader:
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
         return _Bounded(rows, False, len(seqs))
+
+    def path_indexes(self) -> set[str]:
+        """The names of the path indexes in the file (``storage.indexes``)."""
+        try:
+            return indexes.existing(self.db)
+        except (peewee.DatabaseError, sqlite3.Error) as exc:
+            raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
+
+    def latest_page(self, cond: Conditions, path: paths.JsonPath, *, limit: int,
+                    after: latest.Key | None, max_bytes: int) -> LatestPage:
+        """The newest event per key of ``path`` among the events ``cond`` matches, ``limit``
+        keys after ``after`` at most and no more than fit in ``max_bytes`` (always one), read
+        in one snapshot."""
+        try:
+            with self.db.atomic():
+                indexed = path.index_name in indexes.existing(self.db)
+                found = latest.page_keys(self.db, cond, path, limit=limit, after=after,
+                                         indexed=indexed)
+                by_seq = {e.seq: e for e in map(_stored, self.db.execute(
+                    by_seqs([seq for _, seq in found.keys])).fetchall())}
+        except (peewee.DatabaseError, sqlite3.Error) as exc:
+            raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
+        events: list[StoredEvent] = []
+        size = 0
+        more = found.more
+        for _key, seq in found.keys:
+            event = by_seq[seq]
+            size += event_size(event)
+            if events and size > max_bytes:
+                more = True
+                break
+            events.append(event)
+        last = found.keys[len(events) - 1][0] if events else None
+        return LatestPage(events, last if more else None, found.indexed)
 
     def get(self, event_id: str) -> StoredEvent | None:
         rows = self._all(by_id(event_id))

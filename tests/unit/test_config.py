@@ -20,6 +20,7 @@ from sidecar.config import (
     ApiConfig,
     Config,
     DatabaseConfig,
+    IndexesConfig,
     IngestConfig,
     LogConfig,
     MQTTConfig,
@@ -39,6 +40,7 @@ DEFAULT_URL = "sqlite:///data/kairo.db"
 SECTIONS: dict[str, type[msgspec.Struct]] = {
     "mqtt": MQTTConfig, "database": DatabaseConfig, "writer": WriterConfig,
     "ingest": IngestConfig, "log": LogConfig, "api": ApiConfig, "retention": RetentionConfig,
+    "indexes": IndexesConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
 COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url"}
@@ -512,3 +514,32 @@ def test_synchronous_off_with_durable_acks_is_refused(tmp_path: Path, durability
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert info.value.key == "database.synchronous"
+
+
+def test_indexes_and_keep_latest_paths_are_read(tmp_path: Path) -> None:
+    """``[indexes] paths`` and a rule's ``keep_latest`` come through as written."""
+    path = tmp_path / "sidecar.toml"
+    path.write_text('[indexes]\npaths = ["payload.fingerprint", "metadata.a[0]"]\n'
+                    '[retention]\nrules = [{ type = "kairo.plugin.*", max_age = "7d", '
+                    'keep_latest = "payload.name" }]\n')
+    config = load_config(path, environ={})
+    assert config.indexes.paths == ["payload.fingerprint", "metadata.a[0]"]
+    assert config.retention.rules[0].keep_latest == "payload.name"
+
+
+@pytest.mark.parametrize(("text", "key", "bad"), [
+    ('[indexes]\npaths = ["payload.ok", "name"]\n', "indexes.paths[1]", "'name'"),
+    ('[indexes]\npaths = ["payload.a b"]\n', "indexes.paths[0]", "'payload.a b'"),
+    ('[indexes]\npaths = ["payload.x", "payload.x"]\n', "indexes.paths[1]", "listed twice"),
+    ('[retention]\nrules = [{ type = "a.*", max_age = "1d" }, { type = "b", max_age = "1d", '
+     'keep_latest = "payload.$x" }]\n', "retention.rules[1].keep_latest", "'payload.$x'"),
+])
+def test_bad_index_or_keep_latest_path_names_the_key(tmp_path: Path, text: str, key: str,
+                                                      bad: str) -> None:
+    """A path outside the grammar is refused naming its key and the bad path."""
+    path = tmp_path / "sidecar.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert caught.value.key == key
+    assert bad in str(caught.value)
