@@ -138,6 +138,13 @@ class ApiConfig(_Section, frozen=True):
     queue_size: Annotated[int, Meta(ge=1, le=100_000)] = 64
 
 
+class KvConfig(_Section, frozen=True):
+    """The key-value store (README "Key-value store")."""
+
+    max_value_bytes: Annotated[int, Meta(ge=16, le=16_777_216)] = 65536
+    publish_retained: bool = False  # mirror each key's value retained on <base>/kv/state/<key>
+
+
 class RetentionRule(_Section, frozen=True):
     """``max_age`` for the event types matching the glob ``type`` (first matching rule wins)."""
 
@@ -166,6 +173,7 @@ class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    kv: KvConfig = msgspec.field(default_factory=KvConfig)
 
 
 def default_database_url(environ: Mapping[str, str]) -> str:

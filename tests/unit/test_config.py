@@ -21,6 +21,7 @@ from sidecar.config import (
     Config,
     DatabaseConfig,
     IngestConfig,
+    KvConfig,
     LogConfig,
     MQTTConfig,
     RetentionConfig,
@@ -39,6 +40,7 @@ DEFAULT_URL = "sqlite:///data/kairo.db"
 SECTIONS: dict[str, type[msgspec.Struct]] = {
     "mqtt": MQTTConfig, "database": DatabaseConfig, "writer": WriterConfig,
     "ingest": IngestConfig, "log": LogConfig, "api": ApiConfig, "retention": RetentionConfig,
+    "kv": KvConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
 COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url"}
