@@ -244,7 +244,8 @@ def _check(config: Config, source: str) -> None:
 
 def _check_api_topics(config: Config, source: str) -> None:
     """The stored topics must never match the API's request or response topics: a request
-    must not become an event, and a stored answer would feed a live replay its own output."""
+    must not become an event, and a stored answer would feed a live replay its own output.
+    Nor the key-value store's (``kv/set`` messages are writes, ``kv/state`` its mirror)."""
     if not config.api.enabled:
         return
     base = config.api.base_topic
@@ -252,7 +253,7 @@ def _check_api_topics(config: Config, source: str) -> None:
         problem = topics.filter_error(topic)
         if problem:
             raise ConfigError(problem, source=source, key=f"mqtt.topics[{i}]")
-        for own in (f"{base}/request/#", f"{base}/response/#"):
+        for own in (f"{base}/request/#", f"{base}/response/#", f"{base}/kv/#"):
             if topics.overlaps(topic, own):
                 raise ConfigError(f"{topic!r} overlaps the API topics {own!r}: narrow it or "
                                   "change api.base_topic", source=source, key=f"mqtt.topics[{i}]")
