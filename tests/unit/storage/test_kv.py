@@ -5,6 +5,7 @@ the prefix, export/import carry the store and importing twice changes nothing.""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,11 @@ from sidecar.core.kv import KvWrite
 from sidecar.errors import RequestError
 from sidecar.storage import kv
 from sidecar.storage.db import MIGRATIONS_DIR, migrate, open_database
+from sidecar.storage.maintenance import Maintenance
+from tests.support.faultkit import SmallFilesystem
 from tests.support.seed import create_db, query
 from tests.unit.storage.test_backup_transfer import run_cli
+from tests.unit.storage.test_diskguard import MiB, guard_config, run_maintenance, seeded
 
 
 def test_migration_006_keeps_rows_at_version_1(tmp_path: Path) -> None:
@@ -107,3 +111,32 @@ def test_export_import_carry_the_store_and_import_twice_changes_nothing(tmp_path
                                                                                  "plugin/b"]
     bad = run_cli("kv", "put", "a/+", "1", "--db", str(dest), db=dest)
     assert bad.returncode == 2 and b"key: must not contain '+'" in bad.stderr
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[SmallFilesystem]:
+    reason = SmallFilesystem.unavailable(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    with SmallFilesystem(tmp_path / "small-fs", size=8 * MiB) as fs:
+        yield fs
+
+
+def test_disk_guard_deletes_events_never_kv_entries(small_fs: SmallFilesystem) -> None:
+    """On a nearly full disk the guard deletes events down to its floor and leaves every
+    kv_store entry."""
+    db_path = seeded(small_fs)
+    config = guard_config(db_path, RETENTION__MIN_FREE="25%")
+    db = open_database(config.database, create=False)
+    try:
+        with db.atomic():
+            for i in range(50):
+                kv.apply(db, KvWrite(op="put", key=f"keep/{i}", value=f'{{"i":{i}}}'),
+                         topic_base="kb")
+        small_fs.fill(leave=512 * 1024)
+        m = Maintenance(db, config)
+        run_maintenance(m)
+        assert m.guard is not None and m.guard.state.deleted > 0
+    finally:
+        db.close()
+    assert query(db_path, "SELECT count(*), sum(version) FROM kv_store") == [(50, 50)]
