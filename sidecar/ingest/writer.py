@@ -417,6 +417,14 @@ class Writer:
             except RequestError as exc:  # rolled back: nothing written
                 refused.append(exc)
                 return None
+            except TRANSIENT_ERRORS:
+                raise  # retried below, like a batch
+            except Exception as exc:  # refused for its content: answer it, keep the writer
+                error, _ = describe_error(exc)
+                log.error("kv_write_refused", key=write.key, op=write.op, error=error)
+                refused.append(RequestError("internal", f"the database refused the write: "
+                                            f"{error}"))
+                return None
 
         done = self._retrying(lambda: (transaction(),), 1)
         if done is None:
