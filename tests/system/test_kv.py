@@ -5,7 +5,10 @@ its own key prefix."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +18,7 @@ import pytest
 
 from sidecar.client import SidecarClient
 from sidecar.errors import RequestError
-from tests.conftest import wait_until
+from tests.conftest import ROOT, wait_until
 from tests.support.broker import Broker, start_broker
 from tests.system.test_subscriber import Running, publish, publisher, start_inprocess
 
@@ -273,3 +276,26 @@ def test_retention_never_deletes_kv(env: Env, client: SidecarClient) -> None:
     finally:
         con.close()
     assert client.kv_get("keep/me")["value"] == {"state": 1}
+
+
+def _cli(env: Env, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "sidecar", *args, "--host", env.broker.host,
+                           "--port", str(env.broker.port)], capture_output=True, timeout=60,
+                          cwd=ROOT)
+
+
+def test_cli_through_the_broker(env: Env) -> None:
+    """kairo-sidecar kv put/get/list/delete talk to the running sidecar; a conflict exits 1
+    with the code in our words."""
+    put = _cli(env, "kv", "put", "cli/a", '{"n": 1}')
+    assert put.returncode == 0, put.stderr
+    assert json.loads(put.stdout) == {"key": "cli/a", "version": 1}
+    got = json.loads(_cli(env, "kv", "get", "cli/a").stdout)
+    assert (got["value"], got["version"]) == ({"n": 1}, 1)
+    stale = _cli(env, "kv", "put", "cli/a", "2", "--if-version", "5")
+    assert stale.returncode == 1 and b"conflict" in stale.stderr
+    _cli(env, "kv", "put", "cli/b", "text")
+    listed = _cli(env, "kv", "list", "cli/")
+    assert [json.loads(line)["value"] for line in listed.stdout.splitlines()] == [{"n": 1}, "text"]
+    assert _cli(env, "kv", "delete", "cli/b").returncode == 0
+    assert _cli(env, "kv", "get", "cli/b").returncode == 1
