@@ -4,7 +4,8 @@
 their own): it checks ``if_version``, writes ``kv_store`` and records the change as an event
 (``kairo.kv.put`` / ``kairo.kv.delete``, payload ``{key, value?, version}``) in the same
 transaction, so the history of every key can be replayed and the state never moves without
-its event. Reads take any connection (a reader's, or the writer's).
+its event. Every query runs on the ``db`` given (never the database the models are bound to):
+reads on a reader's connection, writes on the writer's, inside its transaction.
 """
 
 from __future__ import annotations
@@ -87,27 +88,28 @@ def apply(db: peewee.Database, write: KvWrite, *, topic_base: str,
     if write.op == "delete":
         if current is None:
             raise RequestError("not_found", f"no key {write.key!r:.300}", field="key")
-        KVStore.delete().where(KVStore.key == write.key).execute()
-        _record(kv.DELETE_EVENT, {"key": write.key, "version": current.version}, write.key,
+        db.execute(KVStore.delete().where(KVStore.key == write.key))
+        _record(db, kv.DELETE_EVENT, {"key": write.key, "version": current.version}, write.key,
                 topic_base, at)
         return KvEntry(write.key, None, current.version, at)
     assert write.value is not None
     if write.same_is_noop and current is not None and current.value == write.value:
         return None
     version = 1 if current is None else current.version + 1
-    KVStore.insert(key=write.key, value=write.value, version=version, updated_at=at).on_conflict(
+    db.execute(KVStore.insert(key=write.key, value=write.value, version=version,
+                              updated_at=at).on_conflict(
         conflict_target=[KVStore.key],
-        update={KVStore.value: write.value, KVStore.version: version,
-                KVStore.updated_at: at}).execute()
-    _record(kv.PUT_EVENT, {"key": write.key, "value": msgspec.Raw(write.value.encode()),
+        update={KVStore.value: write.value, KVStore.version: version, KVStore.updated_at: at}))
+    _record(db, kv.PUT_EVENT, {"key": write.key, "value": msgspec.Raw(write.value.encode()),
                            "version": version}, write.key, topic_base, at)
     return KvEntry(write.key, write.value, version, at)
 
 
-def _record(event_type: str, payload: dict[str, Any], key: str, topic_base: str, at: int) -> None:
-    Event.insert(id=uuid7(), topic=f"{topic_base}/kv/state/{key}", type=event_type,
-                 source=kv.EVENT_SOURCE, payload=msgspec.json.encode(payload).decode(),
-                 metadata="{}", created_at=at, received_at=at).execute()
+def _record(db: peewee.Database, event_type: str, payload: dict[str, Any], key: str,
+            topic_base: str, at: int) -> None:
+    db.execute(Event.insert(id=uuid7(), topic=f"{topic_base}/kv/state/{key}", type=event_type,
+                            source=kv.EVENT_SOURCE, payload=msgspec.json.encode(payload).decode(),
+                            metadata="{}", created_at=at, received_at=at))
 
 
 def apply_now(db: peewee.Database, write: KvWrite, *, topic_base: str) -> KvEntry | None:

@@ -170,8 +170,8 @@ def _import_kv(db: peewee.SqliteDatabase, entry: ExportedKv) -> int:
                 KVStore.key == entry.key).tuples()).fetchone()
             if stored is not None and stored[0] >= entry.version:
                 return 0
-            KVStore.replace(key=entry.key, value=bytes(entry.value).decode(),
-                            version=entry.version, updated_at=entry.updated_at).execute()
+            db.execute(KVStore.replace(key=entry.key, value=bytes(entry.value).decode(),
+                                       version=entry.version, updated_at=entry.updated_at))
             return 1
 
     return retry_busy(write, what="import kv", path=str(db.database))

@@ -6,7 +6,7 @@ its own key prefix."""
 from __future__ import annotations
 
 import json
-import sqlite3
+import os
 import subprocess
 import sys
 import threading
@@ -255,26 +255,21 @@ def _value(client: SidecarClient, key: str) -> Any:
 
 
 def test_retention_never_deletes_kv(env: Env, client: SidecarClient) -> None:
-    """Purge by age and by count deletes the kv events, never the kv_store rows."""
-    from sidecar.config import DatabaseConfig
-    from sidecar.core.events import now_ms
-    from sidecar.storage.purge import Policy, PurgeRun
-    from sidecar.storage.startup import open_store
-
+    """kairo-sidecar purge (max_events = 1) beside the daemon deletes the kv events, never the
+    kv_store rows."""
     client.kv_put("keep/me", {"state": 1})
-    db = open_store(DatabaseConfig(url=f"sqlite:///{env.run.db_path}"), schema="current",
-                    create=False, shared=True)
-    try:
-        PurgeRun(db, Policy(max_age=0.001, max_events=1), now_ms() + 10_000).run()
-    finally:
-        db.close()
-    con = sqlite3.connect(env.run.db_path)
-    try:
-        assert con.execute("SELECT count(*) FROM events").fetchone()[0] <= 1
-        assert con.execute("SELECT value FROM kv_store WHERE key = 'keep/me'").fetchone() == (
-            '{"state":1}',)
-    finally:
-        con.close()
+    client.kv_put("keep/newest", 0)  # the one event max_events = 1 keeps
+    entries = env.rows("SELECT key, value, version FROM kv_store ORDER BY key")
+    purge = subprocess.run([sys.executable, "-m", "sidecar", "purge"], capture_output=True,
+                           timeout=120, cwd=ROOT, env={
+                               **os.environ, "KAIRO_SIDECAR_RETENTION__MAX_EVENTS": "1",
+                               "KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{env.run.db_path}"})
+    assert purge.returncode == 0, purge.stderr
+    assert env.rows("SELECT count(*) FROM events") == [(1,)]
+    assert env.rows("SELECT count(*) FROM events WHERE type = 'kairo.kv.put' "
+                    "AND topic = 'kairo-sidecar/kv/state/keep/me'") == [(0,)]
+    assert env.rows("SELECT value FROM kv_store WHERE key = 'keep/me'") == [('{"state":1}',)]
+    assert env.rows("SELECT key, value, version FROM kv_store ORDER BY key") == entries
     assert client.kv_get("keep/me")["value"] == {"state": 1}
 
 
