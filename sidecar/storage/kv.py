@@ -64,10 +64,6 @@ def page(db: peewee.Database, *, prefix: str = "", after: str | None = None,
     return KvPage(entries, entries[-1].key if len(rows) > limit else None)
 
 
-def count(db: peewee.Database) -> int:
-    return int(db.execute(KVStore.select(peewee.fn.COUNT(KVStore.key)).tuples()).fetchone()[0])
-
-
 def _conflict(write: KvWrite, current: KvEntry | None) -> RequestError:
     have = 0 if current is None else current.version
     state = "absent" if current is None else f"at version {have}"
