@@ -34,11 +34,12 @@ from pathlib import Path
 from sidecar.config import LogConfig
 from sidecar.logs import configure_logging
 
-from . import api, ingest, storage, wear
+from . import api, ingest, kv, storage, wear
 from .harness import Report, Results
 from .wear import Pace
 
-SCENARIOS = ("storage", "sync", "drain", "live", "latency", "soak", "cold", "queries", "wear")
+SCENARIOS = ("storage", "sync", "drain", "live", "latency", "soak", "cold", "queries", "wear",
+             "kv")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Size:
     wear_seed: int
     wear_paces: tuple[Pace, ...]
     wear_drain: int
+    kv_rounds: int
 
 
 SIZES = {
@@ -69,17 +71,20 @@ SIZES = {
                  latency_rounds=3, storage=100_000, sync=100_000, sync_rounds=3, soak=1_000_000,
                  soak_step=100_000, big=1_000_000, cold_rounds=5, query_rounds=200,
                  replay=100_000, replay_rounds=3, wear_seed=1_000_000,
-                 wear_paces=(Pace(10, 120), Pace(100, 60)), wear_drain=100_000),
+                 wear_paces=(Pace(10, 120), Pace(100, 60)), wear_drain=100_000,
+                 kv_rounds=500),
     "quick": Size(drain=20_000, live=20_000, naive=1_000, rounds=2, latency_seconds=4,
                   latency_rounds=2, storage=20_000, sync=20_000, sync_rounds=2, soak=100_000,
                   soak_step=20_000, big=100_000, cold_rounds=3, query_rounds=50,
                   replay=20_000, replay_rounds=2, wear_seed=200_000,
-                  wear_paces=(Pace(10, 60), Pace(100, 30)), wear_drain=20_000),
+                  wear_paces=(Pace(10, 60), Pace(100, 30)), wear_drain=20_000,
+                  kv_rounds=200),
     "smoke": Size(drain=300, live=300, naive=50, rounds=1, latency_seconds=0.5,
                   latency_rounds=1, storage=500, sync=500, sync_rounds=1, soak=600,
                   soak_step=300, big=2_000, cold_rounds=1, query_rounds=3,
                   replay=500, replay_rounds=1, wear_seed=2_000,
-                  wear_paces=(Pace(10, 1), Pace(100, 0.5)), wear_drain=300),
+                  wear_paces=(Pace(10, 1), Pace(100, 0.5)), wear_drain=300,
+                  kv_rounds=5),
 }
 
 DESCRIPTIONS = {
@@ -103,6 +108,10 @@ DESCRIPTIONS = {
              "default settings, on a database already holding the seeded events, under a paced "
              "QoS 1 publisher (~320-byte envelopes) and at a drain, with the clean stop's final "
              "checkpoint; the baseline: a typical paho+sqlite script, same seed and load"),
+    "kv": ("12 Key-value store", "kv/get and kv/put round trips over MQTT with sidecar.client "
+           "(MQTT 5) at default settings (a put is answered after the group commit's sync), "
+           "interleaved with an event get by id as the reference; then puts with durability "
+           "none"),
     "queries": ("5+6 Queries and replay", "round trips over MQTT with sidecar.client (MQTT 5), "
                 "100-event pages, against the same page read straight from SQLite; replay "
                 "events/s"),
@@ -191,6 +200,8 @@ def run_suite(results: Results, size: Size, only: tuple[str, ...], out: Path, *,
                                                   replay_rounds=size.replay_rounds))
         scenario("wear", lambda r: wear.wear(env, r, seed_n=size.wear_seed,
                                              paces=size.wear_paces, drain_n=size.wear_drain))
+        scenario("kv", lambda r: kv.kv(env, r, size.kv_rounds,
+                                       keys=1000 if size.kv_rounds > 5 else 20))
     finally:
         broker.close()
         if not keep:

@@ -67,11 +67,13 @@ class DeadLetter(BaseModel):
 
 
 class KVStore(BaseModel):
-    """Key-value state snapshots (used by a later issue)."""
+    """The key-value store (``kv/*`` requests, ``sidecar.storage.kv``; migration 006): one row
+    per key, ``version`` 1 at the first put and +1 per put (compare-and-set)."""
 
     key = peewee.TextField(primary_key=True)
     value = peewee.TextField()  # JSON text
-    updated_at = peewee.BigIntegerField()
+    version = peewee.IntegerField(default=1)
+    updated_at = peewee.BigIntegerField()  # ms since the epoch
 
     class Meta:
         table_name = "kv_store"

@@ -23,6 +23,7 @@ from sidecar.api.handlers import Handlers
 from sidecar.api.replay import CommitSignal
 from sidecar.broker.subscriber import Subscriber
 from sidecar.config import Config
+from sidecar.core.kv import KvEntry
 from sidecar.core.stats import Stats
 from sidecar.ingest.intake import Intake
 from sidecar.ingest.writer import Writer
@@ -88,9 +89,11 @@ class Sidecar:
         commits = CommitSignal()
         # The writer acks through the subscriber, and the subscriber's callbacks feed the
         # writer: the subscriber comes first, and gets its callbacks by ``attach`` below.
+        kv_prefix = f"{cfg.api.base_topic}/kv/set/" if cfg.api.enabled else None
         self.subscriber = subscriber = Subscriber(
             cfg.mqtt, queue_size=cfg.writer.queue_size,
-            api_base_topic=cfg.api.base_topic if cfg.api.enabled else None)
+            api_base_topic=cfg.api.base_topic if cfg.api.enabled else None,
+            extra_topics=(kv_prefix + "#",) if kv_prefix else ())
         self.maintenance = Maintenance(self.db, cfg,
                                        pending=lambda: self.writer.depth if self.writer else 0)
         durability = cfg.database.effective_durability
@@ -99,9 +102,13 @@ class Sidecar:
                              stats=self.stats, on_commit=commits.notify,
                              maintenance=self.maintenance, on_full=self.maintenance.make_room,
                              sync=self.journal_sync.sync if self.journal_sync else None,
-                             sync_interval=cfg.database.sync_interval)
+                             sync_interval=cfg.database.sync_interval,
+                             kv_topic_base=cfg.api.base_topic,
+                             on_kv_change=self._kv_mirror(subscriber))
         self.handlers = self._make_handlers(commits, subscriber)
-        subscriber.attach(on_event=Intake(self.writer, cfg.ingest).receive,
+        intake = Intake(self.writer, cfg.ingest, kv_prefix=kv_prefix,
+                        kv_max_value_bytes=cfg.kv.max_value_bytes)
+        subscriber.attach(on_event=intake.receive,
                           on_request=self.handlers.receive if self.handlers else None,
                           on_new_session=self.writer.session_reset)
         log.info("sidecar_starting", version=__version__, database=cfg.database.url,
@@ -125,7 +132,23 @@ class Sidecar:
                         publish=subscriber.publish,
                         stats=self.stats, commits=commits, event_topics=cfg.mqtt.topics,
                         queue_depth=lambda: writer.depth if writer is not None else 0,
-                        disk_guard=self._disk_guard_state)
+                        disk_guard=self._disk_guard_state,
+                        kv_write=writer.kv if writer is not None else None,
+                        kv_max_value_bytes=cfg.kv.max_value_bytes)
+
+    def _kv_mirror(self, subscriber: Subscriber) -> Callable[[KvEntry], None] | None:
+        """``[kv] publish_retained``: each key's value retained on ``<base>/kv/state/<key>``
+        after each durable change (an empty retained message clears a deleted key)."""
+        if not self.config.kv.publish_retained:
+            return None
+        base = f"{self.config.api.base_topic}/kv/state/"
+
+        def mirror(entry: KvEntry) -> None:
+            value = b"" if entry.value is None else entry.value.encode()
+            subscriber.publish(base + entry.key, value, content_type="application/json",
+                               retain=True)
+
+        return mirror
 
     def _disk_guard_state(self) -> dict[str, Any] | None:
         """The disk guard's state for the ``stats`` answer (``min_free = "off"`` when off)."""

@@ -244,7 +244,7 @@ class SidecarClient:
 
     def _publish(self, op: str, body: dict[str, Any], *, key: str) -> paho.MQTTMessageInfo:
         """Publish one request; its answer comes to this client's topic, matched by ``key``."""
-        message = {k: v for k, v in body.items() if v is not None}
+        message = {k: v for k, v in body.items() if v is not None or k == "value"}
         properties = None
         if self._v5:
             properties = Properties(PacketTypes.PUBLISH)
@@ -341,6 +341,51 @@ class SidecarClient:
         return Replay(self, key, inbox, idle_timeout=None if paced else self.timeout)
 
 
+    # ------------------------------------------------------------------ key-value store
+    def kv_get(self, key: str) -> dict[str, Any]:
+        """``{key, value, version, updated_at}``; ``RequestError`` ``not_found`` if absent."""
+        data: dict[str, Any] = self.request("kv/get", {"key": key})
+        return data
+
+    def kv_put(self, key: str, value: Any, *, if_version: int | None = None) -> int:
+        """Store ``value`` (any JSON) under ``key``; the new version, once durable. With
+        ``if_version`` (0: only if absent) a stale version raises ``RequestError`` ``conflict``."""
+        body: dict[str, Any] = {"key": key, "value": value}
+        if if_version is not None:
+            body["if_version"] = if_version
+        return int(self.request("kv/put", body)["version"])
+
+    def kv_delete(self, key: str, *, if_version: int | None = None) -> int:
+        """Delete ``key``; the version deleted (``not_found``, ``conflict`` as ``kv_put``)."""
+        body: dict[str, Any] = {"key": key}
+        if if_version is not None:
+            body["if_version"] = if_version
+        return int(self.request("kv/delete", body)["version"])
+
+    def kv_list(self, prefix: str = "", *, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every entry whose key starts with ``prefix``, in key order, page after page."""
+        after: str | None = None
+        while True:
+            body: dict[str, Any] = {"prefix": prefix}
+            if limit is not None:
+                body["limit"] = limit
+            if after is not None:
+                body["after"] = after
+            page = self.request("kv/list", body)
+            yield from page["entries"]
+            after = page["next"]
+            if after is None:
+                return
+
+    def kv_watch(self, prefix: str = "", **options: Any) -> KvWatch:
+        """Watch the keys under ``prefix``: iterate the returned stream (see ``KvWatch``).
+        Options: batch, max_duration; it carries this connection's owner token and lease."""
+        body = {"owner": self._owner, "lease": self.lease, "prefix": prefix, **options}
+        self._replayed = True
+        key, inbox = self._send("kv/watch", body, stream=True)
+        return KvWatch(self, key, inbox, idle_timeout=self.timeout)
+
+
 class Replay:
     """The events of one replay stream, in sequence order.
 
@@ -349,6 +394,8 @@ class Replay:
     message (the broker dropped it) raises ``RequestError("lost", ...)``; resume with
     ``after=replay.last``.
     """
+
+    _ITEMS: tuple[str, ...] = ("events",)  # the keys of a stream message that hold its items
 
     def __init__(self, client: SidecarClient, key: str, inbox: queue.Queue[dict[str, Any]], *,
                  idle_timeout: float | None) -> None:
@@ -377,14 +424,15 @@ class Replay:
                     self.done = message
                     _data(message)
                 self.stream = message.get("stream", self.stream)
-                if "events" in message:
+                items = next((k for k in self._ITEMS if k in message), None)
+                if items is not None:
                     self._messages += 1
                     if message.get("seq") != self._messages:
                         raise RequestError("lost", f"stream message {self._messages} missing "
                                            f"(got {message.get('seq')}); resume with after="
                                            f"{self.last}")
-                    self.count += len(message["events"])
-                    if message["events"]:
+                    self.count += len(message[items])
+                    if items == "events" and message["events"]:
                         self.last = message["events"][-1]["seq"]
                 elif message.get("caught_up"):
                     self.caught_up.set()
@@ -407,6 +455,19 @@ class Replay:
         if stream is None:
             raise RuntimeError("the stream id is not known yet (no message arrived)")
         self._client.cancel(stream)
+
+
+class KvWatch(Replay):
+    """A ``kv/watch`` stream: iterate for the current values (``{key, value, version,
+    updated_at}``), then, after ``caught_up`` is set, the changes (the same with ``op``:
+    ``put`` or ``delete``, ``value`` null for a delete) until cancelled or expired."""
+
+    _ITEMS = ("entries", "changes")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for message in self.messages():
+            yield from message.get("entries", ())
+            yield from message.get("changes", ())
 
 
 def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:

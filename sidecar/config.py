@@ -138,6 +138,13 @@ class ApiConfig(_Section, frozen=True):
     queue_size: Annotated[int, Meta(ge=1, le=100_000)] = 64
 
 
+class KvConfig(_Section, frozen=True):
+    """The key-value store (README "Key-value store")."""
+
+    max_value_bytes: Annotated[int, Meta(ge=16, le=16_777_216)] = 65536
+    publish_retained: bool = False  # mirror each key's value retained on <base>/kv/state/<key>
+
+
 class RetentionRule(_Section, frozen=True):
     """``max_age`` for the event types matching the glob ``type`` (first matching rule wins);
     ``keep_latest`` (a JSON path such as ``payload.name``): the newest event per value of that
@@ -177,6 +184,7 @@ class Config(_Section, frozen=True):
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     indexes: IndexesConfig = msgspec.field(default_factory=IndexesConfig)
+    kv: KvConfig = msgspec.field(default_factory=KvConfig)
 
 
 def default_database_url(environ: Mapping[str, str]) -> str:
@@ -266,7 +274,8 @@ def _check_paths(config: Config, source: str) -> None:
 
 def _check_api_topics(config: Config, source: str) -> None:
     """The stored topics must never match the API's request or response topics: a request
-    must not become an event, and a stored answer would feed a live replay its own output."""
+    must not become an event, and a stored answer would feed a live replay its own output.
+    Nor the key-value store's (``kv/set`` messages are writes, ``kv/state`` its mirror)."""
     if not config.api.enabled:
         return
     base = config.api.base_topic
@@ -274,7 +283,7 @@ def _check_api_topics(config: Config, source: str) -> None:
         problem = topics.filter_error(topic)
         if problem:
             raise ConfigError(problem, source=source, key=f"mqtt.topics[{i}]")
-        for own in (f"{base}/request/#", f"{base}/response/#"):
+        for own in (f"{base}/request/#", f"{base}/response/#", f"{base}/kv/#"):
             if topics.overlaps(topic, own):
                 raise ConfigError(f"{topic!r} overlaps the API topics {own!r}: narrow it or "
                                   "change api.base_topic", source=source, key=f"mqtt.topics[{i}]")

@@ -25,9 +25,15 @@ from typing import Any, Protocol
 
 from sidecar import __version__
 from sidecar.api import protocol as requests
+from sidecar.api.kv_watch import KvWatch
 from sidecar.api.protocol import (
     CancelRequest,
     GetRequest,
+    KvDeleteRequest,
+    KvGetRequest,
+    KvListRequest,
+    KvPutRequest,
+    KvWatchRequest,
     LatestRequest,
     QueryRequest,
     RenewRequest,
@@ -38,7 +44,7 @@ from sidecar.api.protocol import (
 )
 from sidecar.api.replay import CommitSignal, ReplayStream, Sent
 from sidecar.config import ApiConfig
-from sidecar.core import topics
+from sidecar.core import kv, topics
 from sidecar.core.inbound import InboundMessage
 from sidecar.core.stats import Stats
 from sidecar.errors import FilterError, RequestError, StorageError
@@ -82,8 +88,12 @@ class Handlers:
     def __init__(self, config: ApiConfig, reader: Reader, *, publish: Publish, stats: Stats,
                  commits: CommitSignal, event_topics: Sequence[str],
                  queue_depth: Callable[[], int] = lambda: 0,
-                 disk_guard: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
+                 disk_guard: Callable[[], dict[str, Any] | None] = lambda: None,
+                 kv_write: Callable[[kv.KvWrite], kv.KvEntry | None] | None = None,
+                 kv_max_value_bytes: int = 65536) -> None:
         self._config = config
+        self._kv_write = kv_write  # the writer's ``kv``: applied on its thread, waits for durable
+        self._kv_max_value_bytes = kv_max_value_bytes
         self._reader = reader
         self._publish = publish
         self._stats = stats
@@ -269,6 +279,16 @@ class Handlers:
                 return self._renew(request)
             case StatsRequest():
                 return self.stats()
+            case KvGetRequest():
+                return self._kv_get(request, reply.fmt)
+            case KvPutRequest():
+                return self._kv_put(request)
+            case KvDeleteRequest():
+                return self._kv_delete(request)
+            case KvListRequest():
+                return self._kv_list(request, reply.fmt)
+            case KvWatchRequest():
+                return self._kv_watch(request, reply)
         raise RequestError("unknown_op", "unknown request")
 
     def _check_limit(self, value: int, field: str) -> None:
@@ -301,30 +321,84 @@ class Handlers:
             raise RequestError("not_found", f"no event with id {request.id!r}", field="id")
         return requests.event_out(row, fmt)
 
-    def _replay(self, request: ReplayRequest, reply: Reply) -> object:
-        self._check_limit(request.batch, "batch")
+    def _max_duration(self, asked: float | None) -> float:
         max_duration = self._config.max_duration
-        if request.max_duration is not None:
-            if request.max_duration > max_duration:
+        if asked is not None:
+            if asked > max_duration:
                 raise RequestError("bad_request", f"max_duration: must be <= {max_duration} "
                                    "(api.max_duration)", field="max_duration")
-            max_duration = request.max_duration
-        cond = conditions(request, indexed=self._reader.path_indexes() if request.where else set())
+            max_duration = asked
+        return max_duration
+
+    def _open_stream(self, make: Callable[[str], ReplayStream]) -> ReplayStream:
+        """Register a new stream (replay or kv watch) under ``api.max_streams``."""
         with self._lock:
             if self._stopping:
                 raise RequestError("busy", "the sidecar is stopping")
             if len(self._streams) >= self._config.max_streams:
                 raise RequestError("busy", f"{len(self._streams)} replay streams already run "
                                    f"(api.max_streams); retry later")
-            stream = ReplayStream(uuid.uuid4().hex, request, cond, reader=self._reader,
-                                  send=reply.send, commits=self._commits,
-                                  inflight=self._config.replay_inflight, max_duration=max_duration,
-                                  max_bytes=self._config.max_response_bytes, fmt=reply.fmt,
-                                  on_end=self._stream_ended)
+            stream = make(uuid.uuid4().hex)
             self._streams[stream.id] = stream
+        return stream
+
+    def _replay(self, request: ReplayRequest, reply: Reply) -> object:
+        self._check_limit(request.batch, "batch")
+        max_duration = self._max_duration(request.max_duration)
+        cond = conditions(request, indexed=self._reader.path_indexes() if request.where else set())
+        stream = self._open_stream(lambda sid: ReplayStream(
+            sid, request, cond, reader=self._reader, send=reply.send, commits=self._commits,
+            inflight=self._config.replay_inflight, max_duration=max_duration,
+            max_bytes=self._config.max_response_bytes, fmt=reply.fmt,
+            on_end=self._stream_ended))
         log.info("replay_started", stream=stream.id, live=request.live, batch=request.batch,
                  pace=request.pace, rate=request.rate, topic=reply.topic, owner=request.owner,
                  lease=request.lease)
+        stream.start()
+        return _STREAMING
+
+    # ------------------------------------------------------------------ kv
+    def _kv_get(self, request: KvGetRequest, fmt: str) -> requests.KvValue:
+        entry = self._reader.kv_get(kv.check_key(request.key))
+        if entry is None:
+            raise RequestError("not_found", f"no key {request.key!r:.300}", field="key")
+        return requests.kv_value(entry, fmt)
+
+    def _kv_apply(self, write: kv.KvWrite) -> kv.KvEntry | None:
+        if self._kv_write is None:
+            raise RequestError("busy", "the key-value store takes no writes here")
+        return self._kv_write(write)
+
+    def _kv_put(self, request: KvPutRequest) -> requests.KvVersion:
+        entry = self._kv_apply(kv.put_write(request.key, request.value,
+                                            if_version=request.if_version,
+                                            max_bytes=self._kv_max_value_bytes))
+        assert entry is not None
+        return requests.KvVersion(entry.key, entry.version)
+
+    def _kv_delete(self, request: KvDeleteRequest) -> requests.KvVersion:
+        entry = self._kv_apply(kv.KvWrite(op="delete", key=kv.check_key(request.key),
+                                          if_version=request.if_version))
+        assert entry is not None
+        return requests.KvVersion(entry.key, entry.version, deleted=True)
+
+    def _kv_list(self, request: KvListRequest, fmt: str) -> requests.KvList:
+        self._check_limit(request.limit, "limit")
+        found = self._reader.kv_page(prefix=kv.check_prefix(request.prefix), after=request.after,
+                                     limit=request.limit)
+        return requests.KvList([requests.kv_value(e, fmt) for e in found.entries], found.next)
+
+    def _kv_watch(self, request: KvWatchRequest, reply: Reply) -> object:
+        self._check_limit(request.batch, "batch")
+        kv.check_prefix(request.prefix)
+        max_duration = self._max_duration(request.max_duration)
+        stream = self._open_stream(lambda sid: KvWatch(
+            sid, request, reader=self._reader, send=reply.send, commits=self._commits,
+            inflight=self._config.replay_inflight, max_duration=max_duration,
+            max_bytes=self._config.max_response_bytes, fmt=reply.fmt,
+            on_end=self._stream_ended))
+        log.info("kv_watch_started", stream=stream.id, prefix=request.prefix, topic=reply.topic,
+                 owner=request.owner, lease=request.lease)
         stream.start()
         return _STREAMING
 

@@ -21,9 +21,11 @@ from sidecar.core.decode_errors import decode_failure, explain_validation
 from sidecar.core.events import StoredEvent
 from sidecar.core.filters import MAX_INT64
 from sidecar.core.inbound import InboundMessage
+from sidecar.core.kv import MAX_KEY_BYTES, KvEntry
 from sidecar.errors import FilterError, RequestError
 
-OPS = ("query", "get", "latest", "replay", "replay/cancel", "replay/renew", "stats")
+OPS = ("query", "get", "latest", "replay", "replay/cancel", "replay/renew", "stats",
+       "kv/get", "kv/put", "kv/delete", "kv/list", "kv/watch")
 
 Text = Annotated[str, Meta(min_length=1, max_length=1024)]
 StreamId = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -125,6 +127,43 @@ class StatsRequest(_Request, frozen=True):
     pass
 
 
+KvKey = Annotated[str, Meta(max_length=MAX_KEY_BYTES)]  # bytes and characters: core.kv.check_key
+Version = Annotated[int, Meta(ge=0, le=MAX_INT64)]
+
+
+class KvGetRequest(_Request, frozen=True):
+    key: KvKey
+
+
+class KvPutRequest(_Request, frozen=True):
+    """``value``: any JSON; ``if_version``: put only if the key is at this version (0: absent)."""
+
+    key: KvKey
+    value: Any
+    if_version: Version | None = None
+
+
+class KvDeleteRequest(_Request, frozen=True):
+    key: KvKey
+    if_version: Version | None = None
+
+
+class KvListRequest(_Request, frozen=True):
+    prefix: KvKey = ""
+    limit: Annotated[int, Meta(ge=1)] = 100
+    after: KvKey | None = None  # the ``next`` of the previous page
+
+
+class KvWatchRequest(_Request, frozen=True):
+    """Current values of the keys under ``prefix``, ``caught_up``, then every change."""
+
+    prefix: KvKey = ""
+    batch: Annotated[int, Meta(ge=1)] = 100
+    max_duration: Annotated[float, Meta(gt=0)] | None = None
+    owner: Owner | None = None
+    lease: Lease | None = None
+
+
 class _Envelope(msgspec.Struct):
     """Read loosely first, so even a bad request is answered where it asked and echoed."""
 
@@ -135,6 +174,8 @@ class _Envelope(msgspec.Struct):
 REQUEST_TYPES: dict[str, type[_Request]] = {
     "query": QueryRequest, "get": GetRequest, "latest": LatestRequest, "replay": ReplayRequest,
     "replay/cancel": CancelRequest, "replay/renew": RenewRequest, "stats": StatsRequest,
+    "kv/get": KvGetRequest, "kv/put": KvPutRequest, "kv/delete": KvDeleteRequest,
+    "kv/list": KvListRequest, "kv/watch": KvWatchRequest,
 }
 _DECODERS: dict[tuple[str, str], Any] = {}
 for _op, _type in REQUEST_TYPES.items():
@@ -228,6 +269,37 @@ class LatestAnswer(msgspec.Struct, frozen=True):
     events: list[EventOut]
     next: str | int | float | None
     indexed: bool
+
+
+class KvValue(msgspec.Struct, frozen=True):
+    """A key's entry in ``kv/get``, ``kv/list`` and ``kv/watch`` answers (``value`` embedded as
+    stored in JSON answers, decoded in MessagePack ones)."""
+
+    key: str
+    value: Any
+    version: int
+    updated_at: int
+
+
+class KvVersion(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``kv/put``: the version now stored; ``kv/delete``: the version deleted."""
+
+    key: str
+    version: int
+    deleted: bool = False
+
+
+class KvList(msgspec.Struct, frozen=True):
+    """``kv/list``: ``next`` is the ``after`` of the next page, or null."""
+
+    entries: list[KvValue]
+    next: str | None
+
+
+def kv_value(entry: KvEntry, fmt: str) -> KvValue:
+    text = entry.value if entry.value is not None else "null"
+    value = msgspec.Raw(text.encode()) if fmt == "json" else _json_value(text)
+    return KvValue(entry.key, value, entry.version, entry.updated_at)
 
 
 class Cancelled(msgspec.Struct, frozen=True):

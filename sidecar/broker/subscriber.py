@@ -80,7 +80,7 @@ class Subscriber:
     """A persistent-session subscriber handing messages to callbacks."""
 
     def __init__(self, config: MQTTConfig, *, queue_size: int,
-                 api_base_topic: str | None = None) -> None:
+                 api_base_topic: str | None = None, extra_topics: tuple[str, ...] = ()) -> None:
         self._config = config
         # Requests (``<base>/request/<op>``) are acked at once and handed to ``on_request``;
         # they are never events. Config makes sure the event topics cannot match them.
@@ -88,6 +88,8 @@ class Subscriber:
         self._subscriptions = [(topic, config.qos) for topic in config.topics]
         if self._request_prefix is not None:
             self._subscriptions.append((self._request_prefix + "#", 1))
+        # more QoS 1 topics handed to ``on_event`` (the kv store's ``<base>/kv/set/#``)
+        self._subscriptions.extend((topic, 1) for topic in extra_topics)
         self._on_event: OnMessage = _unattached
         self._on_request: OnMessage = _unattached
         self._on_new_session: OnNewSession = _now
@@ -287,7 +289,7 @@ class Subscriber:
 
     # ------------------------------------------------------------------ publishing (any thread)
     def publish(self, topic: str, payload: bytes, *, correlation_data: bytes | None = None,
-                content_type: str | None = None) -> paho.MQTTMessageInfo:
+                content_type: str | None = None, retain: bool = False) -> paho.MQTTMessageInfo:
         """Publish an answer at QoS 1 (thread-safe); the returned info tells when the broker
         has acked it, which is how replay streams bound their messages in flight."""
         properties = None
@@ -297,4 +299,4 @@ class Subscriber:
                 properties.ContentType = content_type
             if correlation_data is not None:
                 properties.CorrelationData = correlation_data
-        return self._client.publish(topic, payload, qos=1, properties=properties)
+        return self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)

@@ -304,6 +304,9 @@ def _cmd_import(args: argparse.Namespace, config: Config) -> int:
         db.close()
         progress.close()
     print(f"imported {result.inserted} new events; {result.already_present} were already stored")
+    if result.kv_lines:
+        print(f"key-value store: {result.kv_written} of {result.kv_lines} entries written (the "
+              "others were stored at the same or a newer version)")
     return 0
 
 

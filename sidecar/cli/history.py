@@ -402,3 +402,9 @@ def _print(out: Any, events: Iterable[Any], progress: Progress | None = None) ->
         if progress is not None:
             progress.advance(detail=f"seq {event.get('seq')}")
     out.flush()
+
+
+# what other command modules (``cli.kv``) share of these
+add_connection_options = _connection
+local_reader = _local
+connected = _client

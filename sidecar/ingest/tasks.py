@@ -12,12 +12,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sidecar.core.kv import KvEntry, KvWrite
+from sidecar.errors import RequestError
+
+AckToken = tuple[int, int]  # (connection generation, packet id)
+KvOutcome = KvEntry | RequestError | None  # the entry written, the refusal, or no change
+
 
 class Writer(Protocol):
     """What a task may ask of the writer (``sidecar.ingest.writer.Writer`` fits); a protocol
     rather than an import, so the writer and its tasks do not import each other."""
 
     def forget_delivery_ids(self) -> bool: ...
+
+    def apply_kv(self, write: KvWrite, ack: AckToken | None) -> tuple[bool, KvOutcome]: ...
 
 
 class WriterTask:
@@ -54,6 +62,26 @@ class SessionReset(WriterTask):
         if not writer.forget_delivery_ids():
             return False
         self.then()
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class KvTask(WriterTask):
+    """A kv put or delete (``sidecar.storage.kv.apply``) in its own transaction on the writer
+    thread, so the store has one writer. ``done`` gets the outcome once the write is durable
+    (the configured durability, as a PUBACK); ``ack``, the packet of a ``kv/set`` message, is
+    acked then too. Stops the writer (nothing answered or acked) if the shutdown deadline passes
+    while the database refuses the write."""
+
+    write: KvWrite
+    done: Callable[[KvOutcome], None]
+    ack: AckToken | None = None
+
+    def run(self, writer: Writer) -> bool:
+        applied, outcome = writer.apply_kv(self.write, self.ack)
+        if not applied:
+            return False
+        self.done(outcome)
         return True
 
 

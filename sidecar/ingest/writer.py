@@ -30,17 +30,21 @@ import peewee
 from models import DeadLetter, DeliveryId, Event
 from sidecar.config import WriterConfig
 from sidecar.core.events import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, DeadLetterRow, EventRow, now_ms, uuid7
+from sidecar.core.kv import KvEntry, KvWrite
 from sidecar.core.stats import Stats
+from sidecar.errors import RequestError
 from sidecar.ingest.bulk import BulkInsert
 from sidecar.ingest.conflicts import find_conflicts, new_events
-from sidecar.ingest.tasks import STOP, SessionReset, WriterTask
+from sidecar.ingest.tasks import STOP, KvOutcome, KvTask, SessionReset, WriterTask
 from sidecar.logs import RateLimited, get_logger
+from sidecar.storage import kv as kv_store
 from sidecar.storage.sqlite_errors import describe as describe_error
 
 log = get_logger("sidecar.writer")
 
 T = TypeVar("T")
 AckToken = tuple[int, int]  # (connection generation, packet id)
+KV_ANSWER_WAIT = 30.0  # seconds a kv request waits for its write (a failing disk: retries)
 AckFn = Callable[[Sequence[AckToken]], None]
 
 
@@ -125,8 +129,12 @@ class Writer:
                  stats: Stats, on_commit: Callable[[], None] | None = None,
                  maintenance: Callable[[], None] | None = None,
                  on_full: Callable[[], None] | None = None,
-                 sync: Callable[[], None] | None = None, sync_interval: float = 1.0) -> None:
+                 sync: Callable[[], None] | None = None, sync_interval: float = 1.0,
+                 kv_topic_base: str = "kairo-sidecar",
+                 on_kv_change: Callable[[KvEntry], None] | None = None) -> None:
         self._db = db
+        self._kv_topic_base = kv_topic_base  # kv events go on <base>/kv/state/<key>
+        self._on_kv_change = on_kv_change  # after a durable kv change (the retained mirror)
         self._sync = sync  # group commit: makes every commit so far durable (storage.durability)
         self._sync_interval = sync_interval
         self._sync_at_acks = max(1, window // 2)
@@ -187,6 +195,35 @@ class Writer:
         while self._queue.qsize() >= limit and self.alive and not self._stopping.is_set():
             self._room.wait(0.05)
             self._room.clear()
+
+    def submit_kv(self, task: KvTask) -> None:
+        """Queue a kv write (a ``kv/set`` message's, with its ack, or a request's): it runs in
+        order with the deliveries, and its packet counts in the broker's window like one."""
+        if task.ack is not None:
+            self._received_qos1 += 1
+        self._queue.put(task)
+
+    def kv(self, write: KvWrite, timeout: float = KV_ANSWER_WAIT) -> KvEntry | None:
+        """Apply ``write`` on the writer thread and wait until it is durable (any thread but the
+        writer's). Raises ``RequestError`` (``conflict``, ``not_found``; ``busy`` when the
+        writer has not done it within ``timeout``: it may still be applied later)."""
+        finished = threading.Event()
+        result: list[KvOutcome] = []
+
+        def done(outcome: KvOutcome) -> None:
+            result.append(outcome)
+            finished.set()
+
+        if not self.alive or self._stopping.is_set():
+            raise RequestError("busy", "the sidecar is stopping")
+        self._queue.put(KvTask(write, done))
+        if not finished.wait(timeout):
+            raise RequestError("busy", f"the write was not durable within {timeout:g} s (the "
+                               "database is failing or very busy); it may still happen")
+        outcome = result[0]
+        if isinstance(outcome, RequestError):
+            raise outcome
+        return outcome
 
     def session_reset(self, then: Callable[[], None]) -> None:
         """The broker started a new session: no message of the old one will come again, and
@@ -364,6 +401,62 @@ class Writer:
         """Delete every packet-id record (a ``SessionReset`` task, on the writer thread only),
         retrying like a batch; False if abandoned at the shutdown deadline."""
         return self._retrying(self._reset_delivery_ids, 0) is not None
+
+    def apply_kv(self, write: KvWrite, ack: AckToken | None) -> tuple[bool, KvOutcome]:
+        """A ``KvTask``'s write, in its own transaction with its event, retried like a batch;
+        then one sync makes it (and every batch committed before it) durable, and the acks
+        held for the sync, then ``ack``, are released. ``(False, None)`` if abandoned at the
+        shutdown deadline (nothing acked)."""
+        refused: list[RequestError] = []
+
+        def transaction() -> KvEntry | None:
+            refused.clear()
+            try:
+                with self._db.atomic("IMMEDIATE"):
+                    return kv_store.apply(self._db, write, topic_base=self._kv_topic_base)
+            except RequestError as exc:  # rolled back: nothing written
+                refused.append(exc)
+                return None
+            except TRANSIENT_ERRORS:
+                raise  # retried below, like a batch
+            except Exception as exc:  # refused for its content: answer it, keep the writer
+                error, _ = describe_error(exc)
+                log.error("kv_write_refused", key=write.key, op=write.op, error=error)
+                refused.append(RequestError("internal", f"the database refused the write: "
+                                            f"{error}"))
+                return None
+
+        done = self._retrying(lambda: (transaction(),), 1)
+        if done is None:
+            return False, None
+        entry = done[0]
+        if entry is not None:
+            self._sync_now()
+            if self._on_commit is not None:
+                self._on_commit()
+            log.debug("kv_written", op=write.op, key=write.key, version=entry.version)
+        if ack is not None:
+            self._send_acks([ack])
+        if entry is not None and self._on_kv_change is not None:
+            try:
+                self._on_kv_change(entry)
+            except Exception:
+                log.exception("kv_change_callback_failed", key=write.key)
+        return True, refused[0] if refused else entry
+
+    def _sync_now(self) -> None:
+        """Make every commit so far durable now (group commit) and release the held acks."""
+        if self._sync is None:
+            return
+        if self._unsynced:
+            self._sync_and_release()
+            return
+        try:
+            self._sync()
+        except OSError as exc:
+            log.critical("journal_sync_failed", error=str(exc), unacked=0,
+                         hint="the writer stops; the kv write is not answered")
+            raise
 
     def _reset_delivery_ids(self) -> bool:
         with self._db.atomic("IMMEDIATE"):

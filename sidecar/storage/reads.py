@@ -16,18 +16,21 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import peewee
 
-from models import DeadLetter
+from models import DeadLetter, Event
 from sidecar.config import DatabaseConfig
 from sidecar.core import paths, topics
 from sidecar.core.events import StoredEvent, event_size
+from sidecar.core.kv import KvEntry
 from sidecar.errors import StorageError
-from sidecar.storage import indexes, latest
+from sidecar.storage import indexes, kv, latest
 from sidecar.storage.db import pragmas, sqlite_path
 from sidecar.storage.queries import MQTT_MATCH_FUNCTION, Conditions, by_id, by_seqs, page, page_keys, summary
+
+T = TypeVar("T")
 
 # A row -> StoredEvent without a Python frame per row (replay reads ~80k events/s).
 _stored: Callable[[tuple[Any, ...]], StoredEvent] = functools.partial(tuple.__new__, StoredEvent)
@@ -200,6 +203,23 @@ class Reader:
     def get(self, event_id: str) -> StoredEvent | None:
         rows = self._all(by_id(event_id))
         return _stored(rows[0]) if rows else None
+
+    def kv_get(self, key: str) -> KvEntry | None:
+        return self._guard(lambda: kv.get(self.db, key))
+
+    def kv_page(self, *, prefix: str, after: str | None, limit: int) -> kv.KvPage:
+        return self._guard(lambda: kv.page(self.db, prefix=prefix, after=after, limit=limit))
+
+    def last_seq(self) -> int:
+        """The newest ``seq`` stored (0: none); every event stored later has a larger one."""
+        (seq,) = self._all(Event.select(peewee.fn.COALESCE(peewee.fn.MAX(Event.seq), 0)).tuples())[0]
+        return int(seq)
+
+    def _guard(self, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except (peewee.DatabaseError, sqlite3.Error) as exc:
+            raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
 
     def summary(self) -> tuple[int, int | None, int | None]:
         count, oldest, newest = self._all(summary())[0]

@@ -9,6 +9,10 @@
 * ``import_events``: an event whose id is stored is skipped (``keys``), in batches: importing
   a file twice adds nothing. Imported events get new ``seq`` values (they are new to this
   store's replay cursor).
+* The key-value store: an export without filters ends with one ``{"kv": {key, value, version,
+  updated_at}}`` line per key; import writes an entry unless the key is stored at the same or
+  a newer version (so importing twice changes nothing). Its history is in the exported
+  ``kairo.kv.*`` events.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import IO, Any
 import msgspec
 import peewee
 
-from models import Event
+from models import Event, KVStore
 from sidecar.config import DatabaseConfig
 from sidecar.core.decode_errors import describe
 from sidecar.errors import InputFileError
@@ -53,6 +57,19 @@ class ExportedEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     correlation_id: str | None = None
     causation_id: str | None = None
     trace_id: str | None = None
+
+
+class ExportedKv(msgspec.Struct, kw_only=True):
+    """A key-value entry in an export: the line ``{"kv": {...}}``."""
+
+    key: str
+    value: msgspec.Raw
+    version: int
+    updated_at: int
+
+
+class _KvLine(msgspec.Struct):
+    kv: ExportedKv
 
 
 # ------------------------------------------------------------------------------------ export
@@ -94,8 +111,24 @@ def export(db: peewee.SqliteDatabase, out: IO[bytes], terms: Iterable[Any] = (),
         written += len(rows)
         if progress is not None:
             progress(written, total)
+    if not where:
+        _export_kv(db, out, encoder)
     out.flush()
     return written
+
+
+def _export_kv(db: peewee.SqliteDatabase, out: IO[bytes], encoder: msgspec.json.Encoder) -> None:
+    """Every key-value entry, one ``{"kv": ...}`` line each, in key order."""
+    query = KVStore.select(KVStore.key, KVStore.value, KVStore.version,
+                           KVStore.updated_at).order_by(KVStore.key).tuples()
+    cursor = retry_busy(lambda: db.execute(query), what="export kv", path=str(db.database))
+    buffer = bytearray()
+    for key, value, version, updated_at in cursor:
+        encoder.encode_into(_KvLine(ExportedKv(key=key, value=msgspec.Raw(value.encode()),
+                                               version=version, updated_at=updated_at)),
+                            buffer, -1)
+        buffer += b"\n"
+    out.write(buffer)
 
 
 # ------------------------------------------------------------------------------------ import
@@ -104,6 +137,8 @@ class ImportResult:
     lines: int
     inserted: int
     seconds: float
+    kv_lines: int = 0
+    kv_written: int = 0  # entries absent or at an older version here
 
     @property
     def already_present(self) -> int:
@@ -127,6 +162,24 @@ def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ..
     return fresh
 
 
+def _import_kv(db: peewee.SqliteDatabase, entry: ExportedKv) -> int:
+    """Write ``entry`` unless its key is stored at the same or a newer version: 1 if written."""
+    def write() -> int:
+        with db.atomic("IMMEDIATE"):
+            stored = db.execute(KVStore.select(KVStore.version).where(
+                KVStore.key == entry.key).tuples()).fetchone()
+            if stored is not None and stored[0] >= entry.version:
+                return 0
+            db.execute(KVStore.replace(key=entry.key, value=bytes(entry.value).decode(),
+                                       version=entry.version, updated_at=entry.updated_at))
+            return 1
+
+    return retry_busy(write, what="import kv", path=str(db.database))
+
+
+_KV_DECODER = msgspec.json.Decoder(_KvLine)
+
+
 def open_for_import(config: DatabaseConfig) -> peewee.SqliteDatabase:
     """The database to import into (created and migrated if it does not exist yet); the
     daemon may be writing to it meanwhile."""
@@ -141,7 +194,7 @@ def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_si
     started = time.monotonic()
     decoder = msgspec.json.Decoder(ExportedEvent)
     batch: list[tuple[Any, ...]] = []
-    count = inserted = 0
+    count = inserted = kv_lines = kv_written = 0
     done_bytes = 0
 
     def flush() -> None:
@@ -160,6 +213,15 @@ def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_si
     for number, line in enumerate(lines, 1):
         done_bytes += len(line)
         if not line.strip():
+            continue
+        if line.lstrip().startswith(b'{"kv"'):
+            try:
+                kv_entry = _KV_DECODER.decode(line).kv
+            except msgspec.DecodeError as exc:
+                raise InputFileError(f"{source}: line {number}: not an exported kv entry "
+                                     f"({describe(exc, line, 'json')})") from None
+            kv_lines += 1
+            kv_written += _import_kv(db, kv_entry)
             continue
         try:
             event = decoder.decode(line)
@@ -183,7 +245,9 @@ def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_si
         flush()
     if progress is not None:
         progress(done_bytes)
-    result = ImportResult(count, inserted, round(time.monotonic() - started, 2))
+    result = ImportResult(count, inserted, round(time.monotonic() - started, 2), kv_lines,
+                          kv_written)
     log.info("import_finished", source=source, lines=count, inserted=inserted,
-             already_present=result.already_present, seconds=result.seconds)
+             already_present=result.already_present, kv_lines=kv_lines, kv_written=kv_written,
+             seconds=result.seconds)
     return result

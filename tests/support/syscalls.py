@@ -29,7 +29,7 @@ TRACED = sorted({*WRITES, *SENDS, *SYNCS})
 PUBACK = 0x40
 
 _LINE = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(.*)$")
-_CALL = re.compile(r"^(\w+)\((\d+)<(.*?)>(?=[,)])(.*)$")
+_CALL = re.compile(r"^(\w+)\((\d+)<(.*?)>(?=[,)]| <unfinished)(.*)$")
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>.*=\s*(-?\d+)")
 _RESULT = re.compile(r"\)\s*=\s*(-?\d+)")
 _DATA = re.compile(r'"((?:\\x[0-9a-f]{2})*)"')

@@ -44,7 +44,7 @@ def test_bench_smoke_run_writes_json_and_markdown(smoke: tuple[dict[str, Any], P
             assert target["value"] is None or math.isfinite(target["value"]), (key, target)
     assert "ratio / baseline" in (out / "latest-smoke.md").read_text()
     assert {"drain", "live", "latency", "soak", "queries", "cold", "storage", "sync",
-            "wear"} == set(SCENARIOS)
+            "wear", "kv"} == set(SCENARIOS)
     assert "sidecar / receive-only" in data["scenarios"]["drain"]["ratios"]
 
 

@@ -22,6 +22,7 @@ from sidecar.config import (
     DatabaseConfig,
     IndexesConfig,
     IngestConfig,
+    KvConfig,
     LogConfig,
     MQTTConfig,
     RetentionConfig,
@@ -41,6 +42,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "mqtt": MQTTConfig, "database": DatabaseConfig, "writer": WriterConfig,
     "ingest": IngestConfig, "log": LogConfig, "api": ApiConfig, "retention": RetentionConfig,
     "indexes": IndexesConfig,
+    "kv": KvConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
 COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url"}
