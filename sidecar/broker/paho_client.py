@@ -25,10 +25,12 @@ runs on paho's own ``Client`` until this module is fixed.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as paho
+
+from sidecar.broker.publish import Publish, parse_publish
 
 _PUBACK = 0x40
 _READ_SIZE = 65536
@@ -36,29 +38,40 @@ _MAX_BUFFERED_PACKETS = 1000  # packets read per loop turn from the buffer at mo
 
 
 class _BufferedSocket:
-    """A socket whose small ``recv`` calls are served from one large read."""
+    """A socket whose small ``recv`` calls are served from one large read.
+
+    The buffer is kept whole with a read position (``_buf``, ``_pos``), so serving a packet
+    copies only that packet, and ``Client`` parses PUBLISH packets from it in place.
+    """
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
-        self._buffer = b""
+        self._buf = b""
+        self._pos = 0
 
     def recv(self, bufsize: int) -> bytes:
-        buffer = self._buffer
-        if not buffer:
-            buffer = self._sock.recv(max(bufsize, _READ_SIZE))  # may raise BlockingIOError
-            if len(buffer) <= bufsize:
-                return buffer  # b"" is end of stream
-        self._buffer = buffer[bufsize:]
-        return buffer[:bufsize]
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf):
+            buf = self._sock.recv(max(bufsize, _READ_SIZE))  # may raise BlockingIOError
+            if len(buf) <= bufsize:
+                self._buf = b""
+                self._pos = 0
+                return buf  # b"" is end of stream
+            self._buf = buf
+            pos = 0
+        end = min(pos + bufsize, len(buf))
+        self._pos = end
+        return buf[pos:end]
 
     @property
     def buffered(self) -> bool:
-        return bool(self._buffer)
+        return self._pos < len(self._buf)
 
     def pending(self) -> int:
         """Bytes readable without waiting: ours, plus what TLS has decrypted already."""
         inner = getattr(self._sock, "pending", None)
-        return len(self._buffer) + (inner() if inner is not None else 0)
+        return len(self._buf) - self._pos + (inner() if inner is not None else 0)
 
     def send(self, data: bytes | bytearray) -> int:
         return int(self._sock.send(data))
@@ -70,7 +83,8 @@ class _BufferedSocket:
         self._sock.setblocking(flag)
 
     def close(self) -> None:
-        self._buffer = b""
+        self._buf = b""
+        self._pos = 0
         self._sock.close()
 
     def __getattr__(self, name: str) -> Any:  # setsockopt, getpeercert, ... of the real socket
@@ -99,18 +113,52 @@ class Client(paho.Client):
             return sock  # websockets: paho's own wrapper buffers frames
         return _BufferedSocket(sock)
 
+    # Set by the subscriber: receives each QoS 0/1 PUBLISH the lean path parsed, in place of
+    # ``on_message`` (which still gets every packet the lean path leaves to paho). Only used
+    # with ``manual_ack`` (paho's automatic PUBACK is not reproduced here).
+    on_lean_message: Callable[[Publish], None] | None = None
+
     def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
         """Read one packet (paho), then every further one already in the buffer, before paho's
-        loop goes back to ``select`` (bounded, so acks and keep-alives still go out)."""
+        loop goes back to ``select`` (bounded, so acks and keep-alives still go out). Complete
+        QoS 0/1 PUBLISH packets in the buffer go through ``parse_publish`` to
+        ``on_lean_message``; anything else through paho's ``_packet_read``."""
         rc = super().loop_read(max_packets)
-        sock = self._sock
-        for _ in range(_MAX_BUFFERED_PACKETS):
-            if rc != paho.MQTT_ERR_SUCCESS or self._sock is not sock:
-                break
-            if not isinstance(sock, _BufferedSocket) or not sock.buffered:
-                break
+        if not isinstance(self._sock, _BufferedSocket):
+            return rc
+        sock: _BufferedSocket = self._sock
+        lean = self.on_lean_message if self._manual_ack else None
+        budget = _MAX_BUFFERED_PACKETS
+        while budget > 0 and rc == paho.MQTT_ERR_SUCCESS and self._sock is sock and sock.buffered:
+            if lean is not None and self._in_packet["command"] == 0:  # no packet half read
+                handled = self._read_lean(sock, lean, budget)
+                if handled:
+                    budget -= handled
+                    continue
             rc = super().loop_read(1)
+            budget -= 1
         return rc
+
+    def _read_lean(self, sock: _BufferedSocket, deliver: Callable[[Publish], None],
+                   budget: int) -> int:
+        """Hand over the PUBLISH packets at the buffer's read position (at most ``budget``);
+        stop at the first packet paho must take. Returns how many were handed over."""
+        buf = sock._buf
+        v5 = self._protocol == paho.MQTTv5
+        mutex = self._in_callback_mutex
+        handled = 0
+        while handled < budget and sock._buf is buf and sock._pos < len(buf):
+            parsed = parse_publish(buf, sock._pos, v5)
+            if parsed is None:
+                break
+            message, sock._pos = parsed  # consumed before the callback, as paho does
+            handled += 1
+            with mutex:  # what paho holds around on_message
+                deliver(message)
+        if handled:
+            with self._msgtime_mutex:  # keep-alive: bytes came in (paho's _packet_read does it)
+                self._last_bytes_received = paho.time_func()
+        return handled
 
     def ack_many(self, mids: Iterable[int]) -> None:
         """PUBACK these QoS 1 packet ids (in this order) in one write."""
