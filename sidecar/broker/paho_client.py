@@ -48,11 +48,33 @@ class _BufferedSocket:
         self._sock = sock
         self._buf = b""
         self._pos = 0
+        self._deferred: BaseException | bytes | None = None  # what fill() got instead of bytes
+
+    def fill(self) -> None:
+        """One read into the empty buffer. What the socket answers instead of bytes (end of
+        stream, would-block, TLS want-read, an error) is kept for the next ``recv``, so paho's
+        ``_packet_read`` meets it exactly as it would have."""
+        try:
+            data = self._sock.recv(_READ_SIZE)
+        except Exception as exc:  # handed to paho's recv, unchanged
+            self._deferred = exc
+            return
+        if data:
+            self._buf = data
+            self._pos = 0
+        else:
+            self._deferred = data
 
     def recv(self, bufsize: int) -> bytes:
         buf = self._buf
         pos = self._pos
         if pos >= len(buf):
+            deferred = self._deferred
+            if deferred is not None:
+                self._deferred = None
+                if isinstance(deferred, BaseException):
+                    raise deferred
+                return deferred
             buf = self._sock.recv(max(bufsize, _READ_SIZE))  # may raise BlockingIOError
             if len(buf) <= bufsize:
                 self._buf = b""
@@ -66,7 +88,8 @@ class _BufferedSocket:
 
     @property
     def buffered(self) -> bool:
-        return self._pos < len(self._buf)
+        """Bytes (or what ``fill`` got instead) wait to be read."""
+        return self._pos < len(self._buf) or self._deferred is not None
 
     def pending(self) -> int:
         """Bytes readable without waiting: ours, plus what TLS has decrypted already."""
@@ -123,20 +146,38 @@ class Client(paho.Client):
         loop goes back to ``select`` (bounded, so acks and keep-alives still go out). Complete
         QoS 0/1 PUBLISH packets in the buffer go through ``parse_publish`` to
         ``on_lean_message``; anything else through paho's ``_packet_read``."""
-        rc = super().loop_read(max_packets)
-        if not isinstance(self._sock, _BufferedSocket):
-            return rc
-        sock: _BufferedSocket = self._sock
         lean = self.on_lean_message if self._manual_ack else None
+        if not isinstance(self._sock, _BufferedSocket) or lean is None:
+            return self._loop_read_buffered(max_packets)
+        sock: _BufferedSocket = self._sock
         budget = _MAX_BUFFERED_PACKETS
-        while budget > 0 and rc == paho.MQTT_ERR_SUCCESS and self._sock is sock and sock.buffered:
-            if lean is not None and self._in_packet["command"] == 0:  # no packet half read
+        filled = False
+        rc = paho.MQTT_ERR_SUCCESS
+        while budget > 0 and rc == paho.MQTT_ERR_SUCCESS and self._sock is sock:
+            if not sock.buffered:
+                if filled:
+                    break  # one read per wake-up from select (paho's own may read more)
+                sock.fill()
+                filled = True
+            if self._in_packet["command"] == 0:  # no packet half read by paho
                 handled = self._read_lean(sock, lean, budget)
                 if handled:
                     budget -= handled
                     continue
-            rc = super().loop_read(1)
+            rc = super().loop_read(1)  # the packet at the read position is for paho
             budget -= 1
+        return rc
+
+    def _loop_read_buffered(self, max_packets: int) -> paho.MQTTErrorCode:
+        """paho reads every packet, but from the buffer while it holds bytes."""
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        for _ in range(_MAX_BUFFERED_PACKETS):
+            if rc != paho.MQTT_ERR_SUCCESS or self._sock is not sock:
+                break
+            if not isinstance(sock, _BufferedSocket) or not sock.buffered:
+                break
+            rc = super().loop_read(1)
         return rc
 
     def _read_lean(self, sock: _BufferedSocket, deliver: Callable[[Publish], None],
