@@ -1,25 +1,40 @@
 """paho's ``Client`` with a faster receive path and batched acks (``broker.subscriber``'s client
 unless ``[mqtt] fast_client = false``).
 
-Profiles of the daemon draining a backlog (BENCHMARKS.md) showed the paho network thread and
-the writer thread taking turns on the GIL for every system call:
+Profiles of the daemon draining a backlog (BENCHMARKS.md) showed the paho network thread as the
+bottleneck, and most of its time in paho's own per-packet work:
 
 * paho reads each packet with three or four ``recv`` calls (the command byte, the length bytes
   one at a time, then the body) and goes back to ``select`` after every packet. Here the socket
-  is wrapped in ``_BufferedSocket``: one ``recv`` of up to 64 KiB fills a buffer the small reads
-  are served from, and ``loop_read`` handles every packet already in that buffer before paho's
-  loop goes back to ``select`` (its ``pending()``, which paho already asks of TLS sockets, tells
-  paho not to wait there while bytes are buffered).
+  is wrapped in ``_BufferedSocket``: one ``recv`` of up to 64 KiB fills a buffer (kept whole,
+  with a read position) the small reads are served from, and ``loop_read`` handles every packet
+  already in that buffer before paho's loop goes back to ``select`` (its ``pending()``, which
+  paho already asks of TLS sockets, tells paho not to wait there while bytes are buffered).
+* paho decodes every PUBLISH into an ``MQTTMessage`` with an MQTT 5 ``Properties`` object
+  (validated attribute by attribute), formats a debug log call and walks its topic matcher:
+  ~40 % of the daemon's CPU in a drain. With ``on_lean_message`` set (the subscriber sets it) and
+  ``manual_ack`` on, ``loop_read`` parses each complete QoS 0/1 PUBLISH at the buffer's read
+  position with ``broker.publish.parse_publish`` (topic, packet id, flags, payload and the four
+  MQTT 5 properties the sidecar reads) and calls ``on_lean_message(Publish)`` under the mutex
+  paho holds around ``on_message``. Everything else (QoS 2, other packet types, a packet cut at
+  the end of a read, anything unusual ``parse_publish`` declines) is read by paho's own
+  ``_packet_read`` from the same buffer and reaches ``on_message`` as before. The socket's
+  answer other than bytes (end of stream, would-block, an error) is kept by ``fill`` and raised
+  by the next ``recv``, so paho's error handling meets it unchanged.
 * ``ack(mid)`` queues one packet and writes a byte to paho's wake-up socket per message.
   ``ack_many`` queues the PUBACKs of a whole batch as one write: one wake-up and one ``send``.
   The bytes are the ones ``ack`` would send, in the same order.
 
-Both rely on paho internals: ``_create_socket`` (called by ``reconnect``), ``_sock``,
-``_transport``, ``_packet_queue(command, packet, mid, qos)``, and paho's loop asking the socket
-for ``pending()``. ``pyproject.toml`` pins paho-mqtt below 2.3; ``tests/test_paho_client.py``
-checks each of them against the installed paho (naming any that went missing) and runs the
-client against a real broker. Should a paho release break them, ``[mqtt] fast_client = false``
-runs on paho's own ``Client`` until this module is fixed.
+These rely on paho internals: ``_create_socket`` (called by ``reconnect``), ``_sock``,
+``_transport``, ``_packet_queue(command, packet, mid, qos)``, paho's loop asking the socket for
+``pending()``, and for the lean path ``_in_packet["command"]`` (0 between packets),
+``_manual_ack``, ``_protocol``, ``_in_callback_mutex``, ``_msgtime_mutex`` /
+``_last_bytes_received`` (keep-alive) and ``time_func``. ``pyproject.toml`` pins paho-mqtt below
+2.3; ``tests/unit/broker/test_paho_client.py`` checks each of them against the installed paho
+(naming any that went missing) and runs the client against a real broker, and
+``tests/unit/broker/test_publish.py`` checks the parser against paho's ``decode_publish``.
+Should a paho release break them, ``[mqtt] fast_client = false`` runs on paho's own ``Client``
+until this module is fixed.
 """
 
 from __future__ import annotations

@@ -34,7 +34,13 @@ PUBLIC_METHODS = {
     "loop_read": ["max_packets"],  # overridden: drains the buffer
     "ack": ["mid", "qos"],  # requests, and every ack with fast_client = false
 }
-INSTANCE_ATTRIBUTES = ["_sock", "_transport"]  # read by loop_read and _create_socket
+INSTANCE_ATTRIBUTES = [
+    "_sock", "_transport",  # read by loop_read and _create_socket
+    # the lean path: is paho half-way through a packet, manual acks on, MQTT 5 or not, the
+    # mutex paho holds around on_message, keep-alive's last-received time
+    "_in_packet", "_manual_ack", "_protocol", "_in_callback_mutex", "_msgtime_mutex",
+    "_last_bytes_received",
+]
 MESSAGE_SLOTS = ["_topic", "properties"]  # the subscriber: raw topic bytes, MQTT 5 properties
 
 
@@ -80,6 +86,21 @@ def test_paho_still_calls_what_the_subclass_overrides():
     assert ".pending()" in inspect.getsource(paho.Client._loop), (
         "paho.Client._loop no longer asks the socket for pending(): buffered packets would wait")
     assert paho.MQTT_ERR_SUCCESS == 0
+
+
+def test_paho_still_works_as_the_lean_path_assumes():
+    """paho marks 'no packet half read' with _in_packet["command"] == 0 and resets it after each
+    packet; it reads through the socket's recv (where a deferred answer is raised); it holds
+    _in_callback_mutex around on_message; time_func is its keep-alive clock."""
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    assert client._in_packet["command"] == 0
+    read = inspect.getsource(paho.Client._packet_read)
+    assert "self._in_packet['command'] == 0" in read and '"command": 0' in read, (
+        "paho.Client._packet_read no longer marks packet boundaries as paho_client expects")
+    assert "self._sock.recv(" in inspect.getsource(paho.Client._sock_recv)
+    assert "self._in_callback_mutex" in inspect.getsource(paho.Client._handle_on_message)
+    assert "_last_bytes_received = time_func()" in read
+    assert callable(paho.time_func)
 
 
 def _session_client(broker: Broker, client_id: str, got: queue.Queue[paho.MQTTMessage],
