@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 
 from sidecar.broker.connfail import network_reason, refusal_reason
 from sidecar.broker.paho_client import Client
+from sidecar.broker.publish import Publish
 from sidecar.config import MQTTConfig
 from sidecar.core.events import now_ms
 from sidecar.core.inbound import AckToken, InboundMessage
@@ -69,11 +70,20 @@ def _unattached(msg: InboundMessage) -> None:
     raise RuntimeError("Subscriber.attach(on_event=...) must come before start()")
 
 
-def _topic(msg: paho.MQTTMessage) -> str:
+def _as_publish(msg: paho.MQTTMessage) -> Publish:
+    """paho's message as the lean path's ``Publish``: the same values, whichever path read it."""
     try:
-        return msg.topic
+        topic = msg.topic
     except UnicodeDecodeError:  # stored as a dead letter, under a readable name
-        return msg._topic.decode("utf-8", "backslashreplace")
+        topic = msg._topic.decode("utf-8", "backslashreplace")
+    props = msg.properties
+    if props is None:  # MQTT 3.1.1
+        return Publish(topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.mid)
+    correlation = getattr(props, "CorrelationData", None)
+    return Publish(topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.mid,
+                   getattr(props, "ContentType", None), getattr(props, "UserProperty", None),
+                   getattr(props, "ResponseTopic", None),
+                   bytes(correlation) if correlation is not None else None)
 
 
 class Subscriber:
@@ -141,6 +151,8 @@ class Subscriber:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        if isinstance(client, Client):
+            client.on_lean_message = self._on_publish  # QoS 0/1 PUBLISH without paho's parse
         client.on_socket_open = _no_delay
         return client
 
@@ -257,28 +269,25 @@ class Subscriber:
         self.subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        """paho's path: every message with ``fast_client = false``, else what the lean path
+        leaves to paho (QoS 2, a topic that is not UTF-8, long property lists, ...)."""
+        self._on_publish(_as_publish(msg))
+
+    def _on_publish(self, msg: Publish) -> None:
         with self._intake:  # uncontended but for stop_intake
             if self._accepting:  # else not acked: the broker delivers it again after the restart
-                self._hand_over(client, msg)
+                self._hand_over(msg)
 
-    def _hand_over(self, client: paho.Client, msg: paho.MQTTMessage) -> None:
-        topic = _topic(msg)
-        props = msg.properties
-        if props is None:  # MQTT 3.1.1
-            content_type = user_props = response_topic = correlation = None
-        else:
-            content_type = getattr(props, "ContentType", None)
-            user_props = getattr(props, "UserProperty", None)
-            response_topic = getattr(props, "ResponseTopic", None)
-            correlation = getattr(props, "CorrelationData", None)
+    def _hand_over(self, msg: Publish) -> None:
+        topic = msg.topic
         prefix = self._request_prefix
         request = prefix is not None and topic.startswith(prefix)
         if request and msg.qos:
-            client.ack(msg.mid, msg.qos)  # a request is not an event: acked on arrival
+            self._client.ack(msg.mid, msg.qos)  # a request is not an event: acked on arrival
         inbound = InboundMessage(
             topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.mid, self._generation,
-            now_ms(), content_type, user_props, response_topic,
-            bytes(correlation) if correlation is not None else None)
+            now_ms(), msg.content_type, msg.user_properties, msg.response_topic,
+            msg.correlation_data)
         if not request:
             self._on_event(inbound)
             return

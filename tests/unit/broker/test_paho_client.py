@@ -16,6 +16,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sidecar.broker.paho_client import Client, _BufferedSocket
+from sidecar.broker.publish import Publish
+from sidecar.broker.subscriber import _as_publish
 from sidecar.config import load_config
 from tests.conftest import wait_until
 from tests.support.broker import Broker
@@ -32,7 +34,13 @@ PUBLIC_METHODS = {
     "loop_read": ["max_packets"],  # overridden: drains the buffer
     "ack": ["mid", "qos"],  # requests, and every ack with fast_client = false
 }
-INSTANCE_ATTRIBUTES = ["_sock", "_transport"]  # read by loop_read and _create_socket
+INSTANCE_ATTRIBUTES = [
+    "_sock", "_transport",  # read by loop_read and _create_socket
+    # the lean path: is paho half-way through a packet, manual acks on, MQTT 5 or not, the
+    # mutex paho holds around on_message, keep-alive's last-received time
+    "_in_packet", "_manual_ack", "_protocol", "_in_callback_mutex", "_msgtime_mutex",
+    "_last_bytes_received",
+]
 MESSAGE_SLOTS = ["_topic", "properties"]  # the subscriber: raw topic bytes, MQTT 5 properties
 
 
@@ -78,6 +86,21 @@ def test_paho_still_calls_what_the_subclass_overrides():
     assert ".pending()" in inspect.getsource(paho.Client._loop), (
         "paho.Client._loop no longer asks the socket for pending(): buffered packets would wait")
     assert paho.MQTT_ERR_SUCCESS == 0
+
+
+def test_paho_still_works_as_the_lean_path_assumes():
+    """paho marks 'no packet half read' with _in_packet["command"] == 0 and resets it after each
+    packet; it reads through the socket's recv (where a deferred answer is raised); it holds
+    _in_callback_mutex around on_message; time_func is its keep-alive clock."""
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    assert client._in_packet["command"] == 0
+    read = inspect.getsource(paho.Client._packet_read)
+    assert "self._in_packet['command'] == 0" in read and '"command": 0' in read, (
+        "paho.Client._packet_read no longer marks packet boundaries as paho_client expects")
+    assert "self._sock.recv(" in inspect.getsource(paho.Client._sock_recv)
+    assert "self._in_callback_mutex" in inspect.getsource(paho.Client._handle_on_message)
+    assert "_last_bytes_received = time_func()" in read
+    assert callable(paho.time_func)
 
 
 def _session_client(broker: Broker, client_id: str, got: queue.Queue[paho.MQTTMessage],
@@ -154,3 +177,153 @@ def test_ingest_end_to_end_with_paho_own_client(tmp_path: Path, broker: Broker):
     run.sidecar.request_stop()
     run.thread.join(15)
     client.loop_stop()
+
+
+# ---------------------------------------------------------------------------- the lean path
+class _Collect:
+    """A subscriber's messages, noting which path (lean or paho's on_message) delivered each."""
+
+    def __init__(self, ack: paho.Client | None = None) -> None:
+        self.lean: list[Publish] = []
+        self.paho: list[Publish] = []
+        self.order: list[Publish] = []
+        self.ack = ack  # PUBACK each QoS 1 message on arrival (else the broker's window fills)
+
+    def on_lean(self, msg: Publish) -> None:
+        self.lean.append(msg)
+        self.order.append(msg)
+        if self.ack is not None and msg.qos == 1:
+            self.ack.ack(msg.mid, 1)
+
+    def on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        as_publish = _as_publish(msg)
+        self.paho.append(as_publish)
+        self.order.append(as_publish)
+        if msg.qos == 2 or (self.ack is not None and msg.qos == 1):
+            client.ack(msg.mid, msg.qos)
+
+
+def _subscriber(broker: Broker, cls: type[paho.Client], got: _Collect, client_id: str,
+                topic: str = "eq/#") -> paho.Client:
+    client = cls(CallbackAPIVersion.VERSION2, client_id=client_id,
+                 protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+    client.on_message = got.on_message
+    if isinstance(client, Client):
+        client.on_lean_message = got.on_lean
+    subscribed: queue.Queue[bool] = queue.Queue()
+    client.on_subscribe = lambda *a: subscribed.put(True)
+    sub_props = Properties(PacketTypes.SUBSCRIBE)
+    sub_props.SubscriptionIdentifier = 300  # the broker then adds it to every PUBLISH
+    client.on_connect = lambda c, *a: c.subscribe(topic, qos=2, properties=sub_props)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 300
+    client.connect(broker.host, broker.port, clean_start=False, properties=props)
+    client.loop_start()
+    assert subscribed.get(timeout=10)
+    return client
+
+
+def _publish_properties(**values: object) -> Properties:
+    p = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(p, name, value)
+    return p
+
+
+def test_lean_path_reads_what_paho_reads_from_a_real_broker(broker: Broker):
+    """Through Mosquitto, the fast client's lean path and paho's own Client receive the same
+    messages (QoS 0/1/2, retained, empty and 10 KB payloads, every property kind the broker
+    forwards, a subscription identifier); QoS 2 and long property lists come via paho's path."""
+    sender = publisher(broker)
+    publish(sender, "eq/retained", b"kept", properties=_publish_properties(ContentType="text/x"))
+    sender.publish("eq/retained", b"kept", qos=1, retain=True,
+                   properties=_publish_properties(ContentType="text/x")).wait_for_publish(10)
+    fast, plain = _Collect(), _Collect()
+    fast_client = _subscriber(broker, Client, fast, "eq-fast")
+    plain_client = _subscriber(broker, paho.Client, plain, "eq-plain")
+    every = _publish_properties(
+        PayloadFormatIndicator=1, MessageExpiryInterval=3600, ContentType="application/json",
+        ResponseTopic="eq/reply", CorrelationData=b"\x00c",
+        UserProperty=[("specversion", "1.0"), ("typé", "kairo.x"), ("typé", "twice")])
+    sent = [("eq/q0", b"zero", 0, every), ("eq/q1", b"", 1, every), ("eq/q2", b"two", 2, every),
+            ("eq/big", bytes(range(256)) * 40, 1, None),
+            ("eq/long", b"long", 1, _publish_properties(UserProperty=[("k", "v" * 300)])),
+            ("eq/ünï", b"utf8 topic", 1, _publish_properties(ContentType="text/plain"))]
+    for topic, payload, qos, props in sent:
+        publish(sender, topic, payload, qos=qos, properties=props)
+    total = len(sent) + 1  # + the retained one
+    wait_until(lambda: len(fast.order) == total and len(plain.order) == total,
+               message="every message at both subscribers")
+
+    def comparable(msgs: list[Publish]) -> list[Publish]:
+        return sorted((m._replace(mid=0) for m in msgs), key=lambda m: m.topic)  # own packet ids
+
+    assert comparable(fast.order) == comparable(plain.order)
+    assert {m.topic for m in fast.paho} == {"eq/q2", "eq/long"}, "QoS 2 and long props: paho"
+    retained = next(m for m in fast.lean if m.topic == "eq/retained")
+    assert retained.retain and retained.content_type == "text/x"
+    q1 = next(m for m in fast.lean if m.topic == "eq/q1")
+    assert (q1.payload, q1.qos, q1.response_topic, q1.correlation_data) == (
+        b"", 1, "eq/reply", b"\x00c")
+    assert q1.user_properties == [("specversion", "1.0"), ("typé", "kairo.x"), ("typé", "twice")]
+    for client in (fast_client, plain_client, sender):
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_lean_path_redelivery_has_dup_and_ack_many_still_acks(broker: Broker):
+    """A QoS 1 message left unacked comes again after a reconnect with dup set, through the lean
+    path; once acked with ack_many it never comes again."""
+    sender = publisher(broker)
+    got = _Collect()
+    client = _subscriber(broker, Client, got, "eq-dup", topic="dup/#")
+    publish(sender, "dup/a", b"a")
+    wait_until(lambda: got.lean, message="the first delivery")
+    assert not got.lean[0].dup
+    client.disconnect()
+    client.loop_stop()
+
+    again = _Collect()
+    client = _subscriber(broker, Client, again, "eq-dup", topic="dup/#")
+    wait_until(lambda: again.lean, message="the redelivery")
+    assert again.lean[0].dup and again.lean[0].payload == b"a"
+    assert isinstance(client, Client)
+    client.ack_many([again.lean[0].mid])
+    publish(sender, "dup/marker", b"marker")
+    wait_until(lambda: again.lean[-1].payload == b"marker", message="the marker")
+    client.disconnect()
+    client.loop_stop()
+
+    last = _Collect()
+    client = _subscriber(broker, Client, last, "eq-dup", topic="dup/#")
+    publish(sender, "dup/marker2", b"marker2")
+    wait_until(lambda: last.order and last.order[-1].payload == b"marker2", message="marker2")
+    assert [m.payload for m in last.order] == [b"marker", b"marker2"], "acked 'a' came again"
+    for c in (client, sender):
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_lean_path_keeps_order_across_buffer_boundaries(broker: Broker):
+    """1,500 QoS 1 messages of ~5 KB (the broker sends 20 at a time: ~100 KB, so packets are cut
+    at the 64 KiB reads) arrive complete and in order: whole packets through the lean path, the
+    cut ones through paho's; keep-alive sees the bytes."""
+    got = _Collect()
+    client = _subscriber(broker, Client, got, "eq-many", topic="many/#")
+    assert isinstance(client, Client)
+    got.ack = client
+    before = client._last_bytes_received
+    sender = publisher(broker, v5=False)
+    infos = [sender.publish(f"many/{n % 7}", b"%06d" % n + b"x" * 5000, qos=1)
+             for n in range(1500)]
+    for info in infos:
+        info.wait_for_publish(30)
+    wait_until(lambda: len(got.order) == 1500, timeout=30, message="1500 messages")
+    assert [int(m.payload[:6]) for m in got.order] == list(range(1500))
+    assert all(len(m.payload) == 5006 for m in got.order)
+    assert len(got.lean) > 1000
+    assert got.paho, "no packet was cut at a read boundary: paho's half of the path is untested"
+    assert client._last_bytes_received > before
+    for c in (client, sender):
+        c.disconnect()
+        c.loop_stop()
