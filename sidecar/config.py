@@ -73,6 +73,8 @@ class DatabaseConfig(_Section, frozen=True):
     events on a power cut)."""
 
     url: str = ""
+    # PostgreSQL only, when the url has none (README "PostgreSQL"); never logged
+    password: str | None = None
     durability: Durability = "group"
     synchronous: Synchronous = "NORMAL"
     sync_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
@@ -218,7 +220,23 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     if not config.database.url:
         database = msgspec.structs.replace(config.database, url=default_database_url(env))
         config = msgspec.structs.replace(config, database=database)
+    if config.database.password is None:
+        secret = database_credential(env)
+        if secret is not None:
+            config = msgspec.structs.replace(
+                config, database=msgspec.structs.replace(config.database, password=secret))
     return config
+
+
+def database_credential(environ: Mapping[str, str]) -> str | None:
+    """The systemd credential ``database-password`` (``LoadCredential=``), if the unit has one."""
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        return None
+    try:
+        return (Path(directory) / "database-password").read_text().rstrip("\r\n") or None
+    except OSError:
+        return None
 
 
 def _check(config: Config, source: str) -> None:

@@ -56,7 +56,7 @@ class ExportedEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 # ------------------------------------------------------------------------------------ export
-def export(db: peewee.SqliteDatabase, out: IO[bytes], terms: Iterable[Any] = (), *,
+def export(db: peewee.Database, out: IO[bytes], terms: Iterable[Any] = (), *,
            progress: ProgressFn | None = None, count_first: bool = False) -> int:
     """Write the events matching ``terms`` (Peewee expressions on ``Event``) to ``out`` as JSON
     lines, in ``seq`` order, from one snapshot; return how many."""
@@ -127,13 +127,13 @@ def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ..
     return fresh
 
 
-def open_for_import(config: DatabaseConfig) -> peewee.SqliteDatabase:
+def open_for_import(config: DatabaseConfig) -> peewee.Database:
     """The database to import into (created and migrated if it does not exist yet); the
     daemon may be writing to it meanwhile."""
     return open_store(config, schema="migrate", shared=True)
 
 
-def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_size: int = 1000,
+def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: int = 1000,
                   source: str = "input", progress: Callable[[int], None] | None = None) -> ImportResult:
     """Insert every exported event of ``lines`` whose id is not stored, ``batch_size`` per transaction.
     A malformed line stops the import with an error naming it; the batches before it are kept
