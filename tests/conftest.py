@@ -71,7 +71,9 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         server.stop()
 
 
-def _engine_url(request: pytest.FixtureRequest, engine: str, path: Path) -> Iterator[str]:
+def engine_database(request: pytest.FixtureRequest, engine: str, path: Path) -> Iterator[str]:
+    """Yield the URL of an empty database on ``engine`` (a file under ``path``, or a fresh
+    PostgreSQL database, dropped afterwards)."""
     if engine == "sqlite":
         yield f"sqlite:///{path / 'kairo.db'}"
         return
@@ -90,13 +92,13 @@ ENGINES = ["sqlite", "postgres"]
 def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty database: an SQLite file under ``tmp_path``, or a fresh PostgreSQL
     database (the suites that take it run on both engines)."""
-    yield from _engine_url(request, request.param, tmp_path)
+    yield from engine_database(request, request.param, tmp_path)
 
 
 @pytest.fixture(params=ENGINES)
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A migrated, empty store on each engine."""
-    for url in _engine_url(request, request.param, tmp_path):
+    for url in engine_database(request, request.param, tmp_path):
         yield make_store(request.param, url)
 
 
@@ -105,7 +107,7 @@ def module_store(request: pytest.FixtureRequest,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A migrated store on each engine, shared by a module's tests (they only read it)."""
     path = tmp_path_factory.mktemp("store")
-    for url in _engine_url(request, request.param, path):
+    for url in engine_database(request, request.param, path):
         yield make_store(request.param, url)
 
 

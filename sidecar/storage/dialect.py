@@ -90,6 +90,8 @@ class _Postgres(Dialect):
         """``column #> path = value::jsonb``: JSON equality, so a string never equals a number,
         ``1`` equals ``1.0``, and ``null`` matches a present null (a missing key is SQL NULL),
         as SQLite's ``json_extract``/``json_type`` terms."""
+        if "\\u0000" in json.dumps(value):
+            return peewee.SQL("1 = 0")  # JSONB cannot hold U+0000: no stored value equals it
         # a text[] literal: the path's names are [A-Za-z0-9_-] (queries.json_path), no quoting
         pointer = peewee.Cast(peewee.Value("{" + ",".join(f'"{p}"' for p in path) + "}"), "text[]")
         target = peewee.Cast(peewee.Value(json.dumps(value)), "jsonb")

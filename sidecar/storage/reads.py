@@ -87,6 +87,12 @@ def open_reader(config: DatabaseConfig, *, path: Path | str | None = None) -> pe
                                timeout=config.busy_timeout_ms / 1000)
 
 
+def _nul_text(exc: ValueError) -> bool:
+    """psycopg2 refuses to send a string holding NUL; PostgreSQL text never holds one, so a
+    filter or id with NUL matches nothing (as on SQLite, where no stored value holds it)."""
+    return "NUL" in str(exc)
+
+
 class Reader:
     """Runs queries on the calling thread's read connection."""
 
@@ -101,6 +107,10 @@ class Reader:
     def _all(self, query: peewee.Query) -> list[tuple[Any, ...]]:
         try:
             return list(self.db.execute(query).fetchall())
+        except ValueError as exc:
+            if _nul_text(exc):
+                return []
+            raise
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
 
@@ -155,6 +165,10 @@ class Reader:
                         return _Bounded(rows, True, len(seqs))
             finally:
                 cursor.close()
+        except ValueError as exc:
+            if _nul_text(exc):
+                return _Bounded([], False, 0)
+            raise
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
         return _Bounded(rows, False, len(seqs))

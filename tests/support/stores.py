@@ -53,7 +53,7 @@ class Store:
         con = psycopg2.connect(self.url)
         try:
             with con, con.cursor() as cur:
-                cur.execute(sql.replace("?", "%s"), params)
+                cur.execute(sql.replace("?", "%s") if params else sql, tuple(params) or None)
                 return cur.fetchall() if cur.description else []
         finally:
             con.close()
