@@ -133,6 +133,11 @@ def _router(db: peewee.Database) -> Router:
     return Router(db, migrate_dir=MIGRATIONS_DIR)
 
 
+def applied_migrations(db: peewee.Database) -> list[str]:
+    """The names of the migrations applied to ``db``, oldest first."""
+    return list(_router(db).done)
+
+
 def check_schema(db: peewee.Database) -> list[str]:
     """Return the pending migrations; raise if the database is newer than this code."""
     router = _router(db)

@@ -26,6 +26,7 @@ from sidecar.config import DatabaseConfig
 from sidecar.core.decode_errors import describe
 from sidecar.errors import InputFileError
 from sidecar.logs import get_logger
+from sidecar.storage import dialect as dialects
 from sidecar.storage import keys
 from sidecar.storage.sqlite_errors import retry_busy
 from sidecar.storage.startup import open_store
@@ -113,6 +114,8 @@ class ImportResult:
 _INSERT_COLUMNS = EXPORT_COLUMNS[1:]  # never seq: this store numbers its own events
 _INSERT = (f"INSERT INTO events ({', '.join(_INSERT_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})")
+# PostgreSQL: its parameter style, and the UNIQUE index on id settles a race with the daemon
+_INSERT_PG = (_INSERT.replace("?", "%s") + ' ON CONFLICT ("id") DO NOTHING')
 
 
 def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -140,6 +143,7 @@ def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: in
     (importing again is safe)."""
     started = time.monotonic()
     decoder = msgspec.json.Decoder(ExportedEvent)
+    insert_sql = _INSERT if dialects.of(db).fts_keys else _INSERT_PG
     batch: list[tuple[Any, ...]] = []
     count = inserted = 0
     done_bytes = 0
@@ -151,7 +155,7 @@ def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: in
             with db.atomic("IMMEDIATE"):
                 cursor = db.cursor()
                 fresh = _not_stored(cursor, batch)
-                cursor.executemany(_INSERT, fresh)
+                cursor.executemany(insert_sql, fresh)
                 return len(fresh)
 
         inserted += retry_busy(write, what="import events", path=str(db.database))
