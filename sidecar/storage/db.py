@@ -133,9 +133,15 @@ def _router(db: peewee.Database) -> Router:
     return Router(db, migrate_dir=MIGRATIONS_DIR)
 
 
-def applied_migrations(db: peewee.Database) -> list[str]:
-    """The names of the migrations applied to ``db``, oldest first."""
-    return list(_router(db).done)
+def migration_state(db: peewee.Database) -> tuple[list[str], list[str]]:
+    """``(applied, pending)`` migration names, read only (a database never migrated has no
+    history table, and this does not create it)."""
+    router = _router(db)
+    applied: list[str] = []
+    if router.migrate_table in db.get_tables():
+        applied = [name for (name,) in db.execute_sql(
+            f'SELECT name FROM "{router.migrate_table}" ORDER BY id').fetchall()]
+    return applied, [name for name in router.todo if name not in applied]
 
 
 def check_schema(db: peewee.Database) -> list[str]:

@@ -166,12 +166,11 @@ class PostgresReport(NamedTuple):
 
 def describe(config: DatabaseConfig) -> PostgresReport:
     """Schema and row counts of the PostgreSQL database of ``config`` (read-only)."""
-    from sidecar.storage.db import applied_migrations, check_schema
+    from sidecar.storage.db import migration_state
 
     db = open_postgres(config, read_only=True)
     try:
-        done = applied_migrations(db)
-        pending = check_schema(db)
+        done, pending = migration_state(db)
         if "001_initial" not in done:
             return PostgresReport(masked_url(config.url), done, pending, 0, (None, None),
                                   (None, None), 0, _size(db))

@@ -236,7 +236,8 @@ class PurgeRun:
             where += f" AND type NOT IN ({_marks(len(protected))})"
         with self.db.atomic("IMMEDIATE"):
             last = _run(self.db,
-                f"SELECT max(seq) FROM (SELECT seq FROM events WHERE {where} ORDER BY seq LIMIT ?)",
+                f"SELECT max(seq) FROM (SELECT seq FROM events WHERE {where} ORDER BY seq "
+                "LIMIT ?) AS oldest",
                 (*params, limit)).fetchone()[0]
             if last is None:
                 return 0, after
