@@ -104,7 +104,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 # ------------------------------------------------------------------------------ reading
 def _columns(db: peewee.Database) -> set[str]:
-    return {row[1] for row in db.execute_sql('PRAGMA table_info("dead_letters")').fetchall()}
+    return {column.name for column in db.get_columns("dead_letters")}
 
 
 def _property_fields(db: peewee.Database) -> list[Any]:
@@ -125,7 +125,9 @@ def _terms(flt: LetterFilter) -> list[Any]:
         else:
             terms.append(DeadLetter.topic == flt.topic)
     if flt.reason:
-        terms.append(peewee.fn.instr(peewee.fn.lower(DeadLetter.reason), flt.reason.lower()) > 0)
+        needle = flt.reason.lower()
+        terms.append(dialects.Rendered(
+            lambda d: d.contains(peewee.fn.lower(DeadLetter.reason), needle)))
     if flt.since is not None:
         terms.append(DeadLetter.received_at >= flt.since)
     return terms

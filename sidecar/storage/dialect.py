@@ -47,6 +47,10 @@ class Dialect:
     def json_equals(self, column: peewee.Node, path: Sequence[str | int], value: Any) -> peewee.Node:
         raise NotImplementedError
 
+    def contains(self, text: peewee.Node, needle: str) -> peewee.Node:
+        """``needle`` occurs in ``text`` (no pattern characters)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"<dialect {self.name}>"
 
@@ -55,6 +59,9 @@ class _SQLite(Dialect):
     name = "sqlite"
     fts_keys = True
     files = True
+
+    def contains(self, text: peewee.Node, needle: str) -> peewee.Node:
+        return peewee.fn.instr(text, needle) > 0
 
     def glob(self, column: peewee.Node, pattern: str) -> peewee.Node:
         return peewee.Expression(column, "GLOB", pattern)
@@ -75,6 +82,9 @@ class _SQLite(Dialect):
 
 class _Postgres(Dialect):
     name = "postgresql"
+
+    def contains(self, text: peewee.Node, needle: str) -> peewee.Node:
+        return peewee.fn.strpos(text, needle) > 0
 
     def glob(self, column: peewee.Node, pattern: str) -> peewee.Node:
         """GLOB's ``*`` and ``?`` as LIKE's ``%`` and ``_`` (both case-sensitive); LIKE's own

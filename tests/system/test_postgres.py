@@ -115,8 +115,8 @@ def test_live_replay_on_postgres_forwards_events_committed_after_it_caught_up(
 
 
 def test_commands_on_postgres(pg_server: Postgres, tmp_path: Path) -> None:
-    """migrate, import, export, query/get/replay --db, stats --db, purge and check work on a
-    postgresql:// URL; backup says to use pg_dump (exit 2)."""
+    """migrate, import, export, query/get/replay --db, stats --db, dead-letters list, purge and
+    check work on a postgresql:// URL; backup says to use pg_dump (exit 2)."""
     url = pg_server.fresh_database()
     env = {"KAIRO_SIDECAR_DATABASE__URL": url}
     assert cli("migrate", env=env).returncode == 0
@@ -142,6 +142,13 @@ def test_commands_on_postgres(pg_server: Postgres, tmp_path: Path) -> None:
     assert len(done.stdout.splitlines()) == 20
     done = cli("stats", "--db", url)
     assert json.loads(done.stdout)["events_total"] == 20
+
+    _store(url).execute(
+        "INSERT INTO dead_letters (topic, payload, payload_size, reason, received_at) "
+        "VALUES ('kairo/bad/1', ?, 3, 'not JSON: Unexpected', 5)", [b"n/a"])
+    done = cli("dead-letters", "list", "--reason", "not json", "--topic", "kairo/+/1", "--db", url)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["topic"] for line in done.stdout.splitlines()] == ["kairo/bad/1"]
 
     done = cli("check", env=env)
     assert done.returncode == 0, done.stderr
