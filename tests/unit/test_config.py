@@ -41,7 +41,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "ingest": IngestConfig, "log": LogConfig, "api": ApiConfig, "retention": RetentionConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
-COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url"}
+COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url", "database.password"}
 
 
 def write(tmp_path: Path, text: str, name: str = "sidecar.toml") -> Path:
