@@ -17,6 +17,16 @@ class _Sequence(pw.BigAutoField):
         return node
 
 
+class _Json(pw.TextField):
+    """JSON text on SQLite, JSONB on PostgreSQL."""
+
+    def ddl_datatype(self, ctx):
+        db = self.model._meta.database
+        if isinstance(getattr(db, "obj", db), pw.PostgresqlDatabase):
+            return pw.SQL("JSONB")
+        return super().ddl_datatype(ctx)
+
+
 def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
     @migrator.create_model
     class Event(pw.Model):
@@ -25,8 +35,8 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         topic = pw.TextField()
         type = pw.TextField()
         source = pw.TextField()
-        payload = pw.TextField()
-        metadata = pw.TextField()
+        payload = _Json()
+        metadata = _Json()
         created_at = pw.BigIntegerField()
         received_at = pw.BigIntegerField()
         correlation_id = pw.TextField(null=True)

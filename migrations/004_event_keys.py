@@ -42,7 +42,17 @@ _EVENTS = (
 )
 
 
+def _postgres(database: pw.Database) -> bool:
+    return isinstance(getattr(database, "obj", database), pw.PostgresqlDatabase)
+
+
 def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
+    if _postgres(database):
+        # PostgreSQL keeps the B-tree indexes (no SD card): the UNIQUE index on id (the
+        # writer's ON CONFLICT DO NOTHING), correlation_id and trace_id from 001, and causation_id.
+        migrator.sql('CREATE INDEX IF NOT EXISTS "events_causation_id" ON "events" ("causation_id") '
+                     'WHERE ("causation_id" IS NOT NULL)')
+        return
     migrator.sql("CREATE TEMP TABLE _kairo_seq AS "
                  "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) AS seq")
     migrator.sql(_EVENTS.format(name="events_004"))
@@ -69,6 +79,9 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
 
 
 def rollback(migrator: Migrator, database: pw.Database, *, fake=False):
+    if _postgres(database):
+        migrator.sql('DROP INDEX IF EXISTS "events_causation_id"')
+        return
     migrator.sql("DROP TRIGGER IF EXISTS events_keys_delete")
     migrator.sql("DROP TRIGGER IF EXISTS events_keys_insert")
     migrator.sql("DROP TABLE IF EXISTS event_keys")

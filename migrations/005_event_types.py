@@ -49,7 +49,30 @@ def _keys(migrator: Migrator, tokens: str) -> None:
                  f"VALUES ('delete', old.seq, {tokens.format(r='old')}); END")
 
 
+def _postgres(database: pw.Database) -> bool:
+    return isinstance(getattr(database, "obj", database), pw.PostgresqlDatabase)
+
+
+_PG_TRIGGER = (
+    "CREATE OR REPLACE FUNCTION kairo_event_type() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN INSERT INTO event_types (type) VALUES (NEW.type) ON CONFLICT DO NOTHING; "
+    "RETURN NULL; END $$"
+)
+
+
 def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
+    if _postgres(database):
+        # event_types as on SQLite; (type, seq) stays (a type's pages in seq order), and the
+        # time index becomes (created_at, type).
+        migrator.sql("CREATE TABLE event_types (type TEXT NOT NULL PRIMARY KEY)")
+        migrator.sql("INSERT INTO event_types (type) SELECT DISTINCT type FROM events")
+        migrator.sql(_PG_TRIGGER)
+        migrator.sql("CREATE TRIGGER events_type_insert AFTER INSERT ON events FOR EACH ROW "
+                     "EXECUTE FUNCTION kairo_event_type()")
+        migrator.sql("DROP INDEX IF EXISTS events_type_created_at")
+        migrator.sql("DROP INDEX IF EXISTS events_created_at")
+        migrator.sql('CREATE INDEX "events_created_at_type" ON "events" ("created_at", "type")')
+        return
     _keys(migrator, _TOKENS)
     migrator.sql("CREATE TABLE event_types (type TEXT NOT NULL PRIMARY KEY) WITHOUT ROWID")
     migrator.sql("INSERT INTO event_types (type) SELECT DISTINCT type FROM events")
@@ -63,6 +86,14 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
 
 
 def rollback(migrator: Migrator, database: pw.Database, *, fake=False):
+    if _postgres(database):
+        migrator.sql("DROP INDEX IF EXISTS events_created_at_type")
+        migrator.sql('CREATE INDEX "events_type_created_at" ON "events" ("type", "created_at")')
+        migrator.sql('CREATE INDEX "events_created_at" ON "events" ("created_at")')
+        migrator.sql("DROP TRIGGER IF EXISTS events_type_insert ON events")
+        migrator.sql("DROP FUNCTION IF EXISTS kairo_event_type()")
+        migrator.sql("DROP TABLE IF EXISTS event_types")
+        return
     migrator.sql("DROP INDEX IF EXISTS events_created_at_type")
     migrator.sql('CREATE INDEX "events_type_created_at" ON "events" ("type", "created_at")')
     migrator.sql('CREATE INDEX "events_type_seq" ON "events" ("type", "seq")')

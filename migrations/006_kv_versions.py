@@ -13,7 +13,7 @@ import peewee as pw
 from peewee_migrate import Migrator
 
 _KV = ('CREATE TABLE "{name}" ("key" TEXT NOT NULL PRIMARY KEY, "value" TEXT NOT NULL, '
-       '"version" INTEGER NOT NULL DEFAULT 1, "updated_at" INTEGER NOT NULL)')
+       '"version" INTEGER NOT NULL DEFAULT 1, "updated_at" BIGINT NOT NULL)')
 
 
 def migrate(migrator: Migrator, database: pw.Database, *, fake=False):

@@ -29,7 +29,8 @@ from sidecar.ingest.intake import Intake
 from sidecar.ingest.writer import Writer
 from sidecar.logs import get_logger
 from sidecar.storage import cleanstop, indexes
-from sidecar.storage.db import sqlite_path
+from sidecar.storage.db import is_sqlite, sqlite_path
+from sidecar.storage.dialect import masked_url
 from sidecar.storage.durability import JournalSync, journal_sync_for
 from sidecar.storage.maintenance import Maintenance, truncate_wal
 from sidecar.storage.reads import Reader, open_reader
@@ -56,7 +57,7 @@ class Sidecar:
         self.maintenance: Maintenance | None = None
         self.stats = Stats()
         self._stop = threading.Event()
-        self.db: peewee.SqliteDatabase | None = None
+        self.db: peewee.Database | None = None
         self.writer: Writer | None = None
         self.subscriber: Subscriber | None = None
         self.handlers: Handlers | None = None
@@ -111,7 +112,7 @@ class Sidecar:
         subscriber.attach(on_event=intake.receive,
                           on_request=self.handlers.receive if self.handlers else None,
                           on_new_session=self.writer.session_reset)
-        log.info("sidecar_starting", version=__version__, database=cfg.database.url,
+        log.info("sidecar_starting", version=__version__, database=masked_url(cfg.database.url),
                  durability=durability, synchronous=cfg.database.effective_synchronous,
                  sync_interval=cfg.database.sync_interval, batch_size=cfg.writer.batch_size,
                  flush_interval=cfg.writer.flush_interval, topics=cfg.mqtt.topics)
@@ -208,10 +209,11 @@ class Sidecar:
         drained = self.writer.stop(timeout)
         self.subscriber.close()
         folded = None
-        if not self.writer.alive:
+        files = is_sqlite(self.config.database)
+        if not self.writer.alive and files:
             folded = truncate_wal(self.db, when="stop")
         self.db.close()
-        if code == 0 and drained and folded is not None and not folded.busy \
+        if files and code == 0 and drained and folded is not None and not folded.busy \
                 and self.checked_at is not None:
             cleanstop.write(sqlite_path(self.config.database.url), checked_at=self.checked_at)
         if self.journal_sync is not None:

@@ -73,6 +73,8 @@ class DatabaseConfig(_Section, frozen=True):
     events on a power cut)."""
 
     url: str = ""
+    # PostgreSQL only, when the url has none (README "PostgreSQL"); never logged
+    password: str | None = None
     durability: Durability = "group"
     synchronous: Synchronous = "NORMAL"
     sync_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
@@ -237,7 +239,23 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     if not config.database.url:
         database = msgspec.structs.replace(config.database, url=default_database_url(env))
         config = msgspec.structs.replace(config, database=database)
+    if config.database.password is None:
+        secret = database_credential(env)
+        if secret is not None:
+            config = msgspec.structs.replace(
+                config, database=msgspec.structs.replace(config.database, password=secret))
     return config
+
+
+def database_credential(environ: Mapping[str, str]) -> str | None:
+    """The systemd credential ``database-password`` (``LoadCredential=``), if the unit has one."""
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        return None
+    try:
+        return (Path(directory) / "database-password").read_text().rstrip("\r\n") or None
+    except OSError:
+        return None
 
 
 def _check(config: Config, source: str) -> None:
@@ -255,9 +273,14 @@ def _check(config: Config, source: str) -> None:
 
 
 def _check_paths(config: Config, source: str) -> None:
-    """``[indexes] paths`` and ``keep_latest``: JSON paths in the grammar ``where`` takes."""
+    """``[indexes] paths`` and ``keep_latest``: JSON paths in the grammar ``where`` takes
+    (SQLite expression indexes: not on PostgreSQL yet)."""
     seen: set[str] = set()
+    postgres = config.database.url.startswith(("postgresql:", "postgres:"))
     for i, key in enumerate(config.indexes.paths):
+        if postgres:
+            raise ConfigError("path indexes are not available on PostgreSQL yet (SQLite only)",
+                              source=source, key=f"indexes.paths[{i}]")
         problem = paths.path_error(key)
         if problem:
             raise ConfigError(problem, source=source, key=f"indexes.paths[{i}]")
@@ -266,6 +289,9 @@ def _check_paths(config: Config, source: str) -> None:
         seen.add(key)
     for i, rule in enumerate(config.retention.rules):
         if rule.keep_latest is not None:
+            if postgres:
+                raise ConfigError("keep_latest is not available on PostgreSQL yet (SQLite only)",
+                                  source=source, key=f"retention.rules[{i}].keep_latest")
             problem = paths.path_error(rule.keep_latest)
             if problem:
                 raise ConfigError(problem, source=source,

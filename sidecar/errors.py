@@ -143,6 +143,17 @@ class DestinationExistsError(SidecarError):
         super().__init__(f"{path} already exists: choose a new name or pass --force")
 
 
+class NotApplicableError(SidecarError):
+    """A command that works on an SQLite file only (``backup``, ``recover``) was pointed at
+    another engine; the message says what to use instead. Exit 2, as a wrong command line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, command: str) -> None:
+        self.command = command
+        super().__init__(message)
+
+
 class InputFileError(SidecarError):
     """A file given on the command line (``import FILE``) is not what the command reads."""
 

@@ -16,6 +16,8 @@ import pytest
 from sidecar.config import LogConfig
 from sidecar.logs import configure_logging
 from tests.support.broker import Broker, start_broker
+from tests.support.postgres import Postgres, PostgresUnavailable, start_postgres
+from tests.support.stores import Store, make_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +55,60 @@ def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """One PostgreSQL server for the session (Debian's binaries, or docker with
+    ``KAIRO_TEST_DB=docker``); the tests that need it skip, saying why, where neither runs."""
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL for the tests: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def engine_database(request: pytest.FixtureRequest, engine: str, path: Path) -> Iterator[str]:
+    """Yield the URL of an empty database on ``engine`` (a file under ``path``, or a fresh
+    PostgreSQL database, dropped afterwards)."""
+    if engine == "sqlite":
+        yield f"sqlite:///{path / 'kairo.db'}"
+        return
+    server: Postgres = request.getfixturevalue("pg_server")
+    url = server.fresh_database()
+    try:
+        yield url
+    finally:
+        server.drop_database(url)
+
+
+ENGINES = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database: an SQLite file under ``tmp_path``, or a fresh PostgreSQL
+    database (the suites that take it run on both engines)."""
+    yield from engine_database(request, request.param, tmp_path)
+
+
+@pytest.fixture(params=ENGINES)
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A migrated, empty store on each engine."""
+    for url in engine_database(request, request.param, tmp_path):
+        yield make_store(request.param, url)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def module_store(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """A migrated store on each engine, shared by a module's tests (they only read it)."""
+    path = tmp_path_factory.mktemp("store")
+    for url in engine_database(request, request.param, path):
+        yield make_store(request.param, url)
 
 
 def count_rows(db_path: Path, table: str = "events") -> int:

@@ -87,12 +87,14 @@ def add_parsers(sub: Any) -> None:
 def _cmd_purge(args: argparse.Namespace, config: Config) -> int:
     from sidecar.core.events import now_ms
     from sidecar.storage import diskguard
+    from sidecar.storage.db import is_sqlite
     from sidecar.storage.purge import Policy, PurgeRun, plan
     from sidecar.storage.sqlite_errors import retry_busy
     from sidecar.storage.startup import open_store
 
     policy = Policy.from_config(config.retention)
-    guarded = not diskguard.MinFree.parse(config.retention.min_free).off
+    files = is_sqlite(config.database)  # the disk guard watches a file system: SQLite only
+    guarded = files and not diskguard.MinFree.parse(config.retention.min_free).off
     if not policy.active and not guarded:
         print("retention sets no limit ([retention] max_age, max_events, max_db_bytes, rules and "
               "min_free are all off): nothing to purge")
@@ -104,7 +106,8 @@ def _cmd_purge(args: argparse.Namespace, config: Config) -> int:
 
         def plan_all() -> list[Any]:
             lines = plan(reader, policy, now_ms()) if policy.active else []
-            guard = diskguard.plan(reader, reader.database, config.retention, now_ms())
+            guard = (diskguard.plan(reader, reader.database, config.retention, now_ms())
+                     if files else None)
             return lines + ([guard] if guard is not None else [])
 
         try:
@@ -128,8 +131,9 @@ def _cmd_purge(args: argparse.Namespace, config: Config) -> int:
                 while policy.active and purge.step():
                     progress.update(sum(r.result.steps for r in runs),
                                     detail=f"{sum(r.result.events for r in runs):,} events deleted")
-                guarded_runs.append(diskguard.DiskGuard.from_config(db, db.database,
-                                                                    config.retention).run())
+                if files:
+                    guarded_runs.append(diskguard.DiskGuard.from_config(db, db.database,
+                                                                        config.retention).run())
 
             retry_busy(run, what="purge", path=str(db.database))
         deleted = sum(r.result.events for r in runs)
@@ -155,11 +159,18 @@ def _when(ms: int | None) -> str:
 
 # ------------------------------------------------------------------------------------ check
 def _cmd_check(args: argparse.Namespace, config: Config) -> int:
-    from sidecar.storage.db import sqlite_path
+    from sidecar.storage.db import is_sqlite, sqlite_path
     from sidecar.storage.integrity import check
 
     if args.path and args.db and Path(args.path) != Path(args.db):
         raise UsageError(f"names another database than --db {args.db}", option="PATH")
+    target = args.path or args.db
+    if target and "://" in str(target):
+        config = msgspec.structs.replace(
+            config, database=msgspec.structs.replace(config.database, url=str(target)))
+        target = None
+    if not target and not is_sqlite(config.database):
+        return _check_postgres(config)
     path = Path(args.path) if args.path else sqlite_path(config.database.url)
     report = check(path, full=not args.quick)
     s = report.storage
@@ -179,6 +190,25 @@ def _cmd_check(args: argparse.Namespace, config: Config) -> int:
         for problem in report.problems[:20]:
             print(f"problem       {problem}")
         raise CorruptDatabaseError(path=str(path), problems=report.problems)
+    return 0
+
+
+def _check_postgres(config: Config) -> int:
+    """``check`` on PostgreSQL: the schema and row counts; the page check is the server's."""
+    from sidecar.storage.postgres import describe
+
+    report = describe(config.database)
+    print(f"database      {report.url}")
+    print("integrity     not applicable: SQLite's integrity_check reads a file's pages; "
+          "PostgreSQL checks its own (data checksums, amcheck)")
+    print(f"events        {report.events} (seq {_maybe(report.seq_range[0])} .. "
+          f"{_maybe(report.seq_range[1])})")
+    print(f"created       {_when(report.created_range[0])} .. {_when(report.created_range[1])}")
+    print(f"dead letters  {report.dead_letters}")
+    print(f"size          {format_size(report.database_bytes)} (pg_database_size)")
+    print(f"migrations    {', '.join(report.migrations) or '-'}")
+    if report.pending:
+        print(f"pending       {', '.join(report.pending)} (run `kairo-sidecar migrate`)")
     return 0
 
 

@@ -34,8 +34,8 @@ TIME_HELP = "an age such as 30d, 12h or 90m (that long ago), an RFC 3339 time, o
 def add_database_options(parser: argparse.ArgumentParser, *, db_help: str | None = None) -> None:
     """``--config PATH`` and ``--db PATH`` (which wins over ``[database] url``)."""
     add_config_option(parser)
-    parser.add_argument("--db", metavar="PATH", help=db_help or "database file (default: "
-                        "[database] url of the configuration)")
+    parser.add_argument("--db", metavar="PATH", help=db_help or "database file or "
+                        "postgresql:// URL (default: [database] url of the configuration)")
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

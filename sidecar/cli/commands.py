@@ -149,11 +149,29 @@ _SQLITE_WORDS = {
 
 
 def _database_error(exc: Exception) -> tuple[str, bool]:
-    """An unexpected SQLite error -> (our words, by its code; whether the file is damaged)."""
+    """An unexpected SQLite error -> (our words, by its code; whether the file is damaged); a
+    PostgreSQL one is named by its SQLSTATE condition."""
+    condition = _postgres_condition(exc)
+    if condition is not None:
+        return f"the database cannot be used: PostgreSQL error {condition}", False
     code = describe(exc)[1] or ""
     base = "_".join(code.split("_")[:2])  # SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR
     why = _SQLITE_WORDS.get(base) or f"SQLite error {code or '(no code)'}"
     return f"the database cannot be used: {why}; it was left untouched", base == "SQLITE_CORRUPT"
+
+
+def _postgres_condition(exc: BaseException) -> str | None:
+    """``READ_ONLY_SQL_TRANSACTION (25006)`` for a psycopg2 error anywhere in the chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for candidate in (seen, *[a for a in seen.args if isinstance(a, BaseException)]):
+            pgcode = getattr(candidate, "pgcode", None)
+            if pgcode:
+                from psycopg2 import errorcodes
+
+                return f"{errorcodes.lookup(pgcode) or 'code'} ({pgcode})"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -50,6 +50,13 @@ def path_error(key: str) -> str | None:
     return None
 
 
+def parts(path: JsonPath) -> list[str | int]:
+    """The names and array indexes of ``path`` in order: ``payload.a[0]`` -> ``["a", 0]``."""
+    match = _KEY.match(path.key)
+    assert match is not None, path.key  # a JsonPath comes from parse()
+    return [name if name else int(index) for name, index in _SEGMENT.findall(match.group(2))]
+
+
 def parse(key: str) -> JsonPath:
     """``payload.a.b[0]`` -> ``JsonPath``; ``ValueError`` (``path_error``'s text) if malformed."""
     match = _KEY.match(key)

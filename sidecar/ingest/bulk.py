@@ -22,12 +22,15 @@ _SQLITE_MAX_VARIABLES = 999  # SQLite's limit before 3.32 (the safe fallback)
 class BulkInsert:
     """Runs a one-row ``INSERT ... VALUES (?, ...)`` for many rows in power-of-two chunks."""
 
-    def __init__(self, single_row_sql: str, columns: int, *, max_variables: int | None = None) -> None:
+    def __init__(self, single_row_sql: str, columns: int, *, max_variables: int | None = None,
+                 param: str = "?") -> None:
         head, sep, values = single_row_sql.rpartition("VALUES")
-        if not sep or values.count("?") != columns:
+        row, close, tail = values.partition(")")  # a tail: PostgreSQL's ON CONFLICT clause
+        if not sep or not close or row.count(param) != columns:
             raise ValueError(f"not a one-row INSERT with {columns} parameters: {single_row_sql!r}")
         self._head = head + "VALUES "
-        self._row = values.strip()
+        self._row = row.strip() + ")"
+        self._tail = tail.rstrip()
         self._columns = columns
         limit = max_variables or _SQLITE_MAX_VARIABLES
         chunk = 1
@@ -52,7 +55,7 @@ class BulkInsert:
     def sql(self, rows: int) -> str:
         sql = self._sql.get(rows)
         if sql is None:
-            sql = self._sql[rows] = self._head + ", ".join([self._row] * rows)
+            sql = self._sql[rows] = self._head + ", ".join([self._row] * rows) + self._tail
         return sql
 
     def run(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> int:

@@ -36,8 +36,9 @@ from sidecar.errors import FilterError, PayloadError, RequestError, StorageError
 from sidecar.ingest.decode import decode_message, properties_from_json
 from sidecar.ingest.writer import EventInsert
 from sidecar.logs import get_logger
+from sidecar.storage import dialect as dialects
 from sidecar.storage import keys
-from sidecar.storage.queries import MQTT_MATCH_FUNCTION
+from sidecar.storage.queries import topic_term
 from sidecar.storage.sqlite_errors import describe, is_busy, retry_busy
 
 log = get_logger("sidecar.letters")
@@ -103,7 +104,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 # ------------------------------------------------------------------------------ reading
 def _columns(db: peewee.Database) -> set[str]:
-    return {row[1] for row in db.execute_sql('PRAGMA table_info("dead_letters")').fetchall()}
+    return {column.name for column in db.get_columns("dead_letters")}
 
 
 def _property_fields(db: peewee.Database) -> list[Any]:
@@ -120,11 +121,13 @@ def _terms(flt: LetterFilter) -> list[Any]:
         if problem:
             raise FilterError(f"topic: {problem}", field="topic")
         if "+" in flt.topic or "#" in flt.topic:
-            terms.append(getattr(peewee.fn, MQTT_MATCH_FUNCTION)(flt.topic, DeadLetter.topic) == 1)
+            terms.append(topic_term(DeadLetter.topic, flt.topic))
         else:
             terms.append(DeadLetter.topic == flt.topic)
     if flt.reason:
-        terms.append(peewee.fn.instr(peewee.fn.lower(DeadLetter.reason), flt.reason.lower()) > 0)
+        needle = flt.reason.lower()
+        terms.append(dialects.Rendered(
+            lambda d: d.contains(peewee.fn.lower(DeadLetter.reason), needle)))
     if flt.since is not None:
         terms.append(DeadLetter.received_at >= flt.since)
     return terms
@@ -205,7 +208,7 @@ def reingest(db: peewee.Database, ids: Iterable[int], *, max_payload_bytes: int,
              deadline: float = 120.0) -> Iterator[Outcome]:
     """Re-ingest each dead letter of ``ids`` in its own transaction on ``db`` (a write
     connection, ``storage.startup.open_store``); yields one ``Outcome`` per id as it is committed."""
-    insert = EventInsert()
+    insert = EventInsert(dialects.of(db))
     path = str(db.database)
     for letter_id in ids:
         def one(letter_id: int = letter_id) -> Outcome:

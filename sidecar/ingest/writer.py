@@ -37,6 +37,7 @@ from sidecar.ingest.bulk import BulkInsert
 from sidecar.ingest.conflicts import find_conflicts, new_events
 from sidecar.ingest.tasks import STOP, KvOutcome, KvTask, SessionReset, WriterTask
 from sidecar.logs import RateLimited, get_logger
+from sidecar.storage import dialect as dialects
 from sidecar.storage import kv as kv_store
 from sidecar.storage.sqlite_errors import describe as describe_error
 
@@ -73,10 +74,17 @@ TRANSIENT_ERRORS = (sqlite3.OperationalError, peewee.OperationalError)
 
 
 def _insert_sql(model: type[peewee.Model], columns: Sequence[str], *, replace: bool = False) -> str:
-    """The parametrised INSERT for ``columns``, built once through Peewee (dialect-neutral)."""
+    """The parametrised INSERT for ``columns``, built once through Peewee for the database the
+    models are bound to: insert-or-ignore (``ON CONFLICT DO NOTHING`` on PostgreSQL), or
+    insert-or-replace (an upsert on the primary key there); no ``RETURNING``."""
     query = model.insert({getattr(model, c): None for c in columns})
-    query = query.on_conflict_replace() if replace else query.on_conflict_ignore()
-    sql, _ = query.sql()
+    if replace and not dialects.of(model._meta.database).files:
+        key: Any = model._meta.primary_key
+        query = query.on_conflict(conflict_target=(key,),
+                                  preserve=[getattr(model, c) for c in columns if c != key.name])
+    else:
+        query = query.on_conflict_replace() if replace else query.on_conflict_ignore()
+    sql, _ = query.returning().sql()
     return sql
 
 
@@ -89,8 +97,13 @@ class EventInsert:
     batch, ``sidecar.storage.keys``) inside the write transaction, and only the first copy of
     each id not stored is inserted."""
 
-    def __init__(self) -> None:
-        self._bulk = BulkInsert.for_sqlite(_insert_sql(Event, EVENT_COLUMNS), len(EVENT_COLUMNS))
+    def __init__(self, dialect: dialects.Dialect = dialects.SQLITE) -> None:
+        sql = _insert_sql(Event, EVENT_COLUMNS)
+        if dialect.fts_keys:
+            self._bulk = BulkInsert.for_sqlite(sql, len(EVENT_COLUMNS))
+        else:  # the UNIQUE index on id decides: a row a concurrent writer stored is skipped
+            sql = sql.replace("ON CONFLICT DO NOTHING", 'ON CONFLICT ("id") DO NOTHING')
+            self._bulk = BulkInsert(sql, len(EVENT_COLUMNS), max_variables=32767, param="%s")
 
     def run(self, cursor: Any, events: Sequence[EventRow]) -> tuple[int, list[DeadLetterRow]]:
         """Insert ``events`` (all with an id) in the caller's transaction. Returns how many
@@ -159,7 +172,7 @@ class Writer:
         self._room = threading.Event()  # set by the writer after it takes a batch
         self._overrun_log = RateLimited(period=60.0, burst=1)
         self._mapped: set[int] | None = None  # packet ids in delivery_ids (writer thread)
-        self._event_insert = EventInsert()
+        self._event_insert = EventInsert(dialects.of(db))
         self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
         self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
         self._delivery_delete_sql = DeliveryId.delete().where(DeliveryId.mid == 0).sql()[0]

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.config import DatabaseConfig
-from sidecar.errors import DestinationExistsError, StorageError, UsageError
+from sidecar.errors import DestinationExistsError, NotApplicableError, StorageError, UsageError
 from sidecar.logs import get_logger
-from sidecar.storage.db import check_is_sqlite, sqlite_path
+from sidecar.storage.db import check_is_sqlite, is_sqlite, sqlite_path
+from sidecar.storage.dialect import masked_url
 from sidecar.storage.integrity import open_readonly
 from sidecar.storage.sqlite_errors import retry_busy
 
@@ -37,6 +38,11 @@ class BackupResult:
 def backup(config: DatabaseConfig, dest: Path, *, force: bool = False, step_pages: int = 1024,
            progress: ProgressFn | None = None) -> BackupResult:
     """Copy the database of ``config`` to ``dest`` while the daemon keeps writing."""
+    if not is_sqlite(config):
+        raise NotApplicableError(
+            f"backup copies an SQLite file; {masked_url(config.url)} is a PostgreSQL database: "
+            "use pg_dump (pg_dump -Fc -f kairo.dump DATABASE) or your server's backups",
+            command="backup")
     src = sqlite_path(config.url)
     check_is_sqlite(src)
     if not src.is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee
@@ -12,8 +13,11 @@ from peewee_migrate import Router
 import migrations
 import models
 from sidecar.config import DatabaseConfig
+from sidecar.core import topics
 from sidecar.errors import SchemaTooNewError, StorageError
 from sidecar.logs import get_logger
+from sidecar.storage import dialect as dialects
+from sidecar.storage.dialect import MQTT_MATCH_FUNCTION, masked_url
 
 log = get_logger("sidecar.db")
 
@@ -21,12 +25,38 @@ MIGRATIONS_DIR = Path(migrations.__file__).parent
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+def _mqtt_match(topic_filter: str | None, topic: str | None) -> int:
+    if topic_filter is None or topic is None:
+        return 0
+    return int(topics.matches(topic_filter, topic))
+
+
+class KairoSqliteDatabase(peewee.SqliteDatabase):
+    """Peewee's SQLite database, carrying its dialect into every SQL context, with the topic
+    filter function (``dialect.MQTT_MATCH_FUNCTION``) on every connection."""
+
+    dialect = dialects.SQLITE
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_function(_mqtt_match, MQTT_MATCH_FUNCTION, 2, deterministic=True)
+
+    def get_context_options(self) -> dict[str, Any]:
+        return {**super().get_context_options(), "dialect": self.dialect}
+
+
+def is_sqlite(config: DatabaseConfig) -> bool:
+    """Whether ``config.url`` names an SQLite file (the file-level commands need one)."""
+    return dialects.dialect_for(config.url).files
+
+
 def sqlite_path(url: str) -> Path:
     """``sqlite:///data/kairo.db`` -> ``data/kairo.db``; ``sqlite:////var/x.db`` -> ``/var/x.db``."""
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
         raise StorageError(
-            f"unsupported database url {url!r}: only sqlite:///PATH is supported in this version"
+            f"unsupported database url {masked_url(url)!r}: use sqlite:///PATH or "
+            "postgresql://USER@HOST:PORT/DATABASE"
         )
     path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if not path:
@@ -47,8 +77,13 @@ def pragmas(config: DatabaseConfig) -> list[tuple[str, object]]:
     ]
 
 
-def open_database(config: DatabaseConfig, *, create: bool = True) -> peewee.SqliteDatabase:
-    """Open (creating if asked) the SQLite file of ``config.url`` and bind the models to it."""
+def open_database(config: DatabaseConfig, *, create: bool = True) -> peewee.Database:
+    """Open (creating if asked) the database of ``config.url`` and bind the models to it: an
+    SQLite file, or a PostgreSQL database (``storage.postgres``; it must exist)."""
+    if not is_sqlite(config):
+        from sidecar.storage.postgres import open_postgres
+
+        return open_postgres(config)
     path = sqlite_path(config.url)
     check_is_sqlite(path)
     if not path.exists():
@@ -63,7 +98,7 @@ def open_database(config: DatabaseConfig, *, create: bool = True) -> peewee.Sqli
     # (an existing file is converted once by maintenance.ensure_incremental_vacuum). Setting it
     # on an existing file would rewrite page 1, and opening must not write.
     new_file = not path.exists() or path.stat().st_size == 0
-    db = peewee.SqliteDatabase(
+    db = KairoSqliteDatabase(
         str(path),
         pragmas=[("auto_vacuum", "incremental"), *pragmas(config)] if new_file else pragmas(config),
         timeout=config.busy_timeout_ms / 1000,
@@ -98,6 +133,17 @@ def _router(db: peewee.Database) -> Router:
     return Router(db, migrate_dir=MIGRATIONS_DIR)
 
 
+def migration_state(db: peewee.Database) -> tuple[list[str], list[str]]:
+    """``(applied, pending)`` migration names, read only (a database never migrated has no
+    history table, and this does not create it)."""
+    router = _router(db)
+    applied: list[str] = []
+    if router.migrate_table in db.get_tables():
+        applied = [name for (name,) in db.execute_sql(
+            f'SELECT name FROM "{router.migrate_table}" ORDER BY id').fetchall()]
+    return applied, [name for name in router.todo if name not in applied]
+
+
 def check_schema(db: peewee.Database) -> list[str]:
     """Return the pending migrations; raise if the database is newer than this code."""
     router = _router(db)
@@ -116,12 +162,15 @@ def migrate(db: peewee.Database) -> list[str]:
     # Rebuilding a table or building an index sorts every row: with the connection's
     # temp_store=MEMORY the sort of a 1,000,000-event table peaked at 584 MB RSS (a Pi may have
     # 512 MB). In temporary files (SQLite's, next to nothing in memory) it stays small.
-    db.execute_sql("PRAGMA temp_store = FILE")
+    files = dialects.of(db).files
+    if files:
+        db.execute_sql("PRAGMA temp_store = FILE")
     try:
         applied = _router(db).run()
     except peewee.DatabaseError as exc:
         raise StorageError(f"migration failed: {exc}", path=getattr(db, "database", None)) from exc
     finally:
-        db.execute_sql("PRAGMA temp_store = MEMORY")
+        if files:
+            db.execute_sql("PRAGMA temp_store = MEMORY")
     log.info("migrations_applied", migrations=applied)
     return applied

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from sidecar.logs import get_logger
+from sidecar.storage import dialect as dialects
 
 log = get_logger("sidecar.durability")
 
@@ -115,8 +116,8 @@ class JournalSync:
 def journal_sync_for(db: object, *, durability: str) -> JournalSync | None:
     """The group commit's sync for the open Peewee database ``db`` when ``durability`` (the
     effective ``[database] durability``) is ``group``; None otherwise (acks follow commits)."""
-    if durability != "group":
-        return None
+    if durability != "group" or not dialects.of(db).files:
+        return None  # PostgreSQL: a COMMIT (synchronous_commit = on) is durable when it returns
     path = str(getattr(db, "database", ""))
     if not path or path == ":memory:":
         return None

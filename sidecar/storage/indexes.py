@@ -26,7 +26,9 @@ _PROGRESS_OPS = 100_000  # SQLite VM steps between two looks at the clock
 
 
 def existing(db: peewee.Database) -> set[str]:
-    """The names of the path indexes in the file."""
+    """The names of the path indexes in the file (none on PostgreSQL: SQLite only for now)."""
+    if not isinstance(db, peewee.SqliteDatabase):
+        return set()
     rows = db.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE ?",
                           (paths.INDEX_PREFIX + "%",))
     return {name for (name,) in rows if name.startswith(paths.INDEX_PREFIX)}
@@ -43,6 +45,8 @@ def sync(db: peewee.Database, keys: Sequence[str]) -> tuple[list[str], list[str]
     Returns ``(created, dropped)`` index names. Building one on a large table takes a while
     (about a second per 100,000 events here): it logs ``path_index_building`` with the
     elapsed time every ``PROGRESS_EVERY`` seconds and ``path_index_created`` with its duration."""
+    if not isinstance(db, peewee.SqliteDatabase):
+        return [], []  # SQLite expression indexes (config refuses paths on PostgreSQL)
     wanted = {p.index_name: p for p in map(paths.parse, keys)}
     have = existing(db)
     dropped = sorted(have - wanted.keys())

@@ -16,6 +16,9 @@ Triggers on ``events`` write and delete the tokens in the same transaction as th
 this module only reads. Everything that looks a key up goes through here: the writer's dedupe
 and conflict check, import, dead-letter re-ingest, get by id, the id filters of a query, and
 a type's pages (``storage.queries``).
+
+On PostgreSQL (``dialect.fts_keys`` false) there is no ``event_keys``: the same lookups read
+B-tree indexes on the columns (a UNIQUE one on ``id``; migrations 001 and 004).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import peewee
 
 from models import Event
+from sidecar.storage.dialect import Rendered, of_cursor
 
 TABLE = "event_keys"
 KINDS = {"id": "i", "correlation_id": "c", "causation_id": "a", "trace_id": "t", "type": "y"}
@@ -35,6 +39,8 @@ CHUNK = 500  # keys per lookup: one batch of the writer in one query
 _SEQS = f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ?"
 _STORED = ("SELECT id, seq, type, source, payload, metadata FROM events "
            f"WHERE seq IN ({_SEQS})")
+_STORED_BY_COLUMN = ("SELECT id, seq, type, source, payload::text, metadata::text FROM events "
+                     "WHERE id = ANY(%s)")
 
 
 def token(kind: str, value: str) -> str:
@@ -52,7 +58,13 @@ def seq_term(kind: str, value: str) -> peewee.ColumnBase:
     a query term that reads only the matching events (a few rowid lookups), exact as the
     column itself."""
     column = getattr(Event, kind)
-    return Event.seq.in_(peewee.SQL(f"({_SEQS})", [match(kind, [value])])) & (column == value)
+
+    def build(dialect: Any) -> peewee.Node:
+        if not dialect.fts_keys:
+            return column == value  # a B-tree index on the column
+        return Event.seq.in_(peewee.SQL(f"({_SEQS})", [match(kind, [value])])) & (column == value)
+
+    return Rendered(build)
 
 
 def stored_events(cursor: Any, ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
@@ -60,6 +72,12 @@ def stored_events(cursor: Any, ids: Sequence[str]) -> dict[str, tuple[Any, ...]]
     (one query per ``CHUNK`` ids; in the caller's transaction, so it sees its own inserts)."""
     wanted = sorted(set(ids))
     stored: dict[str, tuple[Any, ...]] = {}
+    if not of_cursor(cursor).fts_keys:
+        for start in range(0, len(wanted), CHUNK):
+            cursor.execute(_STORED_BY_COLUMN, (wanted[start:start + CHUNK],))
+            for id_, *rest in cursor.fetchall():
+                stored[id_] = tuple(rest)
+        return stored
     for start in range(0, len(wanted), CHUNK):
         chunk = wanted[start:start + CHUNK]
         present = set(chunk)

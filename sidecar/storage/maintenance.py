@@ -19,6 +19,7 @@ import peewee
 from sidecar.config import Config
 from sidecar.core.events import now_ms
 from sidecar.logs import get_logger
+from sidecar.storage import dialect as dialects
 from sidecar.storage.diskguard import CHECK_INTERVAL, FLOOR_RECHECK, DiskGuard
 from sidecar.storage.purge import Policy, PurgeResult, PurgeRun
 
@@ -168,7 +169,9 @@ class Maintenance:
         self._clock = clock
         self._on_purged = on_purged
         now = clock()
-        self._next_checkpoint = now + self._checkpoint_every if self._checkpoint_every else None
+        files = dialects.of(db).files  # PostgreSQL: no WAL file to checkpoint, no disk guard
+        self._next_checkpoint = (now + self._checkpoint_every
+                                 if self._checkpoint_every and files else None)
         # The first purge soon after start (a daemon restarted daily still purges), then every
         # interval.
         first = min(self._purge_every, 60.0)
@@ -178,8 +181,8 @@ class Maintenance:
         self.last_purge: PurgeResult | None = None
         path = getattr(db, "database", "")
         self.guard: DiskGuard | None = (
-            DiskGuard.from_config(db, path, config.retention) if path and path != ":memory:"
-            else None)
+            DiskGuard.from_config(db, path, config.retention)
+            if files and path and path != ":memory:" else None)
         self._next_guard_check = now  # the first check at the first call
 
     def make_room(self) -> None:

@@ -34,6 +34,7 @@ from sidecar.config import RetentionConfig
 from sidecar.core import paths
 from sidecar.core.units import format_duration
 from sidecar.logs import get_logger
+from sidecar.storage import dialect as dialects
 
 log = get_logger("sidecar.purge")
 
@@ -103,7 +104,7 @@ def age_groups(policy: Policy, types: Iterable[str], now_ms: int) -> list[tuple[
 def distinct_types(db: peewee.Database) -> list[str]:
     """Every stored event type, sorted (``event_types``: a type whose events are all gone may
     still be listed; purging it finds nothing)."""
-    return [row[0] for row in db.execute_sql("SELECT type FROM event_types ORDER BY type")]
+    return [row[0] for row in _run(db, "SELECT type FROM event_types ORDER BY type")]
 
 
 def kept_select(policy: Policy, types: Sequence[str]) -> tuple[str, tuple[str, ...]] | None:
@@ -144,6 +145,12 @@ def keep_latest(db: peewee.Database, policy: Policy, types: Sequence[str], *, ta
 def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def _run(db: peewee.Database, sql: str, params: Sequence[Any] = ()) -> Any:
+    """``db.execute_sql`` with our ``?`` placeholders in the database's own style (``%s`` on
+    PostgreSQL; none of these statements holds a literal ``?`` or ``%``)."""
+    return db.execute_sql(sql if db.param == "?" else sql.replace("?", db.param), params)
 
 
 def _marks(n: int) -> str:
@@ -222,7 +229,7 @@ class PurgeRun:
             cutoff = self.now_ms - int(policy.max_age * 1000)
             while True:
                 with self.db.atomic("IMMEDIATE"):
-                    n = self.db.execute_sql(
+                    n = _run(self.db,
                         "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
                         "WHERE received_at < ? ORDER BY id LIMIT ?)", (cutoff, batch)).rowcount
                 self.result.dead_letters += n
@@ -231,13 +238,13 @@ class PurgeRun:
                     break
         protected = [t for t in types if policy.protected(t)]
         if policy.max_events:
-            total = self.db.execute_sql("SELECT count(*) FROM events").fetchone()[0]
+            total = _run(self.db, "SELECT count(*) FROM events").fetchone()[0]
             excess = total - policy.max_events
             for n in self._delete_oldest(excess, protected):
                 self.result.by_count += n
                 yield
         if policy.max_db_bytes:
-            rows = self.db.execute_sql("SELECT count(*) FROM events").fetchone()[0]
+            rows = _run(self.db, "SELECT count(*) FROM events").fetchone()[0]
             per_row = max(1.0, used_bytes(self.db) / max(1, rows))
             cursor = 0
             while True:
@@ -258,7 +265,7 @@ class PurgeRun:
 
     def _delete(self, select_sql: str, params: Sequence[Any]) -> int:
         with self.db.atomic("IMMEDIATE"):
-            cursor = self.db.execute_sql(f"DELETE FROM events WHERE seq IN ({select_sql})", params)
+            cursor = _run(self.db, f"DELETE FROM events WHERE seq IN ({select_sql})", params)
             return max(cursor.rowcount, 0)
 
     def _delete_oldest(self, count: int, protected: Sequence[str]) -> Iterator[int]:
@@ -280,24 +287,27 @@ class PurgeRun:
             where += f" AND type NOT IN ({_marks(len(protected))})"
         where += self._spare
         with self.db.atomic("IMMEDIATE"):
-            last = self.db.execute_sql(
-                f"SELECT max(seq) FROM (SELECT seq FROM events WHERE {where} ORDER BY seq LIMIT ?)",
+            last = _run(self.db,
+                f"SELECT max(seq) FROM (SELECT seq FROM events WHERE {where} ORDER BY seq "
+                "LIMIT ?) AS oldest",
                 (*params, limit)).fetchone()[0]
             if last is None:
                 return 0, after
-            n = self.db.execute_sql(f"DELETE FROM events WHERE {where} AND seq <= ?",
+            n = _run(self.db, f"DELETE FROM events WHERE {where} AND seq <= ?",
                                     (*params, last)).rowcount
         return max(n, 0), last
 
     def _vacuum(self) -> Iterator[None]:
-        if self.db.execute_sql("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        if not dialects.of(self.db).files:
+            return  # PostgreSQL's autovacuum reuses the space
+        if _run(self.db, "PRAGMA auto_vacuum").fetchone()[0] != 2:
             return
         while True:
-            free = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
+            free = _run(self.db, "PRAGMA freelist_count").fetchone()[0]
             if not free:
                 return
             incremental_vacuum(self.db, VACUUM_PAGES)
-            left = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
+            left = _run(self.db, "PRAGMA freelist_count").fetchone()[0]
             self.result.pages_freed += free - left
             yield
             if left >= free:
@@ -312,10 +322,13 @@ def incremental_vacuum(db: peewee.Database, pages: int) -> None:
 
 
 def used_bytes(db: peewee.Database) -> int:
-    """Bytes of the database file in use (its pages minus the free list)."""
-    page_size = db.execute_sql("PRAGMA page_size").fetchone()[0]
-    pages = db.execute_sql("PRAGMA page_count").fetchone()[0]
-    free = db.execute_sql("PRAGMA freelist_count").fetchone()[0]
+    """Bytes of the database file in use (its pages minus the free list); on PostgreSQL the
+    database's size on the server."""
+    if not dialects.of(db).files:
+        return int(_run(db, "SELECT pg_database_size(current_database())").fetchone()[0])
+    page_size = _run(db, "PRAGMA page_size").fetchone()[0]
+    pages = _run(db, "PRAGMA page_count").fetchone()[0]
+    free = _run(db, "PRAGMA freelist_count").fetchone()[0]
     return int((pages - free) * page_size)
 
 
@@ -329,7 +342,7 @@ def plan(db: peewee.Database, policy: Policy, now_ms: int) -> list[PlanLine]:
     for cutoff, group in age_groups(policy, types, now_ms):
         rows, oldest, newest = 0, None, None
         for chunk in _chunks(group):
-            n, lo, hi = db.execute_sql(
+            n, lo, hi = _run(db,
                 f"SELECT count(*), min(created_at), max(created_at) FROM events "
                 f"WHERE type IN ({_marks(len(chunk))}) AND created_at < ?{spare}",
                 (*chunk, cutoff, *spare_params)).fetchone()
@@ -341,11 +354,11 @@ def plan(db: peewee.Database, policy: Policy, now_ms: int) -> list[PlanLine]:
         lines.append(PlanLine(f"older than {age}: {shown}", rows, oldest, newest))
     if policy.max_age > 0:
         cutoff = now_ms - int(policy.max_age * 1000)
-        n = db.execute_sql("SELECT count(*) FROM dead_letters WHERE received_at < ?",
+        n = _run(db, "SELECT count(*) FROM dead_letters WHERE received_at < ?",
                            (cutoff,)).fetchone()[0]
         lines.append(PlanLine(f"dead letters older than {format_duration(policy.max_age)}", n))
     aged = sum(line.rows for line in lines if line.reason.startswith("older"))
-    total = db.execute_sql("SELECT count(*) FROM events").fetchone()[0]
+    total = _run(db, "SELECT count(*) FROM events").fetchone()[0]
     left = total - aged
     if policy.max_events:
         excess = max(0, left - policy.max_events)

@@ -5,9 +5,9 @@ Pagination is keyset on ``seq`` (the never-reused global sequence): a page is ``
 while the single writer goes on committing (it commits in ``seq`` order). Validation problems
 raise ``FilterError`` naming the field (the API answers it as ``bad_request``).
 
-SQLite specifics are kept to three spots: ``GLOB`` for type globs, ``json_extract``/``json_type``
-for ``where``, and ``kairo_mqtt_match`` (a function every read connection registers, see
-``reads``) for a ``topic`` filter with wildcards.
+What differs per engine (type globs, ``where`` on JSON, ``topic`` filters with wildcards, and
+whether a type's page streams FTS5 rowids) comes from ``storage.dialect``: the terms are
+``dialect.Rendered`` nodes that compile for the database that runs them.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from typing import Any, NamedTuple
 
 import peewee
 
-from models import Event
+from models import Event, EventType
 from sidecar.core import paths, topics
 from sidecar.core.events import StoredEvent, parse_timestamp
 from sidecar.core.filters import MAX_INT64, Filter
 from sidecar.errors import FilterError, PayloadError
 from sidecar.storage import keys
+from sidecar.storage.dialect import MQTT_MATCH_FUNCTION, SQLITE, Dialect, Rendered
 
-MQTT_MATCH_FUNCTION = "kairo_mqtt_match"
+__all__ = ["MQTT_MATCH_FUNCTION", "Conditions", "conditions", "page", "topic_term"]
 
 # The columns of an event in an answer, in ``StoredEvent`` order.
 EVENT_FIELDS = tuple(getattr(Event, name) for name in StoredEvent._fields)
@@ -91,11 +92,12 @@ def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozense
 
 
 def page(cond: Conditions, *, limit: int, order: str = "asc",
-         after: int | None = None) -> peewee.Select:
+         after: int | None = None, dialect: Dialect = SQLITE) -> peewee.Select:
     """One page of matching events in ``seq`` order, ``limit`` rows at most, as tuples in
-    ``EVENT_FIELDS`` (``StoredEvent``) order; ``after`` (default: the filter's own) is the cursor."""
+    ``EVENT_FIELDS`` (``StoredEvent``) order; ``after`` (default: the filter's own) is the cursor.
+    ``dialect``: the engine that runs it (PostgreSQL reads a type's page from its B-tree)."""
     cursor = cond.after if after is None else after
-    if cond.types is not None:
+    if cond.types is not None and dialect.fts_keys:
         return _type_page(cond, limit=limit, order=order, cursor=cursor)
     query = Event.select(*EVENT_FIELDS)
     terms = list(cond.terms)
@@ -134,10 +136,10 @@ def _type_page(cond: Conditions, *, limit: int, order: str, cursor: int | None) 
 
 
 def page_keys(cond: Conditions, *, limit: int, order: str = "asc",
-              after: int | None = None) -> peewee.Select:
+              after: int | None = None, dialect: Dialect = SQLITE) -> peewee.Select:
     """The ``seq`` of each event of ``page(...)``. When the plan sorts (a ``type`` index read
     out of ``seq`` order), SQLite's sorter then holds these integers, not whole events."""
-    return page(cond, limit=limit, order=order, after=after).select(Event.seq)
+    return page(cond, limit=limit, order=order, after=after, dialect=dialect).select(Event.seq)
 
 
 def by_seqs(seqs: list[int], *, order: str = "asc") -> peewee.Select:
@@ -195,18 +197,18 @@ def _type_term(value: str | Sequence[str]) -> peewee.ColumnBase:
     test on the row: globs become one IN over the stored types they match (``event_types``)."""
     exact, globs = _split_types(value)
     if globs:
-        return Event.type.in_(peewee.SQL(f"(SELECT type FROM event_types WHERE {_types_where(exact, globs)})",
-                                         [*globs, *exact]))
+        return Event.type.in_(EventType.select(EventType.type).where(_types_where(exact, globs)))
     return Event.type == exact[0] if len(exact) == 1 else Event.type.in_(exact)
 
 
-def _types_where(exact: list[str], globs: list[str]) -> str:
+def _types_where(exact: list[str], globs: list[str]) -> peewee.Node:
     # One flat OR: nested ORs overflow SQLite's parser stack at about 100 levels (``type``
     # takes up to 100 globs).
-    conditions = ["type GLOB ?"] * len(globs)
+    column = EventType.type
+    terms: list[peewee.Node] = [Rendered(lambda d, g=g: d.glob(column, g)) for g in globs]
     if exact:
-        conditions.append(f"type IN ({', '.join('?' * len(exact))})")
-    return " OR ".join(conditions)
+        terms.append(column.in_(exact))
+    return peewee.NodeList(terms, glue=" OR ", parens=True)
 
 
 # "yz" is no type's token (a type's token is y and hex digits): a glob no stored type matches.
@@ -220,18 +222,23 @@ def _type_match(value: str | Sequence[str]) -> peewee.Node | str:
     exact, globs = _split_types(value)
     if not globs:
         return keys.match("type", exact)
-    return peewee.SQL(
-        f"(SELECT coalesce(group_concat('\"y' || hex(type) || '\"', ' OR '), '{_NO_TYPE}') "
-        f"FROM event_types WHERE {_types_where(exact, globs)})", [*globs, *exact])
+    tokens = peewee.fn.coalesce(
+        peewee.fn.group_concat(peewee.SQL("'\"y' || hex(type) || '\"'"), " OR "), _NO_TYPE)
+    return EventType.select(tokens).where(_types_where(exact, globs))
 
 
 def _topic_term(topic_filter: str) -> peewee.ColumnBase:
     problem = topics.filter_error(topic_filter)
     if problem:
         raise FilterError(f"topic: {problem}", field="topic")
+    return topic_term(Event.topic, topic_filter)
+
+
+def topic_term(column: peewee.Field, topic_filter: str) -> peewee.ColumnBase:
+    """``column`` (a topic) matches the valid MQTT filter ``topic_filter``, on either engine."""
     if "+" not in topic_filter and "#" not in topic_filter:
-        return Event.topic == topic_filter
-    return getattr(peewee.fn, MQTT_MATCH_FUNCTION)(topic_filter, Event.topic) == 1
+        return column == topic_filter
+    return Rendered(lambda d: d.topic_match(column, topic_filter))
 
 
 def _time(value: int | str | None, field: str) -> int | None:
@@ -265,11 +272,18 @@ def _where_term(key: str, value: Any) -> peewee.ColumnBase:
     string never equals a number); ``true``/``false``/``null`` compare the JSON type."""
     path = json_path(key)
     column = Event.payload if path.column == "payload" else Event.metadata
-    if value is None or isinstance(value, bool):
-        kind = "null" if value is None else ("true" if value else "false")
-        return peewee.fn.json_type(column, path.path) == kind
-    if isinstance(value, int) and not -MAX_INT64 - 1 <= value <= MAX_INT64:
+    if isinstance(value, int) and not isinstance(value, bool) \
+            and not -MAX_INT64 - 1 <= value <= MAX_INT64:
         raise FilterError(f"where.{key}: integer out of range (SQLite holds 64-bit integers; "
                           "compare a larger number as a float)", field=f"where.{key}")
-    return path_value(path) == value
+
+    def build(dialect: Dialect) -> peewee.Node:
+        if dialect.name != "sqlite":
+            return dialect.json_equals(column, paths.parts(path), value)
+        if value is None or isinstance(value, bool):
+            kind = "null" if value is None else ("true" if value else "false")
+            return peewee.fn.json_type(column, path.path) == kind
+        return path_value(path) == value  # spelled as a path index spells it
+
+    return Rendered(build)
 

@@ -18,17 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import msgspec
 import peewee
 
 from models import DeadLetter, Event
 from sidecar.config import DatabaseConfig
-from sidecar.core import paths, topics
+from sidecar.core import paths
 from sidecar.core.events import StoredEvent, event_size
 from sidecar.core.kv import KvEntry
-from sidecar.errors import StorageError
+from sidecar.errors import FilterError, StorageError
+from sidecar.storage import dialect as dialects
 from sidecar.storage import indexes, kv, latest
-from sidecar.storage.db import pragmas, sqlite_path
-from sidecar.storage.queries import MQTT_MATCH_FUNCTION, Conditions, by_id, by_seqs, page, page_keys, summary
+from sidecar.storage.db import KairoSqliteDatabase, is_sqlite, pragmas, sqlite_path
+from sidecar.storage.queries import Conditions, by_id, by_seqs, page, page_keys, summary
 
 T = TypeVar("T")
 
@@ -73,35 +75,44 @@ class StoreFigures(NamedTuple):
     wal_bytes: int
 
 
-def _mqtt_match(topic_filter: str | None, topic: str | None) -> int:
-    if topic_filter is None or topic is None:
-        return 0
-    return int(topics.matches(topic_filter, topic))
-
-
-def open_reader(config: DatabaseConfig, *, path: Path | str | None = None) -> peewee.SqliteDatabase:
+def open_reader(config: DatabaseConfig, *, path: Path | str | None = None) -> peewee.Database:
     """A read-only (``query_only``) database for ``config.url`` (or ``path``); connections are
     opened lazily, one per thread. The file must exist.
 
     The file is never opened here outside SQLite (no header check): closing any descriptor of
     the file would drop this process's POSIX locks on it, and then another process's SQLite,
     seeing no other user, would delete the WAL under the running writer. A file that is not
-    a database fails on the first read instead."""
+    a database fails on the first read instead.
+
+    ``path`` may also be a ``postgresql://`` URL (``--db``); on PostgreSQL the connections
+    are read-only (``default_transaction_read_only``)."""
+    if path is not None and "://" in str(path):
+        config = msgspec.structs.replace(config, url=str(path))
+        path = None if not is_sqlite(config) else sqlite_path(str(config.url))
+    if path is None and not is_sqlite(config):
+        from sidecar.storage.postgres import open_postgres
+
+        return open_postgres(config, read_only=True)
     db_path = Path(path) if path is not None else sqlite_path(config.url)
     if not db_path.is_file():
         raise StorageError(f"database {db_path} does not exist", path=str(db_path))
     settings = [(k, v) for k, v in pragmas(config) if k != "journal_mode"]  # never change it
-    db = peewee.SqliteDatabase(str(db_path), pragmas=[*settings, ("query_only", 1)],
+    return KairoSqliteDatabase(str(db_path), pragmas=[*settings, ("query_only", 1)],
                                timeout=config.busy_timeout_ms / 1000)
-    db.register_function(_mqtt_match, MQTT_MATCH_FUNCTION, 2, deterministic=True)
-    return db
+
+
+def _nul_text(exc: ValueError) -> bool:
+    """psycopg2 refuses to send a string holding NUL; PostgreSQL text never holds one, so a
+    filter or id with NUL matches nothing (as on SQLite, where no stored value holds it)."""
+    return "NUL" in str(exc)
 
 
 class Reader:
     """Runs queries on the calling thread's read connection."""
 
-    def __init__(self, db: peewee.SqliteDatabase) -> None:
+    def __init__(self, db: peewee.Database) -> None:
         self.db = db
+        self.dialect = dialects.of(db)
 
     @property
     def path(self) -> Path:
@@ -110,12 +121,17 @@ class Reader:
     def _all(self, query: peewee.Query) -> list[tuple[Any, ...]]:
         try:
             return list(self.db.execute(query).fetchall())
+        except ValueError as exc:
+            if _nul_text(exc):
+                return []
+            raise
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
 
     def page(self, cond: Conditions, *, limit: int, order: str = "asc",
              after: int | None = None) -> list[StoredEvent]:
-        return list(map(_stored, self._all(page(cond, limit=limit, order=order, after=after))))
+        return list(map(_stored, self._all(page(cond, limit=limit, order=order, after=after,
+                                                dialect=self.dialect))))
 
     def answer_page(self, cond: Conditions, *, limit: int, max_bytes: int,
                     order: str = "asc") -> AnswerPage:
@@ -149,7 +165,8 @@ class Reader:
         size = 0
         try:
             seqs = [seq for (seq,) in self.db.execute(
-                page_keys(cond, limit=limit, order=order, after=after)).fetchall()]
+                page_keys(cond, limit=limit, order=order, after=after,
+                          dialect=self.dialect)).fetchall()]
             if not seqs:
                 return _Bounded(rows, False, 0)
             cursor = self.db.execute(by_seqs(seqs, order=order))
@@ -162,6 +179,10 @@ class Reader:
                         return _Bounded(rows, True, len(seqs))
             finally:
                 cursor.close()
+        except ValueError as exc:
+            if _nul_text(exc):
+                return _Bounded([], False, 0)
+            raise
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
         return _Bounded(rows, False, len(seqs))
@@ -178,6 +199,9 @@ class Reader:
         """The newest event per key of ``path`` among the events ``cond`` matches, ``limit``
         keys after ``after`` at most and no more than fit in ``max_bytes`` (always one), read
         in one snapshot."""
+        if not isinstance(self.db, peewee.SqliteDatabase):
+            raise FilterError("key: latest is not available on PostgreSQL yet (SQLite only)",
+                              field="key")
         try:
             with self.db.atomic():
                 indexed = path.index_name in indexes.existing(self.db)
@@ -233,7 +257,13 @@ class Reader:
         return StoreFigures(count, int(dead), oldest, newest, db_bytes, wal_bytes)
 
     def file_sizes(self) -> tuple[int, int]:
-        """``(database bytes, WAL bytes)``; 0 for a file that is not there."""
+        """``(database bytes, WAL bytes)``; 0 for a file that is not there. On PostgreSQL the
+        database's size on the server (``pg_database_size``) and no WAL of its own."""
+        if not self.dialect.files:
+            (total,) = self._all(peewee.Select(columns=[
+                peewee.fn.pg_database_size(peewee.fn.current_database())]))[0]
+            return int(total), 0
+
         def size(p: str) -> int:
             try:
                 return os.stat(p).st_size

@@ -16,7 +16,7 @@ import peewee
 
 from sidecar.config import DatabaseConfig
 from sidecar.errors import PendingMigrationsError
-from sidecar.storage.db import check_schema, migrate, open_database, sqlite_path
+from sidecar.storage.db import check_schema, is_sqlite, migrate, open_database, sqlite_path
 from sidecar.storage.integrity import verify_on_start
 from sidecar.storage.maintenance import ensure_incremental_vacuum, release_free_pages, truncate_wal
 from sidecar.storage.sqlite_errors import retry_busy
@@ -26,7 +26,7 @@ Schema = Literal["migrate", "current", "unchecked"]
 
 def open_store(config: DatabaseConfig, *, schema: Schema, create: bool = True, shared: bool = False,
                on_migrated: Callable[[list[str]], None] | None = None,
-               on_verified: Callable[[float], None] | None = None) -> peewee.SqliteDatabase:
+               on_verified: Callable[[float], None] | None = None) -> peewee.Database:
     """Open the database of ``config`` for writing, with its models bound to it.
 
     ``schema``: ``"migrate"`` applies pending migrations; ``"current"`` refuses a file that
@@ -41,7 +41,20 @@ def open_store(config: DatabaseConfig, *, schema: Schema, create: bool = True, s
     (TRUNCATE checkpoint), and after migrating switches the file to incremental vacuum once.
     A command that may run beside the daemon (``shared=True``) does none of these (they would
     wait on, or rewrite the file under, the daemon) and retries migrations while it is busy.
+
+    On PostgreSQL none of the file-level steps apply (the server owns its files): the schema
+    is checked or migrated as on SQLite (peewee-migrate's own transaction).
     """
+    if not is_sqlite(config):
+        db = open_database(config, create=create)
+        try:
+            applied = _bring_schema(db, schema, shared=True)
+        except BaseException:
+            db.close()
+            raise
+        if on_migrated is not None and schema == "migrate":
+            on_migrated(applied)
+        return db
     if not shared:
         checked_at = verify_on_start(sqlite_path(config.url), config.startup_check)
         if on_verified is not None:
@@ -59,7 +72,7 @@ def open_store(config: DatabaseConfig, *, schema: Schema, create: bool = True, s
     return db
 
 
-def _bring_schema(db: peewee.SqliteDatabase, schema: Schema, *, shared: bool) -> list[str]:
+def _bring_schema(db: peewee.Database, schema: Schema, *, shared: bool) -> list[str]:
     """Check or migrate the schema as ``schema`` says; the migrations applied."""
     if schema == "unchecked":
         return []

@@ -30,6 +30,7 @@ from sidecar.config import DatabaseConfig
 from sidecar.core.decode_errors import describe
 from sidecar.errors import InputFileError
 from sidecar.logs import get_logger
+from sidecar.storage import dialect as dialects
 from sidecar.storage import keys
 from sidecar.storage.sqlite_errors import retry_busy
 from sidecar.storage.startup import open_store
@@ -73,7 +74,7 @@ class _KvLine(msgspec.Struct):
 
 
 # ------------------------------------------------------------------------------------ export
-def export(db: peewee.SqliteDatabase, out: IO[bytes], terms: Iterable[Any] = (), *,
+def export(db: peewee.Database, out: IO[bytes], terms: Iterable[Any] = (), *,
            progress: ProgressFn | None = None, count_first: bool = False) -> int:
     """Write the events matching ``terms`` (Peewee expressions on ``Event``) to ``out`` as JSON
     lines, in ``seq`` order, from one snapshot; return how many."""
@@ -117,7 +118,7 @@ def export(db: peewee.SqliteDatabase, out: IO[bytes], terms: Iterable[Any] = (),
     return written
 
 
-def _export_kv(db: peewee.SqliteDatabase, out: IO[bytes], encoder: msgspec.json.Encoder) -> None:
+def _export_kv(db: peewee.Database, out: IO[bytes], encoder: msgspec.json.Encoder) -> None:
     """Every key-value entry, one ``{"kv": ...}`` line each, in key order."""
     query = KVStore.select(KVStore.key, KVStore.value, KVStore.version,
                            KVStore.updated_at).order_by(KVStore.key).tuples()
@@ -148,6 +149,8 @@ class ImportResult:
 _INSERT_COLUMNS = EXPORT_COLUMNS[1:]  # never seq: this store numbers its own events
 _INSERT = (f"INSERT INTO events ({', '.join(_INSERT_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})")
+# PostgreSQL: its parameter style, and the UNIQUE index on id settles a race with the daemon
+_INSERT_PG = (_INSERT.replace("?", "%s") + ' ON CONFLICT ("id") DO NOTHING')
 
 
 def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -162,7 +165,7 @@ def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ..
     return fresh
 
 
-def _import_kv(db: peewee.SqliteDatabase, entry: ExportedKv) -> int:
+def _import_kv(db: peewee.Database, entry: ExportedKv) -> int:
     """Write ``entry`` unless its key is stored at the same or a newer version: 1 if written."""
     def write() -> int:
         with db.atomic("IMMEDIATE"):
@@ -170,8 +173,12 @@ def _import_kv(db: peewee.SqliteDatabase, entry: ExportedKv) -> int:
                 KVStore.key == entry.key).tuples()).fetchone()
             if stored is not None and stored[0] >= entry.version:
                 return 0
-            db.execute(KVStore.replace(key=entry.key, value=bytes(entry.value).decode(),
-                                       version=entry.version, updated_at=entry.updated_at))
+            value = bytes(entry.value).decode()
+            db.execute(KVStore.insert(key=entry.key, value=value, version=entry.version,
+                                      updated_at=entry.updated_at).on_conflict(
+                conflict_target=[KVStore.key],
+                update={KVStore.value: value, KVStore.version: entry.version,
+                        KVStore.updated_at: entry.updated_at}))
             return 1
 
     return retry_busy(write, what="import kv", path=str(db.database))
@@ -180,19 +187,20 @@ def _import_kv(db: peewee.SqliteDatabase, entry: ExportedKv) -> int:
 _KV_DECODER = msgspec.json.Decoder(_KvLine)
 
 
-def open_for_import(config: DatabaseConfig) -> peewee.SqliteDatabase:
+def open_for_import(config: DatabaseConfig) -> peewee.Database:
     """The database to import into (created and migrated if it does not exist yet); the
     daemon may be writing to it meanwhile."""
     return open_store(config, schema="migrate", shared=True)
 
 
-def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_size: int = 1000,
+def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: int = 1000,
                   source: str = "input", progress: Callable[[int], None] | None = None) -> ImportResult:
     """Insert every exported event of ``lines`` whose id is not stored, ``batch_size`` per transaction.
     A malformed line stops the import with an error naming it; the batches before it are kept
     (importing again is safe)."""
     started = time.monotonic()
     decoder = msgspec.json.Decoder(ExportedEvent)
+    insert_sql = _INSERT if dialects.of(db).fts_keys else _INSERT_PG
     batch: list[tuple[Any, ...]] = []
     count = inserted = kv_lines = kv_written = 0
     done_bytes = 0
@@ -204,7 +212,7 @@ def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_si
             with db.atomic("IMMEDIATE"):
                 cursor = db.cursor()
                 fresh = _not_stored(cursor, batch)
-                cursor.executemany(_INSERT, fresh)
+                cursor.executemany(insert_sql, fresh)
                 return len(fresh)
 
         inserted += retry_busy(write, what="import events", path=str(db.database))

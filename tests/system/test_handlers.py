@@ -6,7 +6,6 @@ share the sidecar without seeing each other's events."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,10 +26,12 @@ from paho.mqtt.properties import Properties
 from sidecar.api.handlers import Handlers
 from sidecar.api.protocol import RequestMessage
 from sidecar.client import SidecarClient
+from sidecar.config import DatabaseConfig
 from sidecar.errors import RequestError
-from tests.conftest import ROOT, count_rows, wait_until
+from tests.conftest import ENGINES, ROOT, engine_database, wait_until
 from tests.support.broker import Broker, start_broker
 from tests.support.publisher import Message, Publisher
+from tests.support.stores import Store
 from tests.system.test_subscriber import Running, start_inprocess
 
 MAX_STREAMS = 2
@@ -51,18 +52,20 @@ class Env:
         return SidecarClient(self.broker.host, self.broker.port, **kwargs).connect()
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=ENGINES)
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """A sidecar in this process on each engine (every test here runs on SQLite and PostgreSQL)."""
     tmp = tmp_path_factory.mktemp("api")
-    broker = start_broker(tmp / "broker")
-    run = start_inprocess(tmp, broker, API__MAX_STREAMS=str(MAX_STREAMS),
-                          API__MAX_REQUEST_BYTES="4096")
-    try:
-        yield Env(broker, run)
-    finally:
-        run.sidecar.request_stop()
-        run.thread.join(15)
-        broker.close()
+    for url in engine_database(request, request.param, tmp):
+        broker = start_broker(tmp / "broker")
+        run = start_inprocess(tmp, broker, url=url, API__MAX_STREAMS=str(MAX_STREAMS),
+                              API__MAX_REQUEST_BYTES="4096")
+        try:
+            yield Env(broker, run)
+        finally:
+            run.sidecar.request_stop()
+            run.thread.join(15)
+            broker.close()
 
 
 @pytest.fixture
@@ -198,7 +201,7 @@ def test_request_without_destination_is_answered_on_default_topic(env: Env):
         (_, body, _), = req.on("kairo-sidecar/response/stats")
         stats = body["data"]
         assert stats["version"] and stats["uptime_s"] > 0
-        assert stats["events_total"] == count_rows(env.run.db_path)
+        assert stats["events_total"] == env.run.rows("SELECT count(*) FROM events")[0][0]
         assert stats["database_bytes"] > 0 and stats["queue_depth"] >= 0
         for key in ("duplicates", "dead_letters", "qos0_dropped", "last_commit_lag_ms",
                     "oldest_event_at", "newest_event_at", "wal_bytes", "events_stored"):
@@ -296,22 +299,18 @@ def test_paginating_5000_events_while_ingest_runs_returns_each_once(env: Env, cl
     assert set(seen) == expected
 
 
-def seed(db_path: Path, n: int, tag: str) -> None:
-    """Insert ``n`` events in one transaction beside the running writer (WAL)."""
-    con = sqlite3.connect(db_path, timeout=30)
-    with con:
-        con.executemany(
-            "INSERT INTO events (id, topic, type, source, payload, metadata, created_at, "
-            "received_at, correlation_id) VALUES (?, ?, ?, 'seed', ?, '{}', ?, ?, ?)",
-            [(f"{tag}-{i:06d}", f"kairo/{tag}", f"kairo.{tag}.event",
-              json.dumps({"i": i, "pad": "x" * 100}), 1_700_000_000_000 + i,
-              1_700_000_000_000 + i, f"corr-{tag}") for i in range(n)])
-    con.close()
+def seed(run: Running, n: int, tag: str) -> None:
+    """Insert ``n`` events in one transaction beside the running writer."""
+    Store("any", DatabaseConfig(url=run.url)).insert_events([
+        {"id": f"{tag}-{i:06d}", "topic": f"kairo/{tag}", "type": f"kairo.{tag}.event",
+         "source": "seed", "payload": json.dumps({"i": i, "pad": "x" * 100}), "metadata": "{}",
+         "created_at": 1_700_000_000_000 + i, "received_at": 1_700_000_000_000 + i,
+         "correlation_id": f"corr-{tag}"} for i in range(n)])
 
 
 def test_replay_of_20000_events_is_complete_and_in_order(env: Env, client):
     """A replay streams all 20,000 matching events once, in seq order, then done with count."""
-    seed(env.run.db_path, 20_000, "rp")
+    seed(env.run, 20_000, "rp")
     started = time.perf_counter()
     replay = client.replay(correlation_id="corr-rp", batch=100)
     events = list(replay)
@@ -433,7 +432,7 @@ def test_cli_query_get_replay_through_broker_and_db(env: Env):
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == expected
 
-    done = cli("query", "--type", "kairo.cli.*", "--limit", "5", "--db", str(env.run.db_path))
+    done = cli("query", "--type", "kairo.cli.*", "--limit", "5", "--db", env.run.db)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == expected[:5]
     assert "next:" in done.stderr
@@ -441,22 +440,23 @@ def test_cli_query_get_replay_through_broker_and_db(env: Env):
     done = cli("get", "cli-000003", *broker, "--protocol", "3.1.1")
     assert done.returncode == 0 and json.loads(done.stdout)["payload"]["i"] == 3
 
-    done = cli("get", "cli-nope", "--db", str(env.run.db_path))
+    done = cli("get", "cli-nope", "--db", env.run.db)
     assert done.returncode == 1 and "not_found" in done.stderr
 
     done = cli("replay", "--where", "payload.tag=cli", "--batch", "4", *broker)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == expected
 
-    done = cli("replay", "--correlation-id", "corr-cli", "--db", str(env.run.db_path))
+    done = cli("replay", "--correlation-id", "corr-cli", "--db", env.run.db)
     assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == expected
 
     done = cli("query", "--type", "kairo.[x*", *broker)
     assert done.returncode == 2 and "bad_request" in done.stderr
 
     # The --db readers left the running sidecar's WAL in place (it is still in use).
-    assert Path(str(env.run.db_path) + "-wal").exists()
-    assert count_rows(env.run.db_path) >= 12
+    if env.run.url.startswith("sqlite:"):
+        assert Path(str(env.run.db_path) + "-wal").exists()
+    assert env.run.rows("SELECT count(*) FROM events")[0][0] >= 12
 
 
 def test_requests_and_answers_are_never_stored(env: Env):

@@ -16,16 +16,26 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sidecar.app import Sidecar
-from sidecar.config import load_config
+from sidecar.config import DatabaseConfig, load_config
 from tests.conftest import wait_until
 from tests.support.broker import Broker
+from tests.support.stores import Store
 
 
 class Running:
-    def __init__(self, sidecar: Sidecar, thread: threading.Thread, db_path: Path) -> None:
+    def __init__(self, sidecar: Sidecar, thread: threading.Thread, db_path: Path,
+                 url: str | None = None) -> None:
         self.sidecar, self.thread, self.db_path = sidecar, thread, db_path
+        self.url = url or f"sqlite:///{db_path}"  # the database, on either engine
+
+    @property
+    def db(self) -> str:
+        """What ``--db`` takes: the SQLite file, or the PostgreSQL URL."""
+        return str(self.db_path) if self.url.startswith("sqlite:") else self.url
 
     def rows(self, sql: str, *args: object) -> list[tuple]:
+        if not self.url.startswith("sqlite:"):
+            return Store("postgres", DatabaseConfig(url=self.url)).execute(sql, args)
         con = sqlite3.connect(self.db_path, timeout=10)
         try:
             return con.execute(sql, args).fetchall()
@@ -42,10 +52,11 @@ class Running:
         return dict(row) if row else {}
 
 
-def start_inprocess(tmp_path: Path, broker: Broker, **env: str) -> Running:
+def start_inprocess(tmp_path: Path, broker: Broker, *, url: str | None = None,
+                    **env: str) -> Running:
     environ = {"KAIRO_SIDECAR_MQTT__HOST": broker.host,
                "KAIRO_SIDECAR_MQTT__PORT": str(broker.port),
-               "KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{tmp_path / 'kairo.db'}",
+               "KAIRO_SIDECAR_DATABASE__URL": url or f"sqlite:///{tmp_path / 'kairo.db'}",
                "KAIRO_SIDECAR_WRITER__FLUSH_INTERVAL": "0.05",
                **{"KAIRO_SIDECAR_" + k.upper(): v for k, v in env.items()}}
     sidecar = Sidecar(load_config(environ=environ))
@@ -54,7 +65,7 @@ def start_inprocess(tmp_path: Path, broker: Broker, **env: str) -> Running:
                               kwargs={"install_signals": False, "on_ready": ready.set}, daemon=True)
     thread.start()
     assert ready.wait(15), "sidecar did not become ready"
-    return Running(sidecar, thread, tmp_path / "kairo.db")
+    return Running(sidecar, thread, tmp_path / "kairo.db", url)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "kv": KvConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
-COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url"}
+COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url", "database.password"}
 
 
 def write(tmp_path: Path, text: str, name: str = "sidecar.toml") -> Path:

@@ -29,6 +29,7 @@ from tests.conftest import SidecarProcess, wait_until
 from tests.support import hostile, scenarios
 from tests.support.broker import Broker
 from tests.support.faultkit import sidecar_env
+from tests.support.stores import Store
 
 SidecarFactory = Callable[..., SidecarProcess]
 
@@ -65,8 +66,14 @@ class Recorder:
             return list(self.answers.get(topic, []))
 
 
-def insert(db_path: Path, rows: list[tuple[str, str, str, str]]) -> None:
-    """``(id, type, payload, metadata)`` rows, inserted beside whatever runs."""
+def insert(db_path: Path | Store, rows: list[tuple[str, str, str, str]]) -> None:
+    """``(id, type, payload, metadata)`` rows, inserted beside whatever runs (a store on either
+    engine, or an SQLite file)."""
+    if isinstance(db_path, Store):
+        db_path.insert_events([
+            {"id": i, "topic": "kairo/h", "type": t, "source": "s", "payload": p, "metadata": m,
+             "created_at": 1700000000000, "received_at": 1700000000000} for i, t, p, m in rows])
+        return
     con = sqlite3.connect(db_path, timeout=30)
     with con:
         con.executemany(
@@ -77,16 +84,14 @@ def insert(db_path: Path, rows: list[tuple[str, str, str, str]]) -> None:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[Handlers, Recorder, Path]]:
-    config = DatabaseConfig(url=f"sqlite:///{tmp_path / 'h.db'}")
-    db = open_database(config)
-    migrate(db)
-    db.close()
+def api(any_store: Store) -> Iterator[tuple[Handlers, Recorder, Store]]:
+    """Handlers over a store on each engine (the hostile requests run on both)."""
+    config = any_store.config
     recorder = Recorder()
     handlers = Handlers(ApiConfig(max_response_bytes=65536), Reader(open_reader(config)),
                         publish=recorder, stats=Stats(), commits=CommitSignal(),
                         event_topics=["kairo/#"])
-    yield handlers, recorder, tmp_path / "h.db"
+    yield handlers, recorder, any_store
     handlers.stop(5)
 
 

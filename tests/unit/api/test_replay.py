@@ -4,11 +4,9 @@ cancel, max_duration and live forwarding (no broker: the publisher is under the 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,10 +15,10 @@ import pytest
 from sidecar.api.protocol import ReplayRequest
 from sidecar.api.replay import CommitSignal, Pacer, ReplayStream
 from sidecar.config import DatabaseConfig
-from sidecar.storage.db import migrate, open_database
 from sidecar.storage.queries import conditions
 from sidecar.storage.reads import Reader, open_reader
 from tests.conftest import wait_until
+from tests.support.stores import Store
 
 
 class FakeSent:
@@ -69,23 +67,18 @@ class FakeSend:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[DatabaseConfig, Path]]:
-    config = DatabaseConfig(url=f"sqlite:///{tmp_path / 'kairo.db'}")
-    db = open_database(config)
-    migrate(db)
-    db.close()
-    yield config, tmp_path / "kairo.db"
+def store(any_store: Store) -> Iterator[tuple[DatabaseConfig, Store]]:
+    """A migrated store on each engine (every replay test runs on SQLite and PostgreSQL)."""
+    yield any_store.config, any_store
 
 
-def insert(path: Path, n: int, *, start: int = 0, created_step: int = 1, corr: str = "c1") -> None:
-    con = sqlite3.connect(path, timeout=10)
-    with con:
-        con.executemany(
-            "INSERT INTO events (id, topic, type, source, payload, metadata, created_at, "
-            "received_at, correlation_id) VALUES (?, 'kairo/t', 'kairo.t', 's', ?, '{}', ?, ?, ?)",
-            [(f"e{i}", json.dumps({"i": i}), 1_000_000 + i * created_step, 1_000_000 + i, corr)
-             for i in range(start, start + n)])
-    con.close()
+def insert(path: Store, n: int, *, start: int = 0, created_step: int = 1, corr: str = "c1") -> None:
+    path.insert_events([
+        {"id": f"e{i}", "topic": "kairo/t", "type": "kairo.t", "source": "s",
+         "payload": json.dumps({"i": i}), "metadata": "{}",
+         "created_at": 1_000_000 + i * created_step, "received_at": 1_000_000 + i,
+         "correlation_id": corr}
+        for i in range(start, start + n)])
 
 
 def stream(config: DatabaseConfig, send: FakeSend, *, commits: CommitSignal | None = None,

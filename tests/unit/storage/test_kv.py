@@ -140,3 +140,35 @@ def test_disk_guard_deletes_events_never_kv_entries(small_fs: SmallFilesystem) -
     finally:
         db.close()
     assert query(db_path, "SELECT count(*), sum(version) FROM kv_store") == [(50, 50)]
+
+
+def test_kv_store_works_on_both_engines(any_store) -> None:
+    """Put, conditional put, list, delete and the recorded events through storage.kv, on SQLite
+    and on PostgreSQL (the migrations, the upsert and the kv events are portable)."""
+    from sidecar.core.kv import KvWrite
+    from sidecar.storage import kv as kv_store
+    from sidecar.storage.startup import open_store
+
+    db = open_store(any_store.config, schema="migrate", shared=True)
+    try:
+        first = kv_store.apply_now(db, KvWrite(op="put", key="plugin/a", value='{"on": true}'),
+                                   topic_base="kairo-sidecar")
+        assert first is not None and first.version == 1
+        second = kv_store.apply_now(db, KvWrite(op="put", key="plugin/a", value='{"on": false}',
+                                                if_version=1), topic_base="kairo-sidecar")
+        assert second is not None and second.version == 2
+        with pytest.raises(RequestError):
+            kv_store.apply_now(db, KvWrite(op="put", key="plugin/a", value="1", if_version=1),
+                               topic_base="kairo-sidecar")
+        kv_store.apply_now(db, KvWrite(op="put", key="plugin/b", value="2"),
+                           topic_base="kairo-sidecar")
+        got = kv_store.get(db, "plugin/a")
+        assert got is not None and (got.version, got.value.replace(" ", "")) == (2, '{"on":false}')
+        listed = kv_store.page(db, prefix="plugin/", limit=10)
+        assert [e.key for e in listed.entries] == ["plugin/a", "plugin/b"]
+        kv_store.apply_now(db, KvWrite(op="delete", key="plugin/b"), topic_base="kairo-sidecar")
+        assert kv_store.get(db, "plugin/b") is None
+    finally:
+        db.close()
+    rows = any_store.execute("SELECT type FROM events ORDER BY seq")
+    assert [r[0] for r in rows] == ["kairo.kv.put"] * 3 + ["kairo.kv.delete"]

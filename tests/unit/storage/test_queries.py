@@ -1,10 +1,10 @@
-"""Filters -> SQL on a real SQLite file (queries + reads), request decoding, MQTT topic rules."""
+"""Filters -> SQL on a real SQLite file and a real PostgreSQL database (queries + reads), request
+decoding, MQTT topic rules."""
 
 from __future__ import annotations
 
 import ast
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +14,13 @@ import pytest
 
 import sidecar.storage
 from sidecar.api.protocol import QueryRequest, RequestMessage, bad_filter, decode_request
-from sidecar.config import DatabaseConfig, load_config
+from sidecar.config import load_config
 from sidecar.core import topics
 from sidecar.core.events import StoredEvent, event_size
 from sidecar.errors import ConfigError, FilterError, RequestError
-from sidecar.storage.db import migrate, open_database
 from sidecar.storage.queries import conditions
 from sidecar.storage.reads import Reader, open_reader
+from tests.support.stores import Store
 
 ROWS = [
     # id, topic, type, payload, metadata, created_at, correlation_id
@@ -37,21 +37,13 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def reader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reader]:
-    path = tmp_path_factory.mktemp("queries") / "kairo.db"
-    config = DatabaseConfig(url=f"sqlite:///{path}")
-    db = open_database(config)
-    migrate(db)
-    db.close()
-    con = sqlite3.connect(path)
-    with con:
-        con.executemany(
-            "INSERT INTO events (id, topic, type, source, payload, metadata, created_at, "
-            "received_at, correlation_id) VALUES (?, ?, ?, 'src', ?, ?, ?, ?, ?)",
-            [(i, t, ty, json.dumps(p), json.dumps(m), c, c, corr)
-             for i, t, ty, p, m, c, corr in ROWS])
-    con.close()
-    r = Reader(open_reader(config))
+def reader(module_store: Store) -> Iterator[Reader]:
+    """ROWS in a store on each engine (the filter tests run on both)."""
+    module_store.insert_events([
+        {"id": i, "topic": t, "type": ty, "source": "src", "payload": json.dumps(p),
+         "metadata": json.dumps(m), "created_at": c, "received_at": c, "correlation_id": corr}
+        for i, t, ty, p, m, c, corr in ROWS])
+    r = Reader(open_reader(module_store.config))
     yield r
     r.close()
 

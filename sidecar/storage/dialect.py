@@ -1,0 +1,173 @@
+"""What differs between the engines, chosen once from the ``[database] url``.
+
+Two dialects: ``SQLITE`` (the default, a file on the Pi) and ``POSTGRES`` (``postgresql://``,
+through psycopg2: the ``kairo-sidecar[postgres]`` extra). The rest of storage asks the dialect,
+never tests the engine itself:
+
+* ``dialect_for(url)``: which one a URL names; ``of(db)``: which one an open database is.
+* query terms that compile differently (``Glob``, ``TopicMatch``, ``JsonEquals``): Peewee nodes
+  that render for the database that executes them (each database's SQL context carries its
+  dialect), so ``queries.conditions`` builds one set of terms for both engines.
+* key lookups: SQLite finds ids through the FTS5 table ``event_keys`` (an SD-card-wear design,
+  ``storage.keys``); PostgreSQL through plain B-tree indexes on the columns.
+* the capabilities the file-level machinery needs: WAL checkpoints, incremental vacuum, the
+  group commit's journal sync, the disk guard, integrity checks and ``backup`` apply to SQLite
+  only. On PostgreSQL a COMMIT with ``synchronous_commit = on`` is durable when it returns, so
+  the writer acks after each commit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import peewee
+
+from sidecar.core import topics
+
+
+class Dialect:
+    """One engine's answers. Instances are module constants: ``SQLITE`` and ``POSTGRES``."""
+
+    name = ""
+    fts_keys = False  # ids and types found through event_keys (FTS5)
+    files = False  # a database file: WAL, checkpoints, vacuum, disk guard, integrity, backup
+
+    # --------------------------------------------------------------- query terms
+    def glob(self, column: peewee.Node, pattern: str) -> peewee.Node:
+        raise NotImplementedError
+
+    def topic_match(self, column: peewee.Node, topic_filter: str) -> peewee.Node:
+        raise NotImplementedError
+
+    def json_equals(self, column: peewee.Node, path: Sequence[str | int], value: Any) -> peewee.Node:
+        raise NotImplementedError
+
+    def contains(self, text: peewee.Node, needle: str) -> peewee.Node:
+        """``needle`` occurs in ``text`` (no pattern characters)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<dialect {self.name}>"
+
+
+class _SQLite(Dialect):
+    name = "sqlite"
+    fts_keys = True
+    files = True
+
+    def contains(self, text: peewee.Node, needle: str) -> peewee.Node:
+        return peewee.fn.instr(text, needle) > 0
+
+    def glob(self, column: peewee.Node, pattern: str) -> peewee.Node:
+        return peewee.Expression(column, "GLOB", pattern)
+
+    def topic_match(self, column: peewee.Node, topic_filter: str) -> peewee.Node:
+        # a function every SQLite connection registers (KairoSqliteDatabase)
+        return getattr(peewee.fn, MQTT_MATCH_FUNCTION)(topic_filter, column) == 1
+
+    def json_equals(self, column: peewee.Node, path: Sequence[str | int], value: Any) -> peewee.Node:
+        """Strings and numbers compare with ``json_extract`` (a JSON string never equals a
+        number); ``true``/``false``/``null`` compare the JSON type."""
+        text = "$" + "".join(f"[{p}]" if isinstance(p, int) else f'."{p}"' for p in path)
+        if value is None or isinstance(value, bool):
+            kind = "null" if value is None else ("true" if value else "false")
+            return peewee.fn.json_type(column, text) == kind
+        return peewee.fn.json_extract(column, text) == value
+
+
+class _Postgres(Dialect):
+    name = "postgresql"
+
+    def contains(self, text: peewee.Node, needle: str) -> peewee.Node:
+        return peewee.fn.strpos(text, needle) > 0
+
+    def glob(self, column: peewee.Node, pattern: str) -> peewee.Node:
+        """GLOB's ``*`` and ``?`` as LIKE's ``%`` and ``_`` (both case-sensitive); LIKE's own
+        wildcards and its escape (backslash) in the glob are matched literally."""
+        like = "".join({"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}.get(c, c)
+                       for c in pattern)
+        return peewee.Expression(column, "LIKE", like)
+
+    def topic_match(self, column: peewee.Node, topic_filter: str) -> peewee.Node:
+        return peewee.Expression(column, "~", mqtt_regex(topic_filter))
+
+    def json_equals(self, column: peewee.Node, path: Sequence[str | int], value: Any) -> peewee.Node:
+        """``column #> path = value::jsonb``: JSON equality, so a string never equals a number,
+        ``1`` equals ``1.0``, and ``null`` matches a present null (a missing key is SQL NULL),
+        as SQLite's ``json_extract``/``json_type`` terms."""
+        if "\\u0000" in json.dumps(value):
+            return peewee.SQL("1 = 0")  # JSONB cannot hold U+0000: no stored value equals it
+        # a text[] literal: the path's names are [A-Za-z0-9_-] (queries.json_path), no quoting
+        pointer = peewee.Cast(peewee.Value("{" + ",".join(f'"{p}"' for p in path) + "}"), "text[]")
+        target = peewee.Cast(peewee.Value(json.dumps(value)), "jsonb")
+        return peewee.Expression(peewee.Expression(column, "#>", pointer), "=", target)
+
+
+SQLITE: Dialect = _SQLite()
+POSTGRES: Dialect = _Postgres()
+MQTT_MATCH_FUNCTION = "kairo_mqtt_match"
+SCHEMES = {"sqlite": SQLITE, "postgresql": POSTGRES, "postgres": POSTGRES}
+
+
+def dialect_for(url: str) -> Dialect:
+    """The dialect of a ``[database] url`` (``sqlite:///PATH`` or ``postgresql://...``); an
+    unknown scheme is SQLite's problem to report (``db.sqlite_path`` names the URL)."""
+    return SCHEMES.get(urlsplit(url).scheme, SQLITE)
+
+
+def of(db: Any) -> Dialect:
+    """The dialect of an open (or proxied) Peewee database."""
+    target = getattr(db, "obj", db)
+    return getattr(target, "dialect", None) or (
+        POSTGRES if isinstance(target, peewee.PostgresqlDatabase) else SQLITE)
+
+
+def of_cursor(cursor: Any) -> Dialect:
+    """The dialect of a DB-API cursor (the writer's raw cursors)."""
+    return SQLITE if isinstance(cursor, sqlite3.Cursor) else POSTGRES
+
+
+def masked_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and error messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def mqtt_regex(topic_filter: str) -> str:
+    """A POSIX regular expression matching the topics ``topic_filter`` matches, as
+    ``core.topics.matches``: ``+`` one level, ``#`` the rest with the parent, no ``$`` topic
+    for a leading wildcard."""
+    assert topics.filter_error(topic_filter) is None, topic_filter
+    levels = topic_filter.split("/")
+    out: list[str] = []
+    for i, level in enumerate(levels):
+        sep = "/" if i else ""
+        if level == "#":
+            out.append(f"({sep}.*)?" if i else ".*")
+            break
+        out.append(sep + ("[^/]*" if level == "+" else re.escape(level)))
+    # a lookahead (PostgreSQL's ARE has it) keeps a leading wildcard off $ topics
+    head = "(?=[^$])" if topic_filter[:1] in ("+", "#") else ""
+    return "^" + head + "".join(out) + "$"
+
+
+class Rendered(peewee.ColumnBase):
+    """A term whose SQL depends on the engine: ``build(dialect)`` is called when the query is
+    compiled, with the dialect of the database that compiles it."""
+
+    def __init__(self, build: Any) -> None:
+        super().__init__()
+        self._build = build
+
+    def __sql__(self, ctx: Any) -> Any:
+        dialect = ctx.state.dialect or SQLITE
+        return ctx.sql(self._build(dialect))
