@@ -6,6 +6,7 @@ This is the only module that reads ``os.environ``. Everything else receives a ``
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -218,6 +219,36 @@ def systemd_environment(environ: Mapping[str, str] | None = None) -> SystemdEnv:
     return SystemdEnv(socket_path, watchdog)
 
 
+# tomllib's wording (pinned by tests/unit/test_config.py) -> what we say about it
+_TOML_PROBLEMS = (
+    ("Cannot overwrite a value", "a key is set twice"),
+    ("Cannot declare", "a table is declared twice"),
+    ("Expected ']'", "a table header is not closed with ]"),
+    ("Invalid value", "a value is missing or not valid (text needs quotes)"),
+    ("Illegal character", "a string is not closed, or a character is not allowed here"),
+    ("Expected '=' after a key", "a key has no = and value"),
+    ("Expected newline or end of document", "two statements on one line"),
+)
+_TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def toml_problem(exc: ValueError, path: str | Path) -> str:
+    """A TOML syntax error in our words: where (line, column, the line itself) and what."""
+    text = str(exc)
+    what = next((ours for theirs, ours in _TOML_PROBLEMS if text.startswith(theirs)),
+                "a syntax error")
+    at = _TOML_AT.search(text)
+    if at is None:
+        return f"not valid TOML: {what}"
+    line_no, column = int(at.group(1)), int(at.group(2))
+    try:
+        line = Path(path).read_text(errors="replace").splitlines()[line_no - 1]
+    except (OSError, IndexError):
+        line = ""
+    shown = f": {line.strip()[:80]!r}" if line.strip() else ""
+    return f"not valid TOML at line {line_no}, column {column}{shown}: {what}"
+
+
 def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
     """Decode ``path`` (or ``$KAIRO_SIDECAR_CONFIG``, or the defaults), overlay the environment,
     validate, resolve defaults."""
@@ -324,7 +355,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+        raise ConfigError(toml_problem(exc, path), source=str(path)) from None
 
 
 

@@ -545,3 +545,23 @@ def test_bad_index_or_keep_latest_path_names_the_key(tmp_path: Path, text: str, 
         load_config(path, environ={})
     assert caught.value.key == key
     assert bad in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "where", "what"), [
+    ("[mqtt\nport = 1883\n", "line 1, column 6", "a table header is not closed with ]"),
+    ("[mqtt]\nport = \n", "line 2, column 8", "a value is missing or not valid"),
+    ("[mqtt]\nport = 1\nport = 2\n", "line 3, column 9", "a key is set twice"),
+    ("[mqtt]\n[mqtt]\n", "line 2, column 6", "a table is declared twice"),
+    ('[mqtt]\nhost = "x\n', "line 2, column 10", "a string is not closed"),
+    ("[mqtt]\nport\n", "line 2, column 5", "a key has no = and value"),
+    ("[mqtt]\nport = 1 host = 2\n", "line 2, column 10", "two statements on one line"),
+])
+def test_toml_syntax_errors_are_told_in_our_words(tmp_path: Path, text: str, where: str,
+                                                  what: str) -> None:
+    """Each TOML syntax error names the line and column, shows the line, and says what is wrong
+    in our words (the tomllib wordings we read are pinned here: a new one fails loudly)."""
+    path = write(tmp_path, text)
+    message = str(config_error(path))
+    assert f"not valid TOML at {where}" in message
+    assert what in message
+    assert "(at line" not in message  # tomllib's own text is not passed through
