@@ -95,10 +95,52 @@ def apply(db: peewee.Database, write: KvWrite, *, topic_base: str,
     db.execute(KVStore.insert(key=write.key, value=write.value, version=version,
                               updated_at=at).on_conflict(
         conflict_target=[KVStore.key],
-        update={KVStore.value: write.value, KVStore.version: version, KVStore.updated_at: at}))
+        update={KVStore.value: write.value, KVStore.version: version, KVStore.updated_at: at,
+                KVStore.seq: None}))
     _record(db, kv.PUT_EVENT, {"key": write.key, "value": msgspec.Raw(write.value.encode()),
                            "version": version}, write.key, topic_base, at)
     return KvEntry(write.key, write.value, version, at)
+
+
+def project(db: peewee.Database, key: str, value: str, *, seq: int, at: int,
+            current: KvEntry | None) -> KvEntry | None:
+    """A projection's put of ``value`` (JSON text) under ``key``, folded from the event ``seq``,
+    in the caller's transaction: a version like any put (so a ``kv/put`` with ``if_version``
+    sees it), no ``kairo.kv.put`` event (the event folded is the history), the row marked with
+    ``seq`` (``kv/watch`` reads it by that). ``current`` is the entry as read by the caller.
+    ``None`` when the value is the stored one (nothing changes, no version)."""
+    if current is not None and current.value == value:
+        return None
+    version = 1 if current is None else current.version + 1
+    db.execute(KVStore.insert(key=key, value=value, version=version, updated_at=at,
+                              seq=seq).on_conflict(
+        conflict_target=[KVStore.key],
+        update={KVStore.value: value, KVStore.version: version, KVStore.updated_at: at,
+                KVStore.seq: seq}))
+    return KvEntry(key, value, version, at)
+
+
+def projected_since(db: peewee.Database, *, prefix: str, after: int,
+                    upto: int) -> list[tuple[int, KvEntry]]:
+    """``(seq, entry)`` of the rows a projection changed with ``after < seq <= upto`` (their
+    current state), under ``prefix``, in seq order: from the partial index ``kv_store_seq``."""
+    query = KVStore.select(KVStore.seq, *_COLUMNS).where(
+        KVStore.seq > after, KVStore.seq <= upto)
+    if prefix:
+        query = query.where(peewee.fn.substr(KVStore.key, 1, len(prefix)) == prefix)
+    rows = db.execute(query.order_by(KVStore.seq, KVStore.key).tuples()).fetchall()
+    return [(row[0], KvEntry(*row[1:])) for row in rows]
+
+
+def delete_prefix(db: peewee.Database, prefix: str) -> int:
+    """Delete every key starting with ``prefix`` (non-empty), in the caller's transaction."""
+    assert prefix
+    query = KVStore.delete().where(KVStore.key >= prefix,
+                                   peewee.fn.substr(KVStore.key, 1, len(prefix)) == prefix)
+    upper = _upper(prefix)
+    if upper is not None:
+        query = query.where(KVStore.key < upper)
+    return int(db.execute(query).rowcount)
 
 
 def _record(db: peewee.Database, event_type: str, payload: dict[str, Any], key: str,
