@@ -74,13 +74,13 @@ class KvWatch(ReplayStream):
             more = cut or len(rows) == self._page_size
             if more and rows:
                 top = min(top, rows[-1].seq)
-            found = [(row.seq, c) for row in rows if row.seq <= top
-                     for c in (self._change(row),) if c is not None]
+            picked = [(row.seq, c) for row in rows if row.seq <= top
+                      for c in (self._change(row),) if c is not None]
             if top > cursor:
-                found.extend(self._reader.kv_projected(prefix=self._prefix, after=cursor,
-                                                       upto=top))
-                found.sort(key=lambda item: item[0])
-            changes = [entry for _, entry in found]
+                picked.extend(self._reader.kv_projected(prefix=self._prefix, after=cursor,
+                                                        upto=top))
+                picked.sort(key=lambda item: item[0])
+            changes = [entry for _, entry in picked]
             for start in range(0, len(changes), self._batch_size):
                 self._send_entries("changes", changes[start:start + self._batch_size])
             cursor = self.last = max(cursor, top)

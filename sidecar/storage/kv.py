@@ -132,6 +132,13 @@ def projected_since(db: peewee.Database, *, prefix: str, after: int,
     return [(row[0], KvEntry(*row[1:])) for row in rows]
 
 
+def count_prefix(db: peewee.Database, prefix: str) -> int:
+    """How many keys start with ``prefix``."""
+    query = KVStore.select(peewee.fn.COUNT(KVStore.key)).where(
+        peewee.fn.substr(KVStore.key, 1, len(prefix)) == prefix)
+    return int(db.execute(query.tuples()).fetchone()[0])
+
+
 def delete_prefix(db: peewee.Database, prefix: str) -> int:
     """Delete every key starting with ``prefix`` (non-empty), in the caller's transaction."""
     assert prefix

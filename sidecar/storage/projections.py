@@ -203,6 +203,4 @@ def rebuild(db: peewee.Database, folder: Folder, rule: Projection, *,
             skipped.extend(result.skipped.get(rule.name, []))
             events += len(late)
             after = late[-1].seq
-    keys = int(db.execute(KVStore.select(peewee.fn.COUNT(KVStore.key)).where(
-        peewee.fn.substr(KVStore.key, 1, len(rule.prefix)) == rule.prefix).tuples()).fetchone()[0])
-    return RebuildReport(events, removed, keys, skipped)
+    return RebuildReport(events, removed, kv.count_prefix(db, rule.prefix), skipped)
