@@ -102,22 +102,36 @@ def apply(db: peewee.Database, write: KvWrite, *, topic_base: str,
     return KvEntry(write.key, write.value, version, at)
 
 
-def project(db: peewee.Database, key: str, value: str, *, seq: int, at: int,
-            current: KvEntry | None) -> KvEntry | None:
-    """A projection's put of ``value`` (JSON text) under ``key``, folded from the event ``seq``,
-    in the caller's transaction: a version like any put (so a ``kv/put`` with ``if_version``
-    sees it), no ``kairo.kv.put`` event (the event folded is the history), the row marked with
-    ``seq`` (``kv/watch`` reads it by that). ``current`` is the entry as read by the caller.
-    ``None`` when the value is the stored one (nothing changes, no version)."""
-    if current is not None and current.value == value:
-        return None
-    version = 1 if current is None else current.version + 1
-    db.execute(KVStore.insert(key=key, value=value, version=version, updated_at=at,
-                              seq=seq).on_conflict(
-        conflict_target=[KVStore.key],
-        update={KVStore.value: value, KVStore.version: version, KVStore.updated_at: at,
-                KVStore.seq: seq}))
-    return KvEntry(key, value, version, at)
+_SQL: dict[str, str] = {}  # the fold's two statements, built once through Peewee
+
+
+def _sql(db: peewee.Database, name: str) -> str:
+    sql = _SQL.get(name)
+    if sql is None:
+        if name == "get":
+            query: peewee.Query = KVStore.select(*_COLUMNS).where(KVStore.key == "")
+        else:
+            query = KVStore.insert(key="", value="", version=0, updated_at=0, seq=0).on_conflict(
+                conflict_target=[KVStore.key],
+                preserve=[KVStore.value, KVStore.version, KVStore.updated_at, KVStore.seq])
+        sql = _SQL[name] = db.get_sql_context().sql(query).query()[0]
+    return sql
+
+
+def get_fast(db: peewee.Database, key: str) -> KvEntry | None:
+    """``get`` with its SQL built once (the writer's fold reads a key per batch and key)."""
+    row = db.execute_sql(_sql(db, "get"), (key,)).fetchone()
+    return None if row is None else KvEntry(*row)
+
+
+def write_projected(db: peewee.Database, entries: list[tuple[KvEntry, int]]) -> None:
+    """A projection's writes: each ``(entry, seq)`` stored as is (``version`` computed by the
+    fold: +1 per change, as a put), the row marked with the ``seq`` of the event folded, in the
+    caller's transaction. No ``kairo.kv.put`` event: the event folded is the history. A later
+    ``kv/put`` with ``if_version`` compares with these versions like any other."""
+    if entries:
+        db.cursor().executemany(_sql(db, "project"), [(e.key, e.value, e.version, e.updated_at, seq)
+                                               for e, seq in entries])
 
 
 def projected_since(db: peewee.Database, *, prefix: str, after: int,

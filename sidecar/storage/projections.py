@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import msgspec
 import peewee
 
-from models import Event, KVStore
+from models import Event
 from sidecar.core.kv import KvEntry
 from sidecar.core.projections import Projection, Skip
 from sidecar.storage import kv, queries
@@ -96,10 +96,10 @@ class Folder:
         value = _value(rule, event, payload, current, self._max_bytes)
         return key, value, current
 
-    def fold(self, db: peewee.Database, events: Sequence[Folded],
-             only: Projection | None = None) -> FoldResult:
-        """Fold ``events`` (in ``seq`` order) in the caller's write transaction."""
-        result = FoldResult([], {})
+    def fold_into(self, state: _State, events: Sequence[Folded],
+                  only: Projection | None = None) -> dict[str, list[Skip]]:
+        """Fold ``events`` (in ``seq`` order) into ``state``; the skips per projection name."""
+        skipped: dict[str, list[Skip]] = {}
         for event in events:
             rules = self.matching(event.type) if only is None else (
                 (only,) if only.matches(event.type) else ())
@@ -108,15 +108,53 @@ class Folder:
             payload = _decode(event.payload)
             for rule in rules:
                 try:
-                    key, value, current = self.step(rule, event, payload,
-                                                    lambda k: kv.get(db, k))
+                    key, value, current = self.step(rule, event, payload, state.read)
                 except ValueError as exc:
-                    result.skipped.setdefault(rule.name, []).append(Skip(event.seq, str(exc)))
+                    skipped.setdefault(rule.name, []).append(Skip(event.seq, str(exc)))
                     continue
-                entry = kv.project(db, key, value, seq=event.seq, at=event.at, current=current)
-                if entry is not None:
-                    result.written.append(entry)
-        return result
+                state.change(key, value, current, event)
+        return skipped
+
+    def fold(self, db: peewee.Database, events: Sequence[Folded]) -> FoldResult:
+        """Fold ``events`` (in ``seq`` order) in the caller's write transaction: in memory (each
+        key read once), then each changed key written once, with the version it would have had
+        after one put per change (so the result equals folding them one by one)."""
+        state = _State(lambda key: kv.get_fast(db, key))
+        skipped = self.fold_into(state, events)
+        changed = state.changed()
+        kv.write_projected(db, changed)
+        return FoldResult([entry for entry, _ in changed], skipped)
+
+
+class _State:
+    """Entries being folded: read through ``load`` once per key, changed in memory."""
+
+    def __init__(self, load: Callable[[str], KvEntry | None]) -> None:
+        self._load = load
+        self._entries: dict[str, KvEntry | None] = {}
+        self._seqs: dict[str, int] = {}  # changed keys -> the seq of their last change
+
+    def read(self, key: str) -> KvEntry | None:
+        if key not in self._entries:
+            self._entries[key] = self._load(key)
+        return self._entries[key]
+
+    def change(self, key: str, value: str, current: KvEntry | None, event: Folded) -> None:
+        """As a put: nothing when ``value`` is the stored one, else one more version."""
+        if current is not None and current.value == value:
+            return
+        self._entries[key] = KvEntry(key, value, 1 if current is None else current.version + 1,
+                                     event.at)
+        self._seqs[key] = event.seq
+
+    def changed(self) -> list[tuple[KvEntry, int]]:
+        """``(entry, seq of its last change)`` of every changed key, in the order first changed."""
+        out = []
+        for key, seq in self._seqs.items():
+            entry = self._entries[key]
+            assert entry is not None
+            out.append((entry, seq))
+        return out
 
 
 # ------------------------------------------------------------------------------ rebuild
@@ -164,43 +202,28 @@ def rebuild(db: peewee.Database, folder: Folder, rule: Projection, *,
     events)`` after each chunk read."""
     cond = queries.conditions(_TypeFilter(type=rule.type_glob))
     top = _last_seq(db)
-    state: dict[str, KvEntry] = {}
-    seqs: dict[str, int] = {}
+    state = _State(lambda key: None)  # the keys are rebuilt from nothing
     skipped: list[Skip] = []
     cursor = events = 0
     while cursor < top:
         found = db.execute(queries.page(cond, limit=chunk, after=cursor)).fetchall()
         batch = [Folded(r[0], r[3], r[4], r[5], r[8]) for r in found if r[0] <= top]
-        for event in batch:
-            payload = _decode(event.payload)
-            try:
-                key, value, current = folder.step(rule, event, payload, state.get)
-            except ValueError as exc:
-                skipped.append(Skip(event.seq, str(exc)))
-                continue
-            if current is not None and current.value == value:
-                continue  # as storage.kv.project: no change, no version
-            state[key] = KvEntry(key, value, 1 if current is None else current.version + 1,
-                                 event.at)
-            seqs[key] = event.seq
+        skipped.extend(folder.fold_into(state, batch, only=rule).get(rule.name, []))
         events += len(batch)
         cursor = top if len(found) < chunk or len(batch) < len(found) else found[-1][0]
         if progress is not None:
             progress(cursor, top, events)
     with db.atomic("IMMEDIATE"):
         removed = kv.delete_prefix(db, rule.prefix)
-        rows = [{KVStore.key: e.key, KVStore.value: e.value, KVStore.version: e.version,
-                 KVStore.updated_at: e.updated_at, KVStore.seq: seqs[e.key]}
-                for e in state.values()]
-        for start in range(0, len(rows), 100):
-            db.execute(KVStore.insert_many(rows[start:start + 100]))
+        kv.write_projected(db, state.changed())
         after = top
         while True:  # what the daemon stored meanwhile, folded from the log under the lock
             late = _read(db, cond, after=after, upto=2**63 - 1, limit=chunk)
             if not late:
                 break
-            result = folder.fold(db, late, only=rule)
-            skipped.extend(result.skipped.get(rule.name, []))
+            late_state = _State(lambda key: kv.get_fast(db, key))
+            skipped.extend(folder.fold_into(late_state, late, only=rule).get(rule.name, []))
+            kv.write_projected(db, late_state.changed())
             events += len(late)
             after = late[-1].seq
     return RebuildReport(events, removed, kv.count_prefix(db, rule.prefix), skipped)
