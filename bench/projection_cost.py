@@ -9,7 +9,7 @@ events through the real ``Writer`` (``bench.commit_wear.push_through_writer``: `
 commit, all queued before it starts) with that variant's ``[[projections]]``, then a TRUNCATE
 checkpoint; ``write_bytes`` of ``/proc/self/io`` is what it dirtied. The bench events are 60%
 sensor readings whose value changes every time (so every fold is a new version: the dearest
-case), over 8 rooms.
+case), over 8 rooms; the last variant makes a new key per event (the dearest for the card).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ VARIANTS: dict[str, tuple[str, list[Projection]]] = {
         Projection("p", "kairo.sensor.*", "room/{payload.room}")]),
     "merge-all": ("1 merge projection, every event, 8 keys", [
         Projection("p", "kairo.*", "room/{payload.room}", mode="merge")]),
+    "new-keys": ("1 set projection, every event, a new key each", [
+        Projection("p", "kairo.*", "item/{payload.n}")]),
 }
 
 
