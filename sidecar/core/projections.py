@@ -26,6 +26,7 @@ from sidecar.errors import RequestError
 
 Mode = Literal["set", "merge"]
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+KV_EVENTS = "kairo.kv."  # kv.PUT_EVENT, kv.DELETE_EVENT
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -77,7 +78,7 @@ class Projection:
         if not type_glob or "[" in type_glob or "]" in type_glob:
             raise ProjectionError(f"{type_glob!r} must be a type or a glob with * and ? "
                                   "(no [ ])", field="type")
-        if type_glob.startswith("kairo.kv."):
+        if type_glob.startswith(KV_EVENTS):
             raise ProjectionError("the kv store's own events cannot be projected", field="type")
         self.name = name
         self.type_glob = type_glob
@@ -134,7 +135,9 @@ class Projection:
         return parts
 
     def matches(self, event_type: str) -> bool:
-        return self._type.match(event_type) is not None
+        """Whether events of ``event_type`` fold; never the kv store's own events (a ``kv/put``
+        records one, and ``kairo.*`` would otherwise fold them on a rebuild but not live)."""
+        return self._type.match(event_type) is not None and not event_type.startswith(KV_EVENTS)
 
     def overlaps(self, other: Projection) -> bool:
         """Whether some key could belong to both (one prefix starts the other)."""

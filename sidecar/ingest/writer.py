@@ -100,10 +100,14 @@ class EventInsert:
         (same body as the stored event) are redeliveries."""
         fresh = new_events(cursor, events)
         inserted = self._bulk.run(cursor, fresh)  # few calls, few GIL waits
-        if self._on_inserted is not None and fresh and inserted == len(fresh):
-            # one writer, AUTOINCREMENT: the rows of this insert got consecutive seqs, the last
-            # one is lastrowid (rows inserted by triggers do not change it)
-            self._on_inserted(cursor.lastrowid - inserted + 1, fresh)
+        if self._on_inserted is not None and fresh:
+            if inserted == len(fresh):
+                # one writer, AUTOINCREMENT: the rows of this insert got consecutive seqs, the
+                # last one is lastrowid (rows inserted by triggers do not change it)
+                self._on_inserted(cursor.lastrowid - inserted + 1, fresh)
+            else:  # cannot happen (fresh ids are not stored); never guess seqs
+                log.error("projection_not_folded", rows=len(fresh), inserted=inserted,
+                          hint="run kairo-sidecar project rebuild")
         if len(fresh) < len(events):  # ids already stored: redeliveries, or conflicts?
             kept = {id(row) for row in fresh}
             return inserted, find_conflicts(cursor, [r for r in events if id(r) not in kept])

@@ -152,3 +152,21 @@ def test_rebuild_beside_a_running_writer_misses_nothing(db) -> None:
     assert values["plugin/p0"] == {"name": "p0", "late": True}
     assert values["plugin/p1"] == {"name": "p1", "late": True}
     assert values["plugin/p2"]["n"] == 38
+
+
+def test_kv_events_never_fold_live_or_on_rebuild(db) -> None:
+    """A rule whose glob also matches the kv store's own events (kairo.*) folds neither them
+    live nor on a rebuild: the rebuilt state equals the live one."""
+    rule = Projection("everything", "kairo.*", "last/{type}")
+    acks = _Acks()
+    writer = Writer(db, WriterConfig(batch_size=50, flush_interval=0.05), ack=acks,
+                    window=10_000, stats=Stats(),
+                    projections=projections.Folder([rule], max_value_bytes=1000))
+    writer.start()
+    _push(writer, acks, _history()[:3])
+    writer.kv(KvWrite(op="put", key="other/k", value="1"))
+    writer.stop(5)
+    live = _store(db)
+    assert [row[0] for row in live] == ["last/kairo.plugin.state", "other/k"]
+    projections.rebuild(db, projections.Folder([rule], max_value_bytes=1000), rule)
+    assert _store(db) == live
