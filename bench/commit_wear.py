@@ -30,6 +30,7 @@ from sidecar.config import DatabaseConfig, WriterConfig
 from sidecar.core.stats import Stats
 from sidecar.ingest.writer import Delivery, Writer
 from sidecar.storage.db import migrate, open_database
+from sidecar.storage.projections import Folder
 
 from .events import make_messages, mean_size, rows_for, seed_database
 from .procs import proc_io, settle
@@ -48,9 +49,11 @@ class Pushed(NamedTuple):
     write_bytes: int  # what this process dirtied meanwhile (the writer's stop included)
 
 
-def push_through_writer(db: Any, rows: list[Any], batch: int) -> Pushed:
+def push_through_writer(db: Any, rows: list[Any], batch: int, *,
+                        projections: Folder | None = None) -> Pushed:
     """Every row through the real ``Writer``, exactly ``batch`` per commit (all queued before
-    it starts): how long it took and the bytes this process dirtied meanwhile."""
+    it starts): how long it took and the bytes this process dirtied meanwhile. ``projections``:
+    the writer folds these (``bench.projection_cost``)."""
     events = len(rows)
     done = threading.Event()
     acked = [0]
@@ -61,7 +64,7 @@ def push_through_writer(db: Any, rows: list[Any], batch: int) -> Pushed:
             done.set()
 
     writer = Writer(db, WriterConfig(batch_size=batch, flush_interval=0.05, queue_size=events),
-                    ack=ack, window=events, stats=Stats())
+                    ack=ack, window=events, stats=Stats(), projections=projections)
     for i, row in enumerate(rows):
         writer.submit(Delivery(row, qos=1, mid=i % 65535 + 1, generation=1))
     before = write_bytes()

@@ -74,6 +74,9 @@ class KVStore(BaseModel):
     value = peewee.TextField()  # JSON text
     version = peewee.IntegerField(default=1)
     updated_at = peewee.BigIntegerField()  # ms since the epoch
+    # the seq of the event a projection last folded into the row; NULL after a kv/put
+    # (migration 007; partial index kv_store_seq: kv/watch reads projected changes by it)
+    seq = peewee.BigIntegerField(null=True)
 
     class Meta:
         table_name = "kv_store"

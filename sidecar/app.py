@@ -22,7 +22,7 @@ from sidecar import __version__
 from sidecar.api.handlers import Handlers
 from sidecar.api.replay import CommitSignal
 from sidecar.broker.subscriber import Subscriber
-from sidecar.config import Config
+from sidecar.config import Config, compile_projections
 from sidecar.core.kv import KvEntry
 from sidecar.core.stats import Stats
 from sidecar.ingest.intake import Intake
@@ -33,6 +33,7 @@ from sidecar.storage.db import is_sqlite, sqlite_path
 from sidecar.storage.dialect import masked_url
 from sidecar.storage.durability import JournalSync, journal_sync_for
 from sidecar.storage.maintenance import Maintenance, truncate_wal
+from sidecar.storage.projections import Folder
 from sidecar.storage.reads import Reader, open_reader
 from sidecar.storage.startup import open_store
 from sidecar.systemd import Notifier, Watchdog, stall_after
@@ -105,7 +106,9 @@ class Sidecar:
                              sync=self.journal_sync.sync if self.journal_sync else None,
                              sync_interval=cfg.database.sync_interval,
                              kv_topic_base=cfg.api.base_topic,
-                             on_kv_change=self._kv_mirror(subscriber))
+                             on_kv_change=self._kv_mirror(subscriber),
+                             projections=Folder(compile_projections(cfg.projections),
+                                                max_value_bytes=cfg.kv.max_value_bytes))
         self.handlers = self._make_handlers(commits, subscriber)
         intake = Intake(self.writer, cfg.ingest, kv_prefix=kv_prefix,
                         kv_max_value_bytes=cfg.kv.max_value_bytes)

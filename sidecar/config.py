@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import msgspec
 from msgspec import Meta
 
-from sidecar.core import choices, paths, topics, units
+from sidecar.core import choices, paths, projections, topics, units
 from sidecar.core.codecs import explain_validation
 from sidecar.core.units import ByteSize, Duration, FreeSpace
 from sidecar.errors import ConfigError
@@ -178,6 +178,17 @@ class IndexesConfig(_Section, frozen=True):
     paths: Annotated[list[str], Meta(max_length=16)] = msgspec.field(default_factory=list)
 
 
+class ProjectionConfig(_Section, frozen=True):
+    """One ``[[projections]]`` rule (``sidecar.core.projections``; README "Projections"): events
+    of ``type`` fold into the key ``key`` renders, inside the writer's transaction."""
+
+    name: str
+    type: str
+    key: str
+    mode: Literal["set", "merge"] = "set"
+    value: str | None = None  # set: a payload path to store instead of the whole payload
+
+
 class Config(_Section, frozen=True):
     mqtt: MQTTConfig = msgspec.field(default_factory=MQTTConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -188,6 +199,8 @@ class Config(_Section, frozen=True):
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     indexes: IndexesConfig = msgspec.field(default_factory=IndexesConfig)
     kv: KvConfig = msgspec.field(default_factory=KvConfig)
+    projections: Annotated[list[ProjectionConfig], Meta(max_length=64)] = msgspec.field(
+        default_factory=list)
 
 
 def default_database_url(environ: Mapping[str, str]) -> str:
@@ -301,6 +314,27 @@ def _check(config: Config, source: str) -> None:
                           'or durability = "none" to accept losing and corrupting data on a '
                           "power cut)", source=source, key="database.synchronous")
     _check_paths(config, source)
+    compile_projections(config.projections, source=source)
+    if config.projections and config.database.url.startswith(("postgresql:", "postgres:")):
+        raise ConfigError("projections are not available on PostgreSQL yet (SQLite only)",
+                          source=source, key="projections[0]")
+
+
+def compile_projections(rules: list[ProjectionConfig], *,
+                        source: str = "defaults") -> list[projections.Projection]:
+    """The compiled ``[[projections]]``; ``ConfigError`` naming ``projections[i].<field>``."""
+    compiled: list[projections.Projection] = []
+    for i, rule in enumerate(rules):
+        try:
+            compiled.append(projections.Projection(rule.name, rule.type, rule.key,
+                                                   mode=rule.mode, value=rule.value))
+        except projections.ProjectionError as exc:
+            raise ConfigError(str(exc), source=source, key=f"projections[{i}].{exc.field}") from None
+    problem = projections.check_all(compiled)
+    if problem is not None:
+        i, field, message = problem
+        raise ConfigError(message, source=source, key=f"projections[{i}].{field}")
+    return compiled
 
 
 def _check_paths(config: Config, source: str) -> None:

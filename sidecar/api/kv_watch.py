@@ -2,10 +2,15 @@
 
 A ``ReplayStream`` with its own ``_stream``: the same thread, read connection, bounded QoS 1 in
 flight, owner/lease, ``max_duration``, ``api.max_streams`` and ``done`` message. The changes
-come from the ``kairo.kv.put``/``kairo.kv.delete`` events every kv write stores with it: the
-newest ``seq`` is read *before* the current values, and every such event after it is sent as
-a change. So no change is missed; one made while the values were read may come twice (in
-the values and as a change: its ``version`` tells).
+come from the ``kairo.kv.put``/``kairo.kv.delete`` events every kv write stores with it, and
+from the rows projections changed (``kv_store.seq``, the event they folded: a projected write
+stores no event): the newest ``seq`` is read *before* the current values, and every change
+after it is sent. Each round reads up to a ``top`` seq read first, the events and the
+projected rows with ``cursor < seq <= top``, merged in seq order, then moves the cursor to
+``top``: a row changed again after ``top`` has a larger seq and comes next round. So no change
+is missed; one made while the values were read may come twice (in the values and as a change:
+its ``version`` tells); a key projections changed several times between two rounds comes once,
+at its newest version.
 """
 
 from __future__ import annotations
@@ -63,14 +68,23 @@ class KvWatch(ReplayStream):
         while True:  # then the changes, as they commit
             self._check()
             self._wake.clear()
+            top = self._reader.last_seq()
             rows, cut = self._reader.page_within(self._cond, limit=self._page_size, after=cursor,
                                                  max_bytes=self._max_bytes)
-            changes = [c for c in map(self._change, rows) if c is not None]
+            more = cut or len(rows) == self._page_size
+            if more and rows:
+                top = min(top, rows[-1].seq)
+            picked = [(row.seq, c) for row in rows if row.seq <= top
+                      for c in (self._change(row),) if c is not None]
+            if top > cursor:
+                picked.extend(self._reader.kv_projected(prefix=self._prefix, after=cursor,
+                                                        upto=top))
+                picked.sort(key=lambda item: item[0])
+            changes = [entry for _, entry in picked]
             for start in range(0, len(changes), self._batch_size):
                 self._send_entries("changes", changes[start:start + self._batch_size])
-            if rows:
-                cursor = self.last = rows[-1].seq
-            if cut or len(rows) == self._page_size:
+            cursor = self.last = max(cursor, top)
+            if more:
                 continue
             self._wake.wait(self._live_wait())
 

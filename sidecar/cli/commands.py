@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sidecar import __version__
-from sidecar.cli import admin, history, kv
+from sidecar.cli import admin, history, kv, project
 from sidecar.cli import args as cliargs
 from sidecar.cli import inspection as inspect_cmds
 from sidecar.config import Config
@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_parsers(sub)  # purge, check, recover, backup, export, import
     inspect_cmds.add_parsers(sub)  # stats, dead-letters
     kv.add_parsers(sub)  # kv get|put|delete|list|watch
+    project.add_parsers(sub)  # project list|rebuild
     return parser
 
 
@@ -109,6 +110,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return admin.COMMANDS[args.command](args, config)
         if args.command in kv.COMMANDS:
             return kv.COMMANDS[args.command](args, config)
+        if args.command in project.COMMANDS:
+            return project.COMMANDS[args.command](args, config)
         if args.command in inspect_cmds.COMMANDS:
             return inspect_cmds.COMMANDS[args.command](args, config)
         return COMMANDS[args.command](config)

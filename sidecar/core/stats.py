@@ -15,6 +15,8 @@ class Stats:
     dead_letters: int = 0  # rows written to dead_letters (writer thread)
     qos0_dropped: int = 0  # QoS 0 messages dropped because the queue was full (network thread)
     batches: int = 0
+    projected: int = 0  # kv entries projections changed (writer thread)
+    projection_skipped: int = 0  # events a projection could not fold (writer thread)
     write_errors: int = 0
     last_commit_lag_ms: int | None = None  # receive -> commit of the oldest event of the batch
     last_commit_at: float | None = None

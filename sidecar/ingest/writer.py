@@ -39,6 +39,7 @@ from sidecar.ingest.tasks import STOP, KvOutcome, KvTask, SessionReset, WriterTa
 from sidecar.logs import RateLimited, get_logger
 from sidecar.storage import dialect as dialects
 from sidecar.storage import kv as kv_store
+from sidecar.storage.projections import Folded, Folder
 from sidecar.storage.sqlite_errors import describe as describe_error
 
 log = get_logger("sidecar.writer")
@@ -97,13 +98,18 @@ class EventInsert:
     batch, ``sidecar.storage.keys``) inside the write transaction, and only the first copy of
     each id not stored is inserted."""
 
-    def __init__(self, dialect: dialects.Dialect = dialects.SQLITE) -> None:
+    def __init__(self, dialect: dialects.Dialect = dialects.SQLITE,
+                 on_inserted: Callable[[int, list[EventRow]], None] | None = None) -> None:
         sql = _insert_sql(Event, EVENT_COLUMNS)
         if dialect.fts_keys:
             self._bulk = BulkInsert.for_sqlite(sql, len(EVENT_COLUMNS))
         else:  # the UNIQUE index on id decides: a row a concurrent writer stored is skipped
             sql = sql.replace("ON CONFLICT DO NOTHING", 'ON CONFLICT ("id") DO NOTHING')
             self._bulk = BulkInsert(sql, len(EVENT_COLUMNS), max_variables=32767, param="%s")
+            # projections read the new rows' seqs from SQLite's lastrowid (config refuses
+            # them on PostgreSQL for now)
+            on_inserted = None
+        self._on_inserted = on_inserted  # (seq of the first, the rows): still in the transaction
 
     def run(self, cursor: Any, events: Sequence[EventRow]) -> tuple[int, list[DeadLetterRow]]:
         """Insert ``events`` (all with an id) in the caller's transaction. Returns how many
@@ -111,6 +117,14 @@ class EventInsert:
         (same body as the stored event) are redeliveries."""
         fresh = new_events(cursor, events)
         inserted = self._bulk.run(cursor, fresh)  # few calls, few GIL waits
+        if self._on_inserted is not None and fresh:
+            if inserted == len(fresh):
+                # one writer, AUTOINCREMENT: the rows of this insert got consecutive seqs, the
+                # last one is lastrowid (rows inserted by triggers do not change it)
+                self._on_inserted(cursor.lastrowid - inserted + 1, fresh)
+            else:  # cannot happen (fresh ids are not stored); never guess seqs
+                log.error("projection_not_folded", rows=len(fresh), inserted=inserted,
+                          hint="run kairo-sidecar project rebuild")
         if len(fresh) < len(events):  # ids already stored: redeliveries, or conflicts?
             kept = {id(row) for row in fresh}
             return inserted, find_conflicts(cursor, [r for r in events if id(r) not in kept])
@@ -144,8 +158,10 @@ class Writer:
                  on_full: Callable[[], None] | None = None,
                  sync: Callable[[], None] | None = None, sync_interval: float = 1.0,
                  kv_topic_base: str = "kairo-sidecar",
-                 on_kv_change: Callable[[KvEntry], None] | None = None) -> None:
+                 on_kv_change: Callable[[KvEntry], None] | None = None,
+                 projections: Folder | None = None) -> None:
         self._db = db
+        self._projections = projections if projections else None  # folded in each batch
         self._kv_topic_base = kv_topic_base  # kv events go on <base>/kv/state/<key>
         self._on_kv_change = on_kv_change  # after a durable kv change (the retained mirror)
         self._sync = sync  # group commit: makes every commit so far durable (storage.durability)
@@ -172,7 +188,8 @@ class Writer:
         self._room = threading.Event()  # set by the writer after it takes a batch
         self._overrun_log = RateLimited(period=60.0, burst=1)
         self._mapped: set[int] | None = None  # packet ids in delivery_ids (writer thread)
-        self._event_insert = EventInsert(dialects.of(db))
+        self._event_insert = EventInsert(dialects.of(db),
+                                         self._fold if self._projections is not None else None)
         self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
         self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
         self._delivery_delete_sql = DeliveryId.delete().where(DeliveryId.mid == 0).sql()[0]
@@ -584,6 +601,32 @@ class Writer:
         if dead:
             cursor.executemany(self._dead_sql, dead)
         return _Written(len(events), inserted, conflicts, len(dead))
+
+    def _fold(self, first_seq: int, rows: list[EventRow]) -> None:
+        """The projections, for the events this batch newly inserted (in its transaction, in
+        seq order; a redelivery is not inserted, so never folded twice). A failure other than
+        the database's rolls back the fold alone (a savepoint): the events are stored anyway."""
+        folder = self._projections
+        assert folder is not None
+        matching = folder.matching
+        events = [Folded(first_seq + i, row.type, row.source, row.payload, row.received_at)
+                  for i, row in enumerate(rows) if matching(row.type)]
+        if not events:
+            return
+        try:
+            with self._db.atomic():
+                result = folder.fold(self._db, events)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            log.error("projection_failed", error=repr(exc), events=len(events),
+                      first_seq=events[0].seq)
+            return
+        self.stats.projected += len(result.written)
+        for name, skips in result.skipped.items():
+            self.stats.projection_skipped += len(skips)
+            log.warning("projection_skipped", projection=name, events=len(skips),
+                        first_seq=skips[0].seq, reason=skips[0].reason)
 
     def _remember_records(self, stale: list[tuple[int]], recorded: list[int]) -> None:
         """Bring the in-memory packet-id set in step with the committed ``delivery_ids``."""

@@ -95,10 +95,73 @@ def apply(db: peewee.Database, write: KvWrite, *, topic_base: str,
     db.execute(KVStore.insert(key=write.key, value=write.value, version=version,
                               updated_at=at).on_conflict(
         conflict_target=[KVStore.key],
-        update={KVStore.value: write.value, KVStore.version: version, KVStore.updated_at: at}))
+        update={KVStore.value: write.value, KVStore.version: version, KVStore.updated_at: at,
+                KVStore.seq: None}))
     _record(db, kv.PUT_EVENT, {"key": write.key, "value": msgspec.Raw(write.value.encode()),
                            "version": version}, write.key, topic_base, at)
     return KvEntry(write.key, write.value, version, at)
+
+
+_SQL: dict[str, str] = {}  # the fold's two statements, built once through Peewee
+
+
+def _sql(db: peewee.Database, name: str) -> str:
+    sql = _SQL.get(name)
+    if sql is None:
+        if name == "get":
+            query: peewee.Query = KVStore.select(*_COLUMNS).where(KVStore.key == "")
+        else:
+            query = KVStore.insert(key="", value="", version=0, updated_at=0, seq=0).on_conflict(
+                conflict_target=[KVStore.key],
+                preserve=[KVStore.value, KVStore.version, KVStore.updated_at, KVStore.seq])
+        sql = _SQL[name] = db.get_sql_context().sql(query).query()[0]
+    return sql
+
+
+def get_fast(db: peewee.Database, key: str) -> KvEntry | None:
+    """``get`` with its SQL built once (the writer's fold reads a key per batch and key)."""
+    row = db.execute_sql(_sql(db, "get"), (key,)).fetchone()
+    return None if row is None else KvEntry(*row)
+
+
+def write_projected(db: peewee.Database, entries: list[tuple[KvEntry, int]]) -> None:
+    """A projection's writes: each ``(entry, seq)`` stored as is (``version`` computed by the
+    fold: +1 per change, as a put), the row marked with the ``seq`` of the event folded, in the
+    caller's transaction. No ``kairo.kv.put`` event: the event folded is the history. A later
+    ``kv/put`` with ``if_version`` compares with these versions like any other."""
+    if entries:
+        db.cursor().executemany(_sql(db, "project"), [(e.key, e.value, e.version, e.updated_at, seq)
+                                               for e, seq in entries])
+
+
+def projected_since(db: peewee.Database, *, prefix: str, after: int,
+                    upto: int) -> list[tuple[int, KvEntry]]:
+    """``(seq, entry)`` of the rows a projection changed with ``after < seq <= upto`` (their
+    current state), under ``prefix``, in seq order: from the partial index ``kv_store_seq``."""
+    query = KVStore.select(KVStore.seq, *_COLUMNS).where(
+        KVStore.seq > after, KVStore.seq <= upto)
+    if prefix:
+        query = query.where(peewee.fn.substr(KVStore.key, 1, len(prefix)) == prefix)
+    rows = db.execute(query.order_by(KVStore.seq, KVStore.key).tuples()).fetchall()
+    return [(row[0], KvEntry(*row[1:])) for row in rows]
+
+
+def count_prefix(db: peewee.Database, prefix: str) -> int:
+    """How many keys start with ``prefix``."""
+    query = KVStore.select(peewee.fn.COUNT(KVStore.key)).where(
+        peewee.fn.substr(KVStore.key, 1, len(prefix)) == prefix)
+    return int(db.execute(query.tuples()).fetchone()[0])
+
+
+def delete_prefix(db: peewee.Database, prefix: str) -> int:
+    """Delete every key starting with ``prefix`` (non-empty), in the caller's transaction."""
+    assert prefix
+    query = KVStore.delete().where(KVStore.key >= prefix,
+                                   peewee.fn.substr(KVStore.key, 1, len(prefix)) == prefix)
+    upper = _upper(prefix)
+    if upper is not None:
+        query = query.where(KVStore.key < upper)
+    return int(db.execute(query).rowcount)
 
 
 def _record(db: peewee.Database, event_type: str, payload: dict[str, Any], key: str,

@@ -234,6 +234,12 @@ class Reader:
     def kv_page(self, *, prefix: str, after: str | None, limit: int) -> kv.KvPage:
         return self._guard(lambda: kv.page(self.db, prefix=prefix, after=after, limit=limit))
 
+    def kv_projected(self, *, prefix: str, after: int, upto: int) -> list[tuple[int, KvEntry]]:
+        """``(seq, entry)`` of the keys under ``prefix`` a projection changed with ``after <
+        seq <= upto``, in seq order (``storage.kv.projected_since``)."""
+        return self._guard(lambda: kv.projected_since(self.db, prefix=prefix, after=after,
+                                                      upto=upto))
+
     def last_seq(self) -> int:
         """The newest ``seq`` stored (0: none); every event stored later has a larger one."""
         (seq,) = self._all(Event.select(peewee.fn.COALESCE(peewee.fn.MAX(Event.seq), 0)).tuples())[0]

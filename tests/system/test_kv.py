@@ -39,7 +39,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("kv")
     broker = start_broker(tmp / "broker")
     run = start_inprocess(tmp, broker, KV__MAX_VALUE_BYTES="1024", KV__PUBLISH_RETAINED="true",
-                          API__MAX_STREAMS="3")
+                          API__MAX_STREAMS="3", PROJECTIONS=json.dumps([
+                              {"name": "devices", "type": "kairo.device.*",
+                               "key": "pw/{payload.name}", "mode": "merge"}]))
     try:
         yield Env(broker, run)
     finally:
@@ -205,6 +207,52 @@ def test_watch_sends_values_caught_up_then_changes(env: Env, client: SidecarClie
         stream.cancel()
         rest = list(messages)
         assert rest[-1]["done"] and rest[-1]["reason"] == "cancelled"
+
+
+def test_watch_sees_projected_changes_between_kv_writes(env: Env, client: SidecarClient) -> None:
+    """kv/watch sends the changes a projection folds (which store no kv event) in seq order
+    with the puts around them; a redelivered event neither changes nor shows up again."""
+    pub = publisher(env.broker)
+
+    def device(event_id: str, **payload: Any) -> None:
+        body = {"id": event_id, "type": "kairo.device.state", "payload": payload}
+        publish(pub, "kairo/dev/state", json.dumps(body).encode())
+
+    device("pw-1", name="lamp", on=True)
+    wait_until(lambda: env.rows("SELECT count(*) FROM kv_store WHERE key = 'pw/lamp'") == [(1,)])
+    try:
+        with env.client() as watcher:
+            stream = watcher.kv_watch("pw/")
+            messages = stream.messages()
+            entries: list[dict[str, Any]] = []
+            for message in messages:
+                entries.extend(message.get("entries", ()))
+                if message.get("caught_up"):
+                    break
+            assert [(e["key"], e["value"], e["version"]) for e in entries] == [
+                ("pw/lamp", {"name": "lamp", "on": True}, 1)]
+            device("pw-2", name="lamp", level=3)
+            wait_until(lambda: env.rows("SELECT version FROM kv_store WHERE key = 'pw/lamp'")
+                       == [(2,)])
+            client.kv_put("pw/manual", "m")
+            device("pw-1", name="lamp", on=True)  # a redelivery: not folded again
+            device("pw-3", name="fan", on=False)
+            changes: list[dict[str, Any]] = []
+            for message in messages:
+                changes.extend(message.get("changes", ()))
+                if len(changes) >= 3:
+                    break
+            assert [(c["op"], c["key"], c["value"], c["version"]) for c in changes] == [
+                ("put", "pw/lamp", {"name": "lamp", "on": True, "level": 3}, 2),
+                ("put", "pw/manual", "m", 1),
+                ("put", "pw/fan", {"name": "fan", "on": False}, 1)]
+            stream.cancel()
+            list(messages)
+        assert env.rows("SELECT count(*) FROM events WHERE type = 'kairo.kv.put' AND "
+                        "topic LIKE '%/kv/state/pw/lamp'") == [(0,)]
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
 
 
 def test_mqtt_set_form_and_retained_mirror(env: Env, client: SidecarClient) -> None:

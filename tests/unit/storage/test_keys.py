@@ -176,7 +176,7 @@ def test_migration_005_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
     sequence = _dump(path, "SELECT seq FROM sqlite_sequence WHERE name = 'events'")
     assert sequence == [(600,)] and len(before) == 588
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
-    assert migrate(db) == ["005_event_types", "006_kv_versions"]
+    assert migrate(db) == ["005_event_types", "006_kv_versions", "007_kv_projected_seq"]
     db.close()
     assert _dump(path, "SELECT * FROM events ORDER BY seq") == before
     assert _dump(path, "SELECT seq FROM sqlite_sequence WHERE name = 'events'") == sequence
