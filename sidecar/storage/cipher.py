@@ -7,9 +7,10 @@ they are ``sqlcipher3`` (the ``kairo-sidecar[encryption]`` extra) keyed before t
 
 The key is 32 random bytes written as 64 hex digits (``kairo-sidecar keygen``), applied as a raw
 key (``PRAGMA key = "x'...'"``): no passphrase derivation, so opening a connection costs what it
-costs unencrypted. It comes from ``[database] key_file`` (mode 0600 or stricter, owned by this
-user or root), the systemd credential ``database-key`` (``load_config`` turns it into a
-``key_file``) or ``KAIRO_SIDECAR_DATABASE__KEY``. It is never logged.
+costs unencrypted. It comes from ``[database] key_file`` (mode 0600 or stricter, or in a
+directory only its owner can enter; owned by this user or root), the systemd credential
+``database-key`` (``load_config`` turns it into a ``key_file``) or
+``KAIRO_SIDECAR_DATABASE__KEY``. It is never logged.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def read_key_file(path: Path) -> DatabaseKey:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path), key=name) from None
     if not stat.S_ISREG(info.st_mode):
         raise ConfigError("is not a regular file", source=str(path), key=name)
-    if info.st_mode & 0o077:
+    if info.st_mode & 0o077 and not _private_directory(path.parent):
         raise ConfigError(f"mode {stat.S_IMODE(info.st_mode):04o} lets other users read the key: "
                           f"chmod 600 {path}", source=str(path), key=name)
     if info.st_uid not in (os.geteuid(), 0):
@@ -112,6 +113,16 @@ def read_key_file(path: Path) -> DatabaseKey:
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path), key=name) from None
     return parse_key(text, source=str(path), key=name)
+
+
+def _private_directory(directory: Path) -> bool:
+    """A directory only its owner (this user or root) can enter, such as systemd's
+    ``$CREDENTIALS_DIRECTORY`` (whose files may show group bits through an ACL mask)."""
+    try:
+        info = directory.stat()
+    except OSError:
+        return False
+    return not info.st_mode & 0o077 and info.st_uid in (os.geteuid(), 0)
 
 
 def database_key(config: DatabaseConfig) -> DatabaseKey | None:

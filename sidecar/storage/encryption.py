@@ -117,10 +117,7 @@ def _copy(src: Path, src_key: DatabaseKey | None, dest: Path, dest_key: Database
         con = cipher.connect(f"file:{quote(str(partial.resolve()))}?mode=rwc", uri=True,
                              key=dest_key, sqlcipher=True, name=str(dest))
         try:
-            source_uri = f"file:{quote(str(src.resolve()))}?mode=ro"
-            con.execute("ATTACH DATABASE ? AS src KEY ?",
-                        (source_uri, f"x'{src_key.hex}'" if src_key else ""))
-            _probe_source(con, src, src_key)
+            _attach_source(con, src, src_key)
             con.execute("PRAGMA main.auto_vacuum = INCREMENTAL")  # as a file the daemon made
             con.execute("SELECT sqlcipher_export('main', 'src')").fetchall()
             con.execute("DETACH DATABASE src")
@@ -141,8 +138,11 @@ def _copy(src: Path, src_key: DatabaseKey | None, dest: Path, dest_key: Database
     return result
 
 
-def _probe_source(con: Any, src: Path, key: DatabaseKey | None) -> None:
+def _attach_source(con: Any, src: Path, key: DatabaseKey | None) -> None:
+    """Attach ``src`` read-only as ``src`` with its key (``''``: plain) and read its schema."""
     try:
+        con.execute("ATTACH DATABASE ? AS src KEY ?",
+                    (f"file:{quote(str(src.resolve()))}?mode=ro", f"x'{key.hex}'" if key else ""))
         con.execute("SELECT count(*) FROM src.sqlite_master").fetchone()
     except DATABASE_ERRORS as exc:
         if cipher.is_not_a_database(exc):
