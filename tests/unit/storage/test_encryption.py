@@ -299,3 +299,25 @@ def test_config_command_masks_the_key(tmp_path: Path, capsys: pytest.CaptureFixt
     monkeypatch.setenv("KAIRO_SIDECAR_DATABASE__KEY", "ab" * 32)
     code, out, _ = cli(capsys, "config")
     assert code == 0 and "ab" * 32 not in out and json.loads(out)["database"]["key"] == "***"
+
+
+def test_damaged_encrypted_file_is_checked_and_recovered(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A page of an encrypted file overwritten (its HMAC fails) is damage, not a key problem:
+    check exits 6, and recover salvages every other row into a new encrypted file (exit 8)."""
+    plain = create_db(tmp_path / "plain.db", [event(i) for i in range(3000)])
+    key = tmp_path / "db.key"
+    new_key(capsys, key)
+    enc = tmp_path / "enc.db"
+    assert cli(capsys, "encrypt", str(plain), str(enc), "--key-file", str(key))[0] == 0
+    data = bytearray(enc.read_bytes())
+    page = len(data) // 4096 // 2
+    data[page * 4096:(page + 1) * 4096] = bytes(4096)
+    enc.write_bytes(bytes(data))
+    code, _, err = cli(capsys, "check", str(enc), "--key-file", str(key))
+    assert code == 6 and "damaged" in err
+    code, out, _ = cli(capsys, "recover", str(enc), str(tmp_path / "rec.db"), "--key-file", str(key))
+    assert code == 8 and "passes integrity_check" in out
+    no_plaintext(tmp_path / "rec.db")
+    code, out, _ = cli(capsys, "check", str(tmp_path / "rec.db"), "--key-file", str(key))
+    assert code == 0
