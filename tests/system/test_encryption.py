@@ -54,6 +54,7 @@ def test_daemon_on_an_encrypted_file(tmp_path: Path, broker: Broker,
     key = cipher.read_key_file(key_path)
     sidecar = sidecar_factory(broker, DATABASE__KEY_FILE=str(key_path)).start()
     db = sidecar.db_path
+    assert '"encrypted": true' in sidecar.log_text()
     accepted = publish_all(broker.host, broker.port, messages(0, 300))
     wait_until(lambda: stored_ids(db, key) >= accepted, timeout=30)
     assert_no_plaintext(db)
@@ -83,3 +84,24 @@ def test_daemon_on_an_encrypted_file(tmp_path: Path, broker: Broker,
     assert sidecar.terminate() == 0
     assert_no_plaintext(db)
     assert key.hex not in sidecar.log_text()
+
+
+def test_daemon_without_the_key_exits_9_and_with_the_env_key_starts(
+        tmp_path: Path, broker: Broker, sidecar_factory: Callable[..., SidecarProcess]) -> None:
+    """The daemon pointed at an encrypted file without a key exits 9 and leaves it byte for
+    byte; given the key through KAIRO_SIDECAR_DATABASE__KEY it starts and stores."""
+    key_path = tmp_path / "db.key"
+    keygen(key_path)
+    key = cipher.read_key_file(key_path)
+    first = sidecar_factory(broker, DATABASE__KEY_FILE=str(key_path)).start()
+    assert first.terminate() == 0
+    before = first.db_path.read_bytes()
+    keyless = sidecar_factory(broker).start(wait_ready=False)
+    assert keyless.proc is not None and keyless.proc.wait(30) == 9
+    assert "looks encrypted" in keyless.log_text()
+    assert first.db_path.read_bytes() == before
+    with_env = sidecar_factory(broker, DATABASE__KEY=key.hex).start()
+    accepted = publish_all(broker.host, broker.port, messages(0, 20))
+    wait_until(lambda: stored_ids(first.db_path, key) >= accepted, timeout=30)
+    assert with_env.terminate() == 0
+    assert key.hex not in with_env.log_text()
