@@ -10,9 +10,10 @@ runs in a child process:
 
 * **ingest**: ``--events`` new events through the real ``Writer`` (``commit_wear.
   push_through_writer``, ``--batch`` per commit, the daemon's pragmas) and a TRUNCATE
-  checkpoint: events/s, and ``write_bytes`` per event (``/proc/self/io``).
+  checkpoint: events/s, CPU per event (user + system: steadier than wall time on a shared
+  machine), and ``write_bytes`` per event (``/proc/self/io``).
 * **get**: ``--gets`` ``Reader.get(id)`` of random stored ids through ``open_reader`` (the API
-  workers' path): the median and p99 per call.
+  workers' path): the median and p99 per call, and CPU per call.
 * **open**: ``open_store`` as at a daemon start, with ``startup_check = "quick"`` (what a start
   after a crash runs: every page read, so decrypted) and ``"off"``; page cache warm.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -49,16 +51,25 @@ def _config(path: Path, mode: str, key_file: Path, **extra: Any) -> DatabaseConf
                           key_file=str(key_file) if mode == "encrypted" else None, **extra)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process (steadier than wall time on a shared machine)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_ingest(path: Path, mode: str, key_file: Path, events: int, batch: int,
                  start: int) -> dict[str, float]:
     rows = rows_for(make_messages(events, seed=29, start=start))
     db = open_database(_config(path, mode, key_file))
+    cpu = cpu_seconds()
     pushed = push_through_writer(db, list(rows), batch)
     before = write_bytes()
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    cpu = cpu_seconds() - cpu
     db.close()
     written = pushed.write_bytes + write_bytes() - before
-    return {"events_per_s": events / pushed.seconds, "bytes_per_event": written / events}
+    return {"events_per_s": events / pushed.seconds, "ingest_cpu_us_per_event": cpu / events * 1e6,
+            "bytes_per_event": written / events}
 
 
 def child_get(path: Path, mode: str, key_file: Path, gets: int) -> dict[str, float]:
@@ -67,14 +78,17 @@ def child_get(path: Path, mode: str, key_file: Path, gets: int) -> dict[str, flo
         "SELECT id FROM events ORDER BY random() LIMIT ?", (gets,)).fetchall()]
     random.Random(5).shuffle(ids)
     times = []
+    cpu = cpu_seconds()
     for event_id in ids:
         started = time.perf_counter()
         assert reader.get(event_id) is not None
         times.append(time.perf_counter() - started)
+    cpu = cpu_seconds() - cpu
     reader.close()
     times.sort()
     return {"get_median_us": statistics.median(times) * 1e6,
-            "get_p99_us": times[int(len(times) * 0.99) - 1] * 1e6}
+            "get_p99_us": times[int(len(times) * 0.99) - 1] * 1e6,
+            "get_cpu_us": cpu / len(ids) * 1e6}
 
 
 def child_open(path: Path, mode: str, key_file: Path) -> dict[str, float]:
