@@ -21,10 +21,10 @@ from sidecar.errors import DatabaseBusyError, StorageError, UsageError
 from sidecar.logs import get_logger
 from sidecar.storage import cipher
 from sidecar.storage.cipher import DATABASE_ERRORS, DatabaseKey
+from sidecar.storage.sqlite_errors import is_busy
 
 log = get_logger("sidecar.encryption")
 
-_BUSY: tuple[type[Exception], ...] = (DatabaseBusyError, *DATABASE_ERRORS)
 
 
 @dataclass
@@ -71,7 +71,8 @@ def decrypt(src: Path, dest: Path, key: DatabaseKey) -> CopyResult:
 
 def rekey(path: Path, old: DatabaseKey, new: DatabaseKey) -> CopyResult:
     """Encrypt ``path`` with ``new`` instead of ``old``, refusing while another process has it
-    open (``DatabaseBusyError``, exit 7)."""
+    open (``DatabaseBusyError``, exit 7). Past that check the file is switched out of WAL mode
+    (the daemon switches it back at its next start) and replaced only by a checked copy."""
     cipher.check_header(path, old)
     if not path.is_file():
         raise StorageError(f"database {path} does not exist", path=str(path))
@@ -79,24 +80,29 @@ def rekey(path: Path, old: DatabaseKey, new: DatabaseKey) -> CopyResult:
         raise UsageError("the new key is the key the database already has", option="--new-key-file")
     lock = cipher.connect(path, key=old, timeout=0)
     try:
+        in_use = DatabaseBusyError(
+            f"database {path} is open in another process (the daemon, or a command beside it): "
+            "stop it first (systemctl stop kairo-sidecar), then rekey; it was left untouched",
+            path=str(path))
         try:
             # Leaving WAL needs the only connection: fails (SQLITE_BUSY) while the daemon, a
             # reader or a command has the file open; else it folds the WAL into the file.
             mode = lock.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
-            if str(mode).lower() != "delete":
-                raise DatabaseBusyError("in use", path=str(path))
             lock.execute("BEGIN IMMEDIATE")  # no writer until the copy is in place
-        except _BUSY:
-            raise DatabaseBusyError(
-                f"database {path} is open in another process (the daemon, or a command beside "
-                "it): stop it first (systemctl stop kairo-sidecar), then rekey; it was left "
-                "untouched", path=str(path)) from None
-        result = _copy(path, old, path, new, what="rekey")
+        except DATABASE_ERRORS as exc:
+            if is_busy(exc):
+                raise in_use from None
+            raise
+        if str(mode).lower() != "delete":
+            raise in_use
+        # leaving WAL folded the WAL into the file and removed it: none of the old key is left
+        # to be replayed into the new file
+        if Path(f"{path}-wal").exists():
+            raise StorageError(f"{path}-wal is still there after leaving WAL mode; rekey "
+                               "stopped before changing anything", path=str(path))
+        return _copy(path, old, path, new, what="rekey")
     finally:
         lock.close()
-    for leftover in (Path(f"{path}-wal"), Path(f"{path}-shm")):
-        leftover.unlink(missing_ok=True)  # the old file's: the new one has none yet
-    return result
 
 
 def _copy(src: Path, src_key: DatabaseKey | None, dest: Path, dest_key: DatabaseKey | None,
