@@ -4,6 +4,9 @@ MQTT, SIGKILL and restart with nothing lost, and no payload byte in plain text o
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,8 +50,9 @@ def assert_no_plaintext(db: Path) -> None:
 def test_daemon_on_an_encrypted_file(tmp_path: Path, broker: Broker,
                                      sidecar_factory: Callable[..., SidecarProcess]) -> None:
     """With [database] key_file, the daemon creates an encrypted file, stores and answers
-    queries over MQTT; after SIGKILL and a restart every accepted event is stored exactly once;
-    neither the file nor its WAL holds the payloads' text; the log never shows the key."""
+    queries over MQTT; decrypt runs beside it and rekey is refused; after SIGKILL and a
+    restart every accepted event is stored exactly once; neither the file nor its WAL holds
+    the payloads' text; the log never shows the key."""
     key_path = tmp_path / "db.key"
     keygen(key_path)
     key = cipher.read_key_file(key_path)
@@ -67,6 +71,18 @@ def test_daemon_on_an_encrypted_file(tmp_path: Path, broker: Broker,
         assert len(page.events) == 50
     finally:
         client.close()
+
+    # beside the running daemon: decrypt copies a snapshot; rekey refuses (exit 7)
+    done = subprocess.run([sys.executable, "-m", "sidecar", "decrypt", str(db), str(tmp_path / "copy.db"),
+                           "--key-file", str(key_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "copy.db") as plain:
+        assert plain.execute("SELECT count(*) FROM events WHERE id LIKE 'enc-%'").fetchone()[0] >= 300
+    keygen(tmp_path / "new.key")
+    refused = subprocess.run([sys.executable, "-m", "sidecar", "rekey", "--db", str(db), "--key-file",
+                              str(key_path), "--new-key-file", str(tmp_path / "new.key")],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 7 and "open in another process" in refused.stderr
 
     accepted |= publish_all(broker.host, broker.port, messages(300, 200))
     sidecar.kill()  # SIGKILL: whatever was acked must be in the file
