@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -321,3 +322,30 @@ def test_damaged_encrypted_file_is_checked_and_recovered(tmp_path: Path,
     no_plaintext(tmp_path / "rec.db")
     code, out, _ = cli(capsys, "check", str(tmp_path / "rec.db"), "--key-file", str(key))
     assert code == 0
+
+
+def test_encrypt_and_decrypt_keep_seq_and_the_sequence(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Every event keeps its seq through encrypt and decrypt, and sqlite_sequence comes along,
+    so a replay cursor stays valid and a seq of a deleted event is never handed out again."""
+    plain = create_db(tmp_path / "plain.db", [event(i) for i in range(20)])
+    con = sqlite3.connect(plain, isolation_level=None)
+    con.execute("DELETE FROM events WHERE seq > 15 OR seq = 3")
+    con.close()
+    key = tmp_path / "db.key"
+    new_key(capsys, key)
+    enc, back = tmp_path / "enc.db", tmp_path / "back.db"
+    assert cli(capsys, "encrypt", str(plain), str(enc), "--key-file", str(key))[0] == 0
+    assert cli(capsys, "decrypt", str(enc), str(back), "--key-file", str(key))[0] == 0
+    sql = ("SELECT (SELECT group_concat(seq || ':' || id) FROM events), "
+           "(SELECT seq FROM sqlite_sequence WHERE name = 'events')")
+    with closing(sqlite3.connect(plain)) as con:
+        original = con.execute(sql).fetchone()
+    enc_con = cipher.connect(enc, key=cipher.read_key_file(key))
+    try:
+        assert enc_con.execute(sql).fetchone() == original
+    finally:
+        enc_con.close()
+    with closing(sqlite3.connect(back)) as con:
+        assert con.execute(sql).fetchone() == original
+    assert original[1] == 20
