@@ -118,7 +118,8 @@ class Sidecar:
         log.info("sidecar_starting", version=__version__, database=masked_url(cfg.database.url),
                  durability=durability, synchronous=cfg.database.effective_synchronous,
                  sync_interval=cfg.database.sync_interval, batch_size=cfg.writer.batch_size,
-                 flush_interval=cfg.writer.flush_interval, topics=cfg.mqtt.topics)
+                 flush_interval=cfg.writer.flush_interval, topics=cfg.mqtt.topics,
+                 encrypted=cfg.database.key is not None or bool(cfg.database.key_file))
         self.writer.start()
         if self.handlers is not None:
             self.handlers.start()

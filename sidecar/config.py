@@ -76,6 +76,11 @@ class DatabaseConfig(_Section, frozen=True):
     url: str = ""
     # PostgreSQL only, when the url has none (README "PostgreSQL"); never logged
     password: str | None = None
+    # encryption at rest (SQLCipher; README "Encryption at rest"): a file holding the key, mode
+    # 0600; the systemd credential database-key sets it. ``key`` comes only from the environment
+    # (KAIRO_SIDECAR_DATABASE__KEY), never from the file; never logged.
+    key_file: str | None = None
+    key: str | None = None
     durability: Durability = "group"
     synchronous: Synchronous = "NORMAL"
     sync_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
@@ -274,6 +279,10 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
         source = str(path)
         data = _read_toml(Path(path))
     _convert(data, source)  # the file alone must be valid: errors name the file
+    if isinstance(data.get("database"), dict) and "key" in data["database"]:
+        raise ConfigError("the key never goes in the configuration file: use key_file, the "
+                          "systemd credential database-key or KAIRO_SIDECAR_DATABASE__KEY",
+                          source=source, key="database.key")
     for name, value in sorted(env.items()):
         if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
             _apply_env(data, name, value)
@@ -283,11 +292,37 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     if not config.database.url:
         database = msgspec.structs.replace(config.database, url=default_database_url(env))
         config = msgspec.structs.replace(config, database=database)
+    config = _key_source(config, env, source)
     if config.database.password is None:
         secret = database_credential(env)
         if secret is not None:
             config = msgspec.structs.replace(
                 config, database=msgspec.structs.replace(config.database, password=secret))
+    return config
+
+
+KEY_CREDENTIAL = "database-key"
+
+
+def _key_source(config: Config, environ: Mapping[str, str], source: str) -> Config:
+    """At most one key source; the systemd credential ``database-key`` (``LoadCredential=``,
+    ``LoadCredentialEncrypted=``) becomes ``key_file`` when no other source is set. Encryption
+    is for SQLite files only."""
+    database = config.database
+    if database.key is not None and database.key_file:
+        raise ConfigError("set one key source: key_file or KAIRO_SIDECAR_DATABASE__KEY, not both",
+                          source=source, key="database.key_file")
+    if database.key is None and not database.key_file:
+        directory = environ.get("CREDENTIALS_DIRECTORY", "")
+        credential = Path(directory) / KEY_CREDENTIAL if directory else None
+        if credential is not None and credential.is_file():
+            database = msgspec.structs.replace(database, key_file=str(credential))
+            config = msgspec.structs.replace(config, database=database)
+    if (database.key is not None or database.key_file) and \
+            database.url.startswith(("postgresql:", "postgres:")):
+        raise ConfigError("encryption at rest applies to SQLite files only; on PostgreSQL use "
+                          "the server's disk encryption (and TLS to it)", source=source,
+                          key="database.key" if database.key is not None else "database.key_file")
     return config
 
 

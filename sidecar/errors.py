@@ -79,6 +79,13 @@ class CorruptDatabaseError(StorageError):
         )
 
 
+class EncryptionKeyError(StorageError):
+    """The database key is wrong or missing: an encrypted file opened without its key (or with
+    another), or a plain file opened with a key. The file is left untouched."""
+
+    exit_code = 9
+
+
 class DatabaseBusyError(StorageError):
     """Another process kept the database locked for longer than the retry deadline."""
 

@@ -159,6 +159,7 @@ def _when(ms: int | None) -> str:
 
 # ------------------------------------------------------------------------------------ check
 def _cmd_check(args: argparse.Namespace, config: Config) -> int:
+    from sidecar.storage.cipher import database_key
     from sidecar.storage.db import is_sqlite, sqlite_path
     from sidecar.storage.integrity import check
 
@@ -172,7 +173,7 @@ def _cmd_check(args: argparse.Namespace, config: Config) -> int:
     if not target and not is_sqlite(config.database):
         return _check_postgres(config)
     path = Path(args.path) if args.path else sqlite_path(config.database.url)
-    report = check(path, full=not args.quick)
+    report = check(path, full=not args.quick, key=database_key(config.database))
     s = report.storage
     print(f"database      {path}")
     how = "quick_check" if args.quick else "integrity_check"

@@ -41,6 +41,8 @@ def add_database_options(parser: argparse.ArgumentParser, *, db_help: str | None
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH", help="TOML config file (default: built-in "
                         "defaults, overridden by KAIRO_SIDECAR_<SECTION>__<KEY> variables)")
+    parser.add_argument("--key-file", metavar="PATH", help="the encrypted database's key file "
+                        "(instead of [database] key_file; README \"Encryption at rest\")")
 
 
 def database_url(path: str) -> str:
@@ -54,6 +56,10 @@ def load(args: argparse.Namespace) -> Config:
     db = getattr(args, "db", None)
     if db:
         database = msgspec.structs.replace(config.database, url=database_url(db))
+        config = msgspec.structs.replace(config, database=database)
+    key_file = getattr(args, "key_file", None)
+    if key_file:
+        database = msgspec.structs.replace(config.database, key_file=key_file, key=None)
         config = msgspec.structs.replace(config, database=database)
     return config
 

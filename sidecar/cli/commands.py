@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sidecar import __version__
-from sidecar.cli import admin, history, kv, project
+from sidecar.cli import admin, encryption, history, kv, project
 from sidecar.cli import args as cliargs
 from sidecar.cli import inspection as inspect_cmds
 from sidecar.config import Config
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect_cmds.add_parsers(sub)  # stats, dead-letters
     kv.add_parsers(sub)  # kv get|put|delete|list|watch
     project.add_parsers(sub)  # project list|rebuild
+    encryption.add_parsers(sub)  # keygen, encrypt, decrypt, rekey
     return parser
 
 
@@ -79,6 +80,10 @@ def _cmd_config(config: Config) -> int:
     cfg = config
     if cfg.mqtt.password is not None:
         cfg = msgspec.structs.replace(cfg, mqtt=msgspec.structs.replace(cfg.mqtt, password="***"))
+    for secret in ("password", "key"):
+        if getattr(cfg.database, secret) is not None:
+            cfg = msgspec.structs.replace(
+                cfg, database=msgspec.structs.replace(cfg.database, **{secret: "***"}))
     print(msgspec.json.format(msgspec.json.encode(cfg)).decode())
     return 0
 
@@ -108,6 +113,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return history.COMMANDS[args.command](args, config)
         if args.command in admin.COMMANDS:
             return admin.COMMANDS[args.command](args, config)
+        if args.command in encryption.COMMANDS:
+            return encryption.COMMANDS[args.command](args, config)
         if args.command in kv.COMMANDS:
             return kv.COMMANDS[args.command](args, config)
         if args.command in project.COMMANDS:

@@ -6,7 +6,6 @@ fast the daemon writes (WAL). Written to a temporary file, checked, then renamed
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from sidecar.config import DatabaseConfig
 from sidecar.errors import DestinationExistsError, NotApplicableError, StorageError, UsageError
 from sidecar.logs import get_logger
+from sidecar.storage import cipher
 from sidecar.storage.db import check_is_sqlite, is_sqlite, sqlite_path
 from sidecar.storage.dialect import masked_url
 from sidecar.storage.integrity import open_readonly
@@ -44,7 +44,8 @@ def backup(config: DatabaseConfig, dest: Path, *, force: bool = False, step_page
             "use pg_dump (pg_dump -Fc -f kairo.dump DATABASE) or your server's backups",
             command="backup")
     src = sqlite_path(config.url)
-    check_is_sqlite(src)
+    key = cipher.database_key(config)
+    check_is_sqlite(src, key)
     if not src.is_file():
         raise StorageError(f"database {src} does not exist", path=str(src))
     if dest.exists() and not force:
@@ -54,14 +55,14 @@ def backup(config: DatabaseConfig, dest: Path, *, force: bool = False, step_page
     started = time.monotonic()
     partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     partial.unlink(missing_ok=True)
-    source = open_readonly(src, timeout=config.busy_timeout_ms / 1000)
+    source = open_readonly(src, timeout=config.busy_timeout_ms / 1000, key=key)
     try:
         def snapshot() -> None:  # pin one snapshot for every step of the copy
             source.execute("BEGIN")
             source.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
         retry_busy(snapshot, what="start the backup", path=str(src))
-        target = sqlite3.connect(partial, isolation_level=None)
+        target = cipher.connect(partial, key=key)  # an encrypted database's copy: same key
         try:
             pages = 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -16,13 +15,15 @@ from sidecar.config import DatabaseConfig
 from sidecar.core import topics
 from sidecar.errors import SchemaTooNewError, StorageError
 from sidecar.logs import get_logger
+from sidecar.storage import cipher
 from sidecar.storage import dialect as dialects
+from sidecar.storage.cipher import DatabaseKey
 from sidecar.storage.dialect import MQTT_MATCH_FUNCTION, masked_url
 
 log = get_logger("sidecar.db")
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
-SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_HEADER = cipher.SQLITE_HEADER
 
 
 def _mqtt_match(topic_filter: str | None, topic: str | None) -> int:
@@ -43,6 +44,54 @@ class KairoSqliteDatabase(peewee.SqliteDatabase):
 
     def get_context_options(self) -> dict[str, Any]:
         return {**super().get_context_options(), "dialect": self.dialect}
+
+    def _connect(self) -> Any:
+        try:
+            con = super()._connect()  # type: ignore[misc]
+            cipher.probe(con, str(self.database), None)
+        except cipher.DATABASE_ERRORS as exc:  # journal_mode or the probe read page 1
+            if cipher.is_not_a_database(exc):
+                raise cipher.wrong_key(str(self.database), None) from None
+            raise
+        return con
+
+
+_cipher_class: type[peewee.SqliteDatabase] | None = None
+
+
+def _cipher_database_class() -> type[peewee.SqliteDatabase]:
+    """``KairoSqliteDatabase`` over Peewee's ``playhouse.sqlcipher_ext.SqlCipherDatabase``,
+    keyed with a raw key (``cipher.apply_key``) and probed before its pragmas run (built on
+    first use: ``playhouse.sqlcipher_ext`` imports SQLCipher)."""
+    global _cipher_class
+    if _cipher_class is None:
+        cipher.driver()
+        from playhouse.sqlcipher_ext import SqlCipherDatabase
+
+        class KairoCipherDatabase(SqlCipherDatabase, KairoSqliteDatabase):
+            def _connect(self) -> Any:
+                params = dict(self.connect_params)
+                key: DatabaseKey = params.pop("key")
+                con = cipher.driver().connect(self.database, timeout=self._timeout,
+                                              isolation_level=None, **params)
+                try:
+                    cipher.apply_key(con, key, str(self.database))
+                    self._add_conn_hooks(con)
+                except BaseException:
+                    con.close()
+                    raise
+                return con
+
+        _cipher_class = KairoCipherDatabase
+    return _cipher_class
+
+
+def sqlite_database(path: str, *, key: DatabaseKey | None, **kwargs: Any) -> peewee.SqliteDatabase:
+    """The Peewee database of an SQLite file: plain, or SQLCipher keyed with ``key``. Every
+    Peewee connection to a file (the writer's, readers', commands') is made here."""
+    if key is None:
+        return KairoSqliteDatabase(path, **kwargs)
+    return _cipher_database_class()(path, key=key, **kwargs)
 
 
 def is_sqlite(config: DatabaseConfig) -> bool:
@@ -85,7 +134,8 @@ def open_database(config: DatabaseConfig, *, create: bool = True) -> peewee.Data
 
         return open_postgres(config)
     path = sqlite_path(config.url)
-    check_is_sqlite(path)
+    key = cipher.database_key(config)
+    check_is_sqlite(path, key)
     if not path.exists():
         if not create:
             raise StorageError(f"database {path} does not exist", path=str(path))
@@ -98,35 +148,25 @@ def open_database(config: DatabaseConfig, *, create: bool = True) -> peewee.Data
     # (an existing file is converted once by maintenance.ensure_incremental_vacuum). Setting it
     # on an existing file would rewrite page 1, and opening must not write.
     new_file = not path.exists() or path.stat().st_size == 0
-    db = KairoSqliteDatabase(
+    db = sqlite_database(
         str(path),
+        key=key,
         pragmas=[("auto_vacuum", "incremental"), *pragmas(config)] if new_file else pragmas(config),
         timeout=config.busy_timeout_ms / 1000,
         check_same_thread=False,
     )
     try:
         db.connect(reuse_if_open=True)
-    except (peewee.OperationalError, peewee.DatabaseError, sqlite3.Error) as exc:
+    except cipher.ANY_DATABASE_ERRORS as exc:
         raise StorageError(f"cannot open database {path}: {exc}", path=str(path)) from None
     models.database_proxy.initialize(db)
     return db
 
 
-def check_is_sqlite(path: Path) -> None:
-    """Refuse, without touching it, a file that exists but is not an SQLite database."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    try:
-        with path.open("rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StorageError(f"cannot read database {path}: {exc.strerror}", path=str(path)) from None
-    if header != SQLITE_HEADER:
-        raise StorageError(
-            f"{path} is not an SQLite database; it was left untouched. Point [database] url at "
-            "another file, or move this one away yourself if it is not needed",
-            path=str(path),
-        )
+def check_is_sqlite(path: Path, key: DatabaseKey | None = None) -> None:
+    """Refuse, without touching it, a file that exists but is not an SQLite database, or does
+    not fit ``key``: encrypted without one, plain with one (``cipher.check_header``)."""
+    cipher.check_header(path, key)
 
 
 def _router(db: peewee.Database) -> Router:

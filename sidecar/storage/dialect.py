@@ -129,7 +129,8 @@ def of(db: Any) -> Dialect:
 
 def of_cursor(cursor: Any) -> Dialect:
     """The dialect of a DB-API cursor (the writer's raw cursors)."""
-    return SQLITE if isinstance(cursor, sqlite3.Cursor) else POSTGRES
+    sqlite = isinstance(cursor, sqlite3.Cursor) or type(cursor).__module__.startswith("sqlcipher3")
+    return SQLITE if sqlite else POSTGRES
 
 
 def masked_url(url: str) -> str:

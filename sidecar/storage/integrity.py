@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import peewee
-
 from sidecar.config import DatabaseConfig
 from sidecar.errors import CorruptDatabaseError, StorageError
 from sidecar.logs import get_logger
-from sidecar.storage import cleanstop
+from sidecar.storage import cipher, cleanstop
+from sidecar.storage.cipher import ANY_DATABASE_ERRORS, DATABASE_ERRORS, DatabaseKey
 from sidecar.storage.db import check_is_sqlite, migrate, open_database
 from sidecar.storage.maintenance import StorageInfo, storage_info, truncate_wal
 from sidecar.storage.sqlite_errors import is_busy, retry_busy
@@ -33,20 +32,22 @@ TABLES = ("events", "dead_letters", "kv_store", "delivery_ids")
 MAX_PROBLEMS = 100
 
 
-def open_readonly(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
-    """A read-only connection: sees the WAL, writes nothing (not even a checkpoint at close)."""
+def open_readonly(path: Path, *, timeout: float = 5.0, key: DatabaseKey | None = None) -> Any:
+    """A read-only connection: sees the WAL, writes nothing (not even a checkpoint at close).
+    Keyed with ``key`` (``cipher.connect``): a wrong or missing key is ``EncryptionKeyError``."""
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
-                           check_same_thread=False)
+    return cipher.connect(uri, key=key, uri=True, timeout=timeout, check_same_thread=False,
+                          name=str(path))
 
 
-def problems(path: Path, *, full: bool = False, timeout: float = 5.0) -> list[str]:
+def problems(path: Path, *, full: bool = False, timeout: float = 5.0,
+             key: DatabaseKey | None = None) -> list[str]:
     """``[]`` if the file passes ``quick_check`` (``integrity_check`` if ``full``), else what is
     wrong. A file SQLite cannot read at all is one problem; a locked one is retried."""
     pragma = "integrity_check" if full else "quick_check"
 
     def run() -> list[str]:
-        con = open_readonly(path, timeout=timeout)
+        con = open_readonly(path, timeout=timeout, key=key)
         try:
             rows = con.execute(f"PRAGMA {pragma}({MAX_PROBLEMS})").fetchall()
         finally:
@@ -55,13 +56,13 @@ def problems(path: Path, *, full: bool = False, timeout: float = 5.0) -> list[st
 
     try:
         return retry_busy(run, what=pragma, path=str(path))
-    except sqlite3.DatabaseError as exc:
+    except DATABASE_ERRORS as exc:
         if is_busy(exc):
             raise
         return [f"{exc}"]
 
 
-def verify_on_start(path: Path, mode: str) -> float:
+def verify_on_start(path: Path, mode: str, key: DatabaseKey | None = None) -> float:
     """Refuse (``CorruptDatabaseError``, exit 6) a database that fails its start-up check.
 
     ``auto`` checks like ``quick`` unless the last stop was clean and nothing touched the file
@@ -76,7 +77,7 @@ def verify_on_start(path: Path, mode: str) -> float:
     if mode == "off":
         cleanstop.clear(path)
         return record.checked_at if record is not None else 0.0
-    check_is_sqlite(path)
+    check_is_sqlite(path, key)
     if mode == "auto":
         reason = cleanstop.why_check(path, record, now=now)
         if reason is None:
@@ -88,7 +89,7 @@ def verify_on_start(path: Path, mode: str) -> float:
         log.info("integrity_check_needed", reason=reason)
     cached_before = cached_fraction(path)
     started = time.monotonic()
-    found = problems(path, full=mode == "full")
+    found = problems(path, full=mode == "full", key=key)
     log.info("integrity_checked", check=mode, ok=not found, seconds=round(time.monotonic() - started, 3))
     if found:
         log.error("database_corrupt", path=str(path), problems=found[:10])
@@ -163,18 +164,18 @@ class Report:
         return not self.problems
 
 
-def check(path: Path, *, full: bool = True) -> Report:
+def check(path: Path, *, full: bool = True, key: DatabaseKey | None = None) -> Report:
     """A full integrity check and a summary of what the file holds (whatever can be read)."""
-    check_is_sqlite(path)
+    check_is_sqlite(path, key)
     if not path.exists():
         raise StorageError(f"database {path} does not exist", path=str(path))
-    report = Report(path, problems(path, full=full))
-    con = open_readonly(path)
+    report = Report(path, problems(path, full=full, key=key))
+    con = open_readonly(path, key=key)
     try:
         def one(sql: str) -> Any:
             try:
                 return con.execute(sql).fetchone()
-            except sqlite3.DatabaseError:
+            except DATABASE_ERRORS:
                 return None
 
         row = one("SELECT count(*) FROM events")
@@ -185,9 +186,9 @@ def check(path: Path, *, full: bool = True) -> Report:
         report.seq_range = (row[0], row[1]) if row else (None, None)
         row = one("SELECT min(created_at), max(created_at) FROM events")
         report.created_range = (row[0], row[1]) if row else (None, None)
-        with contextlib.suppress(sqlite3.DatabaseError):
+        with contextlib.suppress(*DATABASE_ERRORS):
             report.migrations = [r[0] for r in con.execute("SELECT name FROM migratehistory ORDER BY id")]
-        with contextlib.suppress(sqlite3.DatabaseError):
+        with contextlib.suppress(*DATABASE_ERRORS):
             report.storage = storage_info(_Raw(con), path)
     finally:
         con.close()
@@ -274,18 +275,21 @@ def recover(src: Path, dest: Path, *, config: DatabaseConfig | None = None,
     started = time.monotonic()
     if not src.exists():
         raise StorageError(f"database {src} does not exist", path=str(src))
-    check_is_sqlite(src)
+    base = config or DatabaseConfig()
+    key = cipher.database_key(base)
+    check_is_sqlite(src, key)
     if dest.exists() and dest.stat().st_size > 0:
         raise StorageError(f"{dest} already exists; recover writes a new file: choose another "
                            "name (the damaged file is never overwritten)", path=str(dest))
     if dest.resolve() == src.resolve():
         raise StorageError("recover needs a new file as DEST, not the damaged one", path=str(dest))
-    base = config or DatabaseConfig()
+    # DEST is encrypted with the same key as SRC (plain if SRC is)
     db = open_database(DatabaseConfig(url=f"sqlite:///{dest}", synchronous="OFF",
-                                      busy_timeout_ms=base.busy_timeout_ms))
+                                      busy_timeout_ms=base.busy_timeout_ms,
+                                      key=base.key, key_file=base.key_file))
     try:
         migrate(db)
-        con = open_readonly(src)
+        con = open_readonly(src, key=key)
         try:
             plans = {table: _plan(con, table) for table in TABLES}
             cover = _Cover(progress, sum(_span(p) for p in plans.values()))
@@ -339,7 +343,7 @@ def _recover_table(con: sqlite3.Connection, db: Any, table: str, plan: _Plan,
     result = TableRecovery(table)
     try:
         src_columns = {row[1] for row in con.execute(f'PRAGMA table_info("{table}")')}
-    except sqlite3.DatabaseError as exc:
+    except DATABASE_ERRORS as exc:
         result.error = str(exc)
         _expect(result, plan)
         return result
@@ -371,7 +375,7 @@ def _plan(con: sqlite3.Connection, table: str) -> _Plan:
     def value(sql: str, *args: object) -> int | None:
         try:
             row = con.execute(sql, args).fetchone()
-        except sqlite3.DatabaseError:
+        except DATABASE_ERRORS:
             plan.btree_ok = False
             return None
         return int(row[0]) if row and row[0] is not None else None
@@ -388,7 +392,7 @@ def _plan(con: sqlite3.Connection, table: str) -> _Plan:
             lo = index_lo if lo is None else min(lo, index_lo)
             hi = index_hi if hi is None else max(hi, index_hi)
         break
-    with contextlib.suppress(sqlite3.DatabaseError):
+    with contextlib.suppress(*DATABASE_ERRORS):
         row = con.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
         if row and row[0] is not None and not plan.btree_ok:
             hi = max(int(row[0]), hi or 0)  # rows after the last readable one may be gone too
@@ -403,7 +407,7 @@ def _full_indexes(con: sqlite3.Connection, table: str) -> list[str]:
     """The table's indexes that hold one entry per row (not partial), unique ones first."""
     try:
         rows = con.execute(f'PRAGMA index_list("{table}")').fetchall()
-    except sqlite3.DatabaseError:
+    except DATABASE_ERRORS:
         return []
     # columns: seq, name, unique, origin, partial
     return [str(r[1]) for r in sorted(rows, key=lambda r: -int(r[2])) if not r[4]]
@@ -416,7 +420,7 @@ def _count_index(con: sqlite3.Connection, table: str,
     sql = f'SELECT count(*), min(rowid), max(rowid) FROM "{table}" INDEXED BY "{index}"'
     try:
         row = con.execute(sql).fetchone()
-    except sqlite3.DatabaseError:
+    except DATABASE_ERRORS:
         return None
     return int(row[0]), row[1], row[2]
 
@@ -445,7 +449,7 @@ def _read_window(con: sqlite3.Connection, select: str, lo: int, hi: int,
     """Rows with rowid in [lo, hi); on a read error split the window down to single rows."""
     try:
         rows = con.execute(select, (lo, hi)).fetchall()
-    except sqlite3.DatabaseError:
+    except DATABASE_ERRORS:
         if hi - lo <= 1:
             if result.unreadable and result.unreadable[-1][1] == lo - 1:
                 result.unreadable[-1] = (result.unreadable[-1][0], lo)
@@ -467,13 +471,13 @@ def _insert(db: Any, sql: str, rows: list[tuple[Any, ...]], result: TableRecover
             cursor.executemany(sql, rows)
         result.rows += max(cursor.rowcount, 0)
         return
-    except (sqlite3.DatabaseError, peewee.DatabaseError):
+    except ANY_DATABASE_ERRORS:
         pass
     for row in rows:  # a damaged value somewhere: keep every row the schema accepts
         try:
             db.execute_sql(sql, row)
             result.rows += 1
-        except (sqlite3.DatabaseError, peewee.DatabaseError):
+        except ANY_DATABASE_ERRORS:
             result.skipped += 1
 
 
@@ -481,7 +485,7 @@ def _keep_sequence(con: sqlite3.Connection, db: Any) -> None:
     """Carry the events sequence over, so a seq handed out before the damage is never reused."""
     try:
         row = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    except sqlite3.DatabaseError:
+    except DATABASE_ERRORS:
         return
     if row and row[0] is not None:
         db.execute_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'events'",

@@ -29,7 +29,8 @@ from sidecar.core.kv import KvEntry
 from sidecar.errors import FilterError, StorageError
 from sidecar.storage import dialect as dialects
 from sidecar.storage import indexes, kv, latest
-from sidecar.storage.db import KairoSqliteDatabase, is_sqlite, pragmas, sqlite_path
+from sidecar.storage.cipher import database_key
+from sidecar.storage.db import is_sqlite, pragmas, sqlite_database, sqlite_path
 from sidecar.storage.queries import Conditions, by_id, by_seqs, page, page_keys, summary
 
 T = TypeVar("T")
@@ -97,8 +98,9 @@ def open_reader(config: DatabaseConfig, *, path: Path | str | None = None) -> pe
     if not db_path.is_file():
         raise StorageError(f"database {db_path} does not exist", path=str(db_path))
     settings = [(k, v) for k, v in pragmas(config) if k != "journal_mode"]  # never change it
-    return KairoSqliteDatabase(str(db_path), pragmas=[*settings, ("query_only", 1)],
-                               timeout=config.busy_timeout_ms / 1000)
+    return sqlite_database(str(db_path), key=database_key(config),
+                           pragmas=[*settings, ("query_only", 1)],
+                           timeout=config.busy_timeout_ms / 1000)
 
 
 def _nul_text(exc: ValueError) -> bool:

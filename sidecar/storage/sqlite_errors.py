@@ -11,15 +11,13 @@ absorbs short waits inside SQLite; ``retry_busy`` absorbs the rest up to a deadl
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import peewee
-
 from sidecar.errors import DatabaseBusyError
 from sidecar.logs import get_logger
+from sidecar.storage.cipher import ANY_OPERATIONAL_ERRORS
 
 log = get_logger("sidecar.busy")
 
@@ -34,7 +32,7 @@ def is_busy(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None)
     if isinstance(orig, BaseException) and orig is not exc:
         return is_busy(orig)
-    if not isinstance(exc, sqlite3.OperationalError | peewee.OperationalError):
+    if not isinstance(exc, ANY_OPERATIONAL_ERRORS):
         return False
     code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(code, int):
@@ -53,7 +51,7 @@ def retry_busy(fn: Callable[[], T], *, what: str, deadline: float = 120.0,
     while True:
         try:
             return fn()
-        except (sqlite3.OperationalError, peewee.OperationalError) as exc:
+        except ANY_OPERATIONAL_ERRORS as exc:
             if not is_busy(exc):
                 raise
             tries += 1

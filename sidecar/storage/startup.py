@@ -16,6 +16,7 @@ import peewee
 
 from sidecar.config import DatabaseConfig
 from sidecar.errors import PendingMigrationsError
+from sidecar.storage.cipher import database_key
 from sidecar.storage.db import check_schema, is_sqlite, migrate, open_database, sqlite_path
 from sidecar.storage.integrity import verify_on_start
 from sidecar.storage.maintenance import ensure_incremental_vacuum, release_free_pages, truncate_wal
@@ -56,7 +57,8 @@ def open_store(config: DatabaseConfig, *, schema: Schema, create: bool = True, s
             on_migrated(applied)
         return db
     if not shared:
-        checked_at = verify_on_start(sqlite_path(config.url), config.startup_check)
+        checked_at = verify_on_start(sqlite_path(config.url), config.startup_check,
+                                     database_key(config))
         if on_verified is not None:
             on_verified(checked_at)
     db = open_database(config, create=create)

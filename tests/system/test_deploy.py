@@ -75,7 +75,7 @@ def test_unit_declares_the_service_contract() -> None:
         assert one(key) == value, key
     assert "MemoryMax" in s
     assert "ReadWritePaths" not in s  # the state directory is the only writable path
-    assert set(one("RestartPreventExitStatus").split()) == {"2", "3", "4", "6"}
+    assert set(one("RestartPreventExitStatus").split()) == {"2", "3", "4", "6", "9"}
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:

@@ -45,7 +45,8 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "kv": KvConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
-COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url", "database.password"}
+COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url", "database.password",
+                 "database.key_file", "database.key"}
 
 
 def write(tmp_path: Path, text: str, name: str = "sidecar.toml") -> Path:

@@ -207,6 +207,26 @@ def test_exit_7_locked(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert code == 7 and "locked" in err
 
 
+def test_exit_9_wrong_or_missing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Row 9: an encrypted database opened without its key, or with another, exits 9 with our
+    message (never "not a database") and is left byte for byte."""
+    from sidecar.storage import cipher
+
+    if not cipher.available():
+        pytest.skip("SQLCipher is not installed (kairo-sidecar[encryption])")
+    plain = create_db(tmp_path / "s.db", rows(2))
+    assert cli(capsys, "keygen", str(tmp_path / "k"))[0] == 0
+    assert cli(capsys, "keygen", str(tmp_path / "other"))[0] == 0
+    enc = tmp_path / "enc.db"
+    assert cli(capsys, "encrypt", str(plain), str(enc), "--key-file", str(tmp_path / "k"))[0] == 0
+    before = enc.read_bytes()
+    code, _, err = cli(capsys, "query", "--db", str(enc))
+    assert code == 9 and "looks encrypted" in err
+    code, _, err = cli(capsys, "check", str(enc), "--key-file", str(tmp_path / "other"))
+    assert code == 9 and "does not open" in err and "not a database" not in err
+    assert enc.read_bytes() == before
+
+
 def test_exit_130_interrupted(tmp_path: Path, broker: Broker) -> None:
     """Row 130: Ctrl-C (SIGINT) while waiting for an answer exits 130 without a traceback."""
     proc = subprocess.Popen(
