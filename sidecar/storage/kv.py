@@ -20,6 +20,7 @@ from sidecar.core import kv
 from sidecar.core.events import now_ms, uuid7
 from sidecar.core.kv import KvEntry, KvWrite
 from sidecar.errors import RequestError
+from sidecar.storage import dialect as dialects
 
 
 class KvPage(NamedTuple):
@@ -103,6 +104,7 @@ def apply(db: peewee.Database, write: KvWrite, *, topic_base: str,
 
 def _record(db: peewee.Database, event_type: str, payload: dict[str, Any], key: str,
             topic_base: str, at: int) -> None:
+    dialects.of(db).order_commits(db.cursor())  # seq order across writers (PostgreSQL)
     db.execute(Event.insert(id=uuid7(), topic=f"{topic_base}/kv/state/{key}", type=event_type,
                             source=kv.EVENT_SOURCE, payload=msgspec.json.encode(payload).decode(),
                             metadata="{}", created_at=at, received_at=at))

@@ -211,6 +211,7 @@ def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: in
         def write() -> int:
             with db.atomic("IMMEDIATE"):
                 cursor = db.cursor()
+                dialects.of(db).order_commits(cursor)  # seq order beside the daemon
                 fresh = _not_stored(cursor, batch)
                 cursor.executemany(insert_sql, fresh)
                 return len(fresh)
