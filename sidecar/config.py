@@ -57,6 +57,9 @@ class MQTTConfig(_Section, frozen=True):
     # paho's Client with buffered reads and batched acks (sidecar.broker.paho_client, which
     # relies on paho internals); false: paho's own Client as it ships, slower under load.
     fast_client: bool = True
+    # Several sidecars writing one PostgreSQL database: each subscribes ``$share/<group>/...``
+    # and the broker gives every message to one member of the group (README "Several sidecars").
+    shared_group: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
 
 
 Durability = Literal["group", "full", "none"]
@@ -270,6 +273,23 @@ def _check(config: Config, source: str) -> None:
                           'or durability = "none" to accept losing and corrupting data on a '
                           "power cut)", source=source, key="database.synchronous")
     _check_paths(config, source)
+    _check_shared_group(config, source)
+
+
+def _check_shared_group(config: Config, source: str) -> None:
+    group = config.mqtt.shared_group
+    if group is None:
+        return
+    if any(c in group for c in "/+#") or not group.isprintable():
+        raise ConfigError(f"{group!r} is not a share name: no '/', '+', '#' or control "
+                          "characters", source=source, key="mqtt.shared_group")
+    if not config.database.url.startswith(("postgresql:", "postgres:")):
+        raise ConfigError("a shared group splits the stream between sidecars that must write "
+                          "one database: set database.url to a postgresql:// URL",
+                          source=source, key="mqtt.shared_group")
+    if config.mqtt.session_expiry == 0 and config.mqtt.protocol == "5":
+        raise ConfigError("each member of a shared group needs a persistent session "
+                          "(session_expiry > 0)", source=source, key="mqtt.session_expiry")
 
 
 def _check_paths(config: Config, source: str) -> None:

@@ -82,6 +82,12 @@ class Reply:
 _STREAMING = object()
 
 
+class _HeldElsewhere(Exception):
+    """In a shared group: a ``replay/cancel`` or ``replay/renew`` for a stream this member does
+    not run. Every member receives those; the one running the stream answers, the rest stay
+    silent."""
+
+
 class Handlers:
     """The worker pool and the registry of running replay streams."""
 
@@ -90,8 +96,9 @@ class Handlers:
                  queue_depth: Callable[[], int] = lambda: 0,
                  disk_guard: Callable[[], dict[str, Any] | None] = lambda: None,
                  kv_write: Callable[[kv.KvWrite], kv.KvEntry | None] | None = None,
-                 kv_max_value_bytes: int = 65536) -> None:
+                 kv_max_value_bytes: int = 65536, shared_group: bool = False) -> None:
         self._config = config
+        self._shared = shared_group  # one of several sidecars: cancel/renew reach every member
         self._kv_write = kv_write  # the writer's ``kv``: applied on its thread, waits for durable
         self._kv_max_value_bytes = kv_max_value_bytes
         self._reader = reader
@@ -193,6 +200,9 @@ class Handlers:
             data = self._dispatch(requests.decode_request(msg), reply)
             if data is not _STREAMING:
                 self._delivered(reply.send(requests.ok(data, reply.transaction)))
+        except _HeldElsewhere:
+            log.debug("request_left_to_group", op=msg.op)
+            return
         except (RequestError, FilterError) as exc:
             refusal = requests.bad_filter(exc) if isinstance(exc, FilterError) else exc
             self._log_error(msg.op, refusal)
@@ -420,6 +430,8 @@ class Handlers:
         left is no error (the Will fires whether or not its streams still run)."""
         with self._lock:
             streams = [s for s in self._streams.values() if s.owner == owner]
+        if not streams and self._shared:
+            raise _HeldElsewhere  # the members running them answer
         for stream in streams:
             stream.cancel()
         if streams:
@@ -435,6 +447,8 @@ class Handlers:
         with self._lock:
             stream = None if stream_id is None else self._streams.get(stream_id)
         if stream is None:
+            if self._shared and stream_id is not None:
+                raise _HeldElsewhere
             raise RequestError("not_found", f"no running stream {stream_id!r}", field="stream")
         return stream
 
