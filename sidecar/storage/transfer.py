@@ -165,6 +165,21 @@ def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ..
     return fresh
 
 
+def insert_exported(db: peewee.Database, batch: list[tuple[Any, ...]]) -> int:
+    """Insert the rows of ``batch`` (``_INSERT_COLUMNS``) whose id is not stored, in the
+    caller's write transaction; how many were new."""
+    cursor = db.cursor()
+    dialects.of(db).order_commits(cursor)  # seq order beside the daemon
+    fresh = _not_stored(cursor, batch)
+    cursor.executemany(_INSERT if dialects.of(db).fts_keys else _INSERT_PG, fresh)
+    return len(fresh)
+
+
+def import_kv_entry(db: peewee.Database, entry: ExportedKv) -> int:
+    """``entry`` written unless its key is stored at the same or a newer version: 1 if written."""
+    return _import_kv(db, entry)
+
+
 def _import_kv(db: peewee.Database, entry: ExportedKv) -> int:
     """Write ``entry`` unless its key is stored at the same or a newer version: 1 if written."""
     def write() -> int:
@@ -200,7 +215,6 @@ def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: in
     (importing again is safe)."""
     started = time.monotonic()
     decoder = msgspec.json.Decoder(ExportedEvent)
-    insert_sql = _INSERT if dialects.of(db).fts_keys else _INSERT_PG
     batch: list[tuple[Any, ...]] = []
     count = inserted = kv_lines = kv_written = 0
     done_bytes = 0
@@ -210,11 +224,7 @@ def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: in
 
         def write() -> int:
             with db.atomic("IMMEDIATE"):
-                cursor = db.cursor()
-                dialects.of(db).order_commits(cursor)  # seq order beside the daemon
-                fresh = _not_stored(cursor, batch)
-                cursor.executemany(insert_sql, fresh)
-                return len(fresh)
+                return insert_exported(db, batch)
 
         inserted += retry_busy(write, what="import events", path=str(db.database))
         batch.clear()
