@@ -92,7 +92,41 @@ def export(db: peewee.Database, out: IO[bytes], terms: Iterable[Any] = (), *,
         total = retry_busy(lambda: db.execute(counter.tuples()).fetchone()[0], what="count events",
                            path=str(db.database))
     encoder = msgspec.json.Encoder()
-    cursor = retry_busy(lambda: db.execute(query), what="export events", path=str(db.database))
+    if dialects.of(db).files:
+        cursor = retry_busy(lambda: db.execute(query), what="export events", path=str(db.database))
+        written = _write_lines(cursor, out, encoder, progress, total)
+    else:
+        written = _export_streaming(db, query, out, encoder, progress, total)
+    if not where:
+        _export_kv(db, out, encoder)
+    out.flush()
+    return written
+
+
+EXPORT_CURSOR = "kairo_export"  # the server-side cursor's name (PostgreSQL)
+
+
+def _export_streaming(db: peewee.Database, query: peewee.Query, out: IO[bytes],
+                      encoder: msgspec.json.Encoder, progress: ProgressFn | None,
+                      total: int) -> int:
+    """PostgreSQL: the rows through a server-side (named) cursor in one read transaction, 1000
+    at a time, so an export of any size holds one batch in memory (psycopg2's ordinary cursor
+    would fetch every row first)."""
+    sql, params = db.get_sql_context().sql(query).query()
+    conn = db.connection()
+    conn.autocommit = False  # Peewee keeps psycopg2 in autocommit; a named cursor needs a transaction
+    try:
+        with conn.cursor(name=EXPORT_CURSOR) as cursor:
+            cursor.itersize = 1000
+            cursor.execute(sql, params)
+            return _write_lines(cursor, out, encoder, progress, total)
+    finally:
+        conn.rollback()  # read only: nothing to keep
+        conn.autocommit = True
+
+
+def _write_lines(cursor: Any, out: IO[bytes], encoder: msgspec.json.Encoder,
+                 progress: ProgressFn | None, total: int) -> int:
     written = 0
     buffer = bytearray()
     while True:
@@ -112,9 +146,6 @@ def export(db: peewee.Database, out: IO[bytes], terms: Iterable[Any] = (), *,
         written += len(rows)
         if progress is not None:
             progress(written, total)
-    if not where:
-        _export_kv(db, out, encoder)
-    out.flush()
     return written
 
 
