@@ -181,7 +181,8 @@ _INSERT_COLUMNS = EXPORT_COLUMNS[1:]  # never seq: this store numbers its own ev
 _INSERT = (f"INSERT INTO events ({', '.join(_INSERT_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})")
 # PostgreSQL: its parameter style, and the UNIQUE index on id settles a race with the daemon
-_INSERT_PG = (_INSERT.replace("?", "%s") + ' ON CONFLICT ("id") DO NOTHING')
+_INSERT_VALUES_PG = (f"INSERT INTO events ({', '.join(_INSERT_COLUMNS)}) VALUES %s "
+                    'ON CONFLICT ("id") DO NOTHING')
 
 
 def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -202,7 +203,12 @@ def insert_exported(db: peewee.Database, batch: list[tuple[Any, ...]]) -> int:
     cursor = db.cursor()
     dialects.of(db).order_commits(cursor)  # seq order beside the daemon
     fresh = _not_stored(cursor, batch)
-    cursor.executemany(_INSERT if dialects.of(db).fts_keys else _INSERT_PG, fresh)
+    if dialects.of(db).fts_keys:
+        cursor.executemany(_INSERT, fresh)
+    elif fresh:  # psycopg2's executemany is a round trip per row: multi-row VALUES instead
+        from psycopg2.extras import execute_values
+
+        execute_values(cursor, _INSERT_VALUES_PG, fresh, page_size=1000)
     return len(fresh)
 
 
