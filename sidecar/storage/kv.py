@@ -79,6 +79,9 @@ def apply(db: peewee.Database, write: KvWrite, *, topic_base: str,
     (``same_is_noop``). Raises ``RequestError`` (``conflict``: stale ``if_version``;
     ``not_found``: delete of an absent key): the caller rolls back (nothing was written)."""
     at = now_ms() if now is None else now
+    # PostgreSQL: the commit-order lock before the read, so that two sidecars of a group (or a
+    # --db command) compare and set one after the other: no lost update at READ COMMITTED
+    dialects.of(db).order_commits(db.cursor())
     current = get(db, write.key)
     if write.if_version is not None and write.if_version != (0 if current is None else current.version):
         raise _conflict(write, current)
@@ -104,7 +107,6 @@ def apply(db: peewee.Database, write: KvWrite, *, topic_base: str,
 
 def _record(db: peewee.Database, event_type: str, payload: dict[str, Any], key: str,
             topic_base: str, at: int) -> None:
-    dialects.of(db).order_commits(db.cursor())  # seq order across writers (PostgreSQL)
     db.execute(Event.insert(id=uuid7(), topic=f"{topic_base}/kv/state/{key}", type=event_type,
                             source=kv.EVENT_SOURCE, payload=msgspec.json.encode(payload).decode(),
                             metadata="{}", created_at=at, received_at=at))

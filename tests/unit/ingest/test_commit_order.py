@@ -108,3 +108,44 @@ def test_order_commits_is_a_no_op_on_sqlite(tmp_path: Any) -> None:
     dialects.SQLITE.order_commits(cursor)
     assert cursor.fetchall() == []
     db.close()
+
+
+def test_two_writers_never_both_win_a_kv_compare_and_set(pg_url: str) -> None:
+    """Two sidecars' kv puts ``if_version=0`` on one key at once: the second waits for the
+    first's COMMIT, then sees the key and answers ``conflict`` (without the lock it read no
+    key, waited on the row, and overwrote the first: both won)."""
+    from sidecar.core.kv import KvWrite
+    from sidecar.errors import RequestError
+    from sidecar.storage import kv as kv_store
+    from sidecar.storage.postgres import open_postgres
+
+    first = open_postgres(DatabaseConfig(url=pg_url))
+    second = open_postgres(DatabaseConfig(url=pg_url))
+    pids: list[int] = []  # Peewee's connections are per thread: the thread's own
+    outcome: list[object] = []
+
+    def put_second() -> None:
+        pids.append(second.connection().get_backend_pid())
+        try:
+            with second.atomic():
+                outcome.append(kv_store.apply(second, KvWrite(op="put", key="k", value="2",
+                                                              if_version=0), topic_base="t"))
+        except RequestError as exc:
+            outcome.append(exc.code)
+
+    try:
+        with first.atomic():
+            kv_store.apply(first, KvWrite(op="put", key="k", value="1", if_version=0),
+                           topic_base="t")
+            thread = threading.Thread(target=put_second)
+            thread.start()
+            wait_until(lambda: not thread.is_alive() or (
+                bool(pids) and _waiting_on_lock(pg_url, pids[0])),
+                timeout=10, message="the second put done or waiting")
+        thread.join(10)
+        assert outcome == ["conflict"]
+        entry = kv_store.get(first, "k")
+        assert entry is not None and (entry.value, entry.version) == ("1", 1)
+    finally:
+        first.close()
+        second.close()
