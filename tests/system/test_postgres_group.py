@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.client import SidecarClient
 from sidecar.config import DatabaseConfig
+from sidecar.errors import RequestError
 from tests.conftest import SidecarProcess, wait_until
 from tests.support.broker import Broker
 from tests.support.faultkit import sidecar_env
@@ -62,8 +64,6 @@ def test_a_shared_group_splits_the_stream_and_answers_each_request_once(
     """Two members (MQTT 5, and 3.1.1: Mosquitto shares for both) store 1,000 events once
     between them, and (MQTT 5) a request is answered by exactly one of them; a live replay is
     cancelled by whichever member runs it."""
-    from sidecar.client import SidecarClient
-
     url = pg_server.fresh_database()
     members = [_member(tmp_path, persistent_broker, url, f"p{i}", protocol, log__level="debug")
                for i in range(2)]
@@ -138,14 +138,16 @@ def test_three_sidecars_in_a_shared_group_under_sigkills_store_every_event_once(
 def test_the_writer_survives_a_postgres_restart_mid_stream(
         own_pg: Postgres, persistent_broker: Broker, tmp_path: Path) -> None:
     """The server is restarted (pg_ctl restart) twice while 3,000 QoS 1 events stream in: the
-    writer reconnects with back-off, acks nothing it has not committed, and every acked event
-    is stored exactly once."""
+    writer reconnects with back-off, acks nothing it has not committed, every acked event is
+    stored exactly once, and the request API reads again."""
     url = own_pg.fresh_database()
     home = tmp_path / "one"
     home.mkdir()
     sidecar = SidecarProcess(home, persistent_broker, **sidecar_env(
         database__url=url, writer__flush_interval="0.05")).start()
+    client = SidecarClient(persistent_broker.host, persistent_broker.port).connect()
     try:
+        assert client.query(limit=1).events == []  # the workers' read connections are open
         n = 3000
         messages = event_messages(n)
         with Publisher(persistent_broker.host, persistent_broker.port) as pub:
@@ -164,6 +166,16 @@ def test_the_writer_survives_a_postgres_restart_mid_stream(
         ids = _ids(url)
         assert len(ids) == len(set(ids)) == n
         assert "batch_write_failed" in sidecar.log_text()
+        # the request API's read connections were cut too: a read fails at most once, then
+        # the reader has reconnected and answers
+        def answered() -> bool:
+            try:
+                return [e["id"] for e in client.query(limit=5).events] == ids[:5]
+            except RequestError:
+                return False
+
+        wait_until(answered, timeout=30, message="a query answered after the restarts")
         assert sidecar.terminate() == 0
     finally:
+        client.close()
         sidecar.close()
