@@ -83,9 +83,13 @@ _STREAMING = object()
 
 
 class _HeldElsewhere(Exception):
-    """In a shared group: a ``replay/cancel`` or ``replay/renew`` for a stream this member does
-    not run. Every member receives those; the one running the stream answers, the rest stay
-    silent."""
+    """In a shared group: a ``replay/cancel`` or ``replay/renew`` for a stream another member
+    started. Every member receives those; the one that started the stream answers (``not_found``
+    once it has ended), the rest stay silent. A member knows its streams by the first
+    ``_TAG_LENGTH`` characters of their id, a tag drawn at start."""
+
+
+_TAG_LENGTH = 8
 
 
 class Handlers:
@@ -99,6 +103,7 @@ class Handlers:
                  kv_max_value_bytes: int = 65536, shared_group: bool = False) -> None:
         self._config = config
         self._shared = shared_group  # one of several sidecars: cancel/renew reach every member
+        self._tag = uuid.uuid4().hex[:_TAG_LENGTH]  # starts the id of every stream started here
         self._kv_write = kv_write  # the writer's ``kv``: applied on its thread, waits for durable
         self._kv_max_value_bytes = kv_max_value_bytes
         self._reader = reader
@@ -348,7 +353,7 @@ class Handlers:
             if len(self._streams) >= self._config.max_streams:
                 raise RequestError("busy", f"{len(self._streams)} replay streams already run "
                                    f"(api.max_streams); retry later")
-            stream = make(uuid.uuid4().hex)
+            stream = make(self._tag + uuid.uuid4().hex[_TAG_LENGTH:])
             self._streams[stream.id] = stream
         return stream
 
@@ -447,7 +452,7 @@ class Handlers:
         with self._lock:
             stream = None if stream_id is None else self._streams.get(stream_id)
         if stream is None:
-            if self._shared and stream_id is not None:
+            if self._shared and stream_id is not None and not stream_id.startswith(self._tag):
                 raise _HeldElsewhere
             raise RequestError("not_found", f"no running stream {stream_id!r}", field="stream")
         return stream

@@ -365,7 +365,8 @@ class Writer:
 
     def _loop(self) -> None:
         log.info("writer_started", batch_size=self._config.batch_size,
-                 flush_interval=self._config.flush_interval, window=self._window)
+                 flush_interval=self._config.flush_interval, window=self._window,
+                 delivery_id_base=self._id_base)
         while True:
             self.heartbeat = time.monotonic()
             batch, task = self._collect()

@@ -63,7 +63,8 @@ def test_a_shared_group_splits_the_stream_and_answers_each_request_once(
         pg_server: Postgres, persistent_broker: Broker, tmp_path: Path, protocol: str) -> None:
     """Two members (MQTT 5, and 3.1.1: Mosquitto shares for both) store 1,000 events once
     between them, and (MQTT 5) a request is answered by exactly one of them; a live replay is
-    cancelled by whichever member runs it."""
+    cancelled by whichever member runs it (which also answers not_found once it ended), and
+    follows the events both members store."""
     url = pg_server.fresh_database()
     members = [_member(tmp_path, persistent_broker, url, f"p{i}", protocol, log__level="debug")
                for i in range(2)]
@@ -88,6 +89,20 @@ def test_a_shared_group_splits_the_stream_and_answers_each_request_once(
                     stream = iter(replay)
                     assert next(stream)["id"] == event_id(0)
                     assert client.cancel(replay.stream or "")["stream"] == replay.stream
+                    # once ended, the member that ran it says so; the other stays silent
+                    with pytest.raises(RequestError) as refused:
+                        client.cancel(replay.stream or "")
+                    assert refused.value.code == "not_found"
+                # a live replay runs on one member and follows what both members store
+                replay = client.replay(live=True, batch=500)
+                stream = iter(replay)
+                seen = [next(stream)["id"] for _ in range(n)]
+                with Publisher(persistent_broker.host, persistent_broker.port) as pub:
+                    pub.publish(event_messages(40, start=n))
+                    pub.wait_all(timeout=30)
+                seen += [next(stream)["id"] for _ in range(40)]
+                replay.cancel()
+                assert sorted(seen) == sorted(event_id(i) for i in range(n + 40))
             finally:
                 client.close()
         for member in members:
