@@ -363,13 +363,14 @@ def _cmd_copy(args: argparse.Namespace, config: Config) -> int:
     import msgspec.structs
 
     from sidecar.storage.copying import copy_store
+    from sidecar.storage.dialect import masked_url
 
     if args.batch_size < 1:
         raise UsageError("must be at least 1", option="--batch-size")
     databases = []
     for option, url in (("--from", args.source), ("--to", args.target)):
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise UsageError(f"{url!r} is not a database URL: sqlite:///PATH or "
+            raise UsageError(f"{masked_url(url)!r} is not a database URL: sqlite:///PATH or "
                              "postgresql://USER@HOST/DB", option=option)
         databases.append(msgspec.structs.replace(config.database, url=url))
     with Progress("copy", unit=" events") as progress:

@@ -101,3 +101,17 @@ def test_copy_killed_mid_way_resumes_where_it_stopped(pg_server: Postgres, tmp_p
     assert "resumed after source seq" in done.stdout
     ids = [r[0] for r in central.execute("SELECT id FROM events ORDER BY seq")]
     assert ids == [f"c-{i:06d}" for i in range(n)]
+
+
+def test_copy_refuses_what_is_not_a_database_url(tmp_path: Path) -> None:
+    """A --to that is no database URL is refused with exit 2, naming the option, the password
+    masked; the same database on both sides too."""
+    source = f"sqlite:///{tmp_path / 'pi.db'}"
+    done = subprocess.run([sys.executable, "-m", "sidecar", "copy", "--from", source, "--to",
+                           "mysql://kairo:s3cret@db/kairo"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--to" in done.stderr and "s3cret" not in done.stderr and "***" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "sidecar", "copy", "--from", source, "--to",
+                           source], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "the same database" in done.stderr
