@@ -26,7 +26,7 @@ from sidecar.config import Config, compile_projections
 from sidecar.core.kv import KvEntry
 from sidecar.core.stats import Stats
 from sidecar.ingest.intake import Intake
-from sidecar.ingest.writer import Writer
+from sidecar.ingest.writer import Writer, member_id_base
 from sidecar.logs import get_logger
 from sidecar.storage import cleanstop, indexes
 from sidecar.storage.db import is_sqlite, sqlite_path
@@ -108,7 +108,8 @@ class Sidecar:
                              kv_topic_base=cfg.api.base_topic,
                              on_kv_change=self._kv_mirror(subscriber),
                              projections=Folder(compile_projections(cfg.projections),
-                                                max_value_bytes=cfg.kv.max_value_bytes))
+                                                max_value_bytes=cfg.kv.max_value_bytes),
+                             delivery_id_base=member_id_base(cfg.mqtt))
         self.handlers = self._make_handlers(commits, subscriber)
         intake = Intake(self.writer, cfg.ingest, kv_prefix=kv_prefix,
                         kv_max_value_bytes=cfg.kv.max_value_bytes)
@@ -138,6 +139,7 @@ class Sidecar:
                         stats=self.stats, commits=commits, event_topics=cfg.mqtt.topics,
                         queue_depth=lambda: writer.depth if writer is not None else 0,
                         disk_guard=self._disk_guard_state,
+                        shared_group=cfg.mqtt.shared_group is not None,
                         kv_write=writer.kv if writer is not None else None,
                         kv_max_value_bytes=cfg.kv.max_value_bytes)
 

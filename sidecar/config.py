@@ -58,6 +58,9 @@ class MQTTConfig(_Section, frozen=True):
     # paho's Client with buffered reads and batched acks (sidecar.broker.paho_client, which
     # relies on paho internals); false: paho's own Client as it ships, slower under load.
     fast_client: bool = True
+    # Several sidecars writing one PostgreSQL database: each subscribes ``$share/<group>/...``
+    # and the broker gives every message to one member of the group (README "Several sidecars").
+    shared_group: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
 
 
 Durability = Literal["group", "full", "none"]
@@ -353,6 +356,7 @@ def _check(config: Config, source: str) -> None:
     if config.projections and config.database.url.startswith(("postgresql:", "postgres:")):
         raise ConfigError("projections are not available on PostgreSQL yet (SQLite only)",
                           source=source, key="projections[0]")
+    _check_shared_group(config, source)
 
 
 def compile_projections(rules: list[ProjectionConfig], *,
@@ -370,6 +374,22 @@ def compile_projections(rules: list[ProjectionConfig], *,
         i, field, message = problem
         raise ConfigError(message, source=source, key=f"projections[{i}].{field}")
     return compiled
+
+
+def _check_shared_group(config: Config, source: str) -> None:
+    group = config.mqtt.shared_group
+    if group is None:
+        return
+    if any(c in group for c in "/+#") or not group.isprintable():
+        raise ConfigError(f"{group!r} is not a share name: no '/', '+', '#' or control "
+                          "characters", source=source, key="mqtt.shared_group")
+    if not config.database.url.startswith(("postgresql:", "postgres:")):
+        raise ConfigError("a shared group splits the stream between sidecars that must write "
+                          "one database: set database.url to a postgresql:// URL",
+                          source=source, key="mqtt.shared_group")
+    if config.mqtt.session_expiry == 0 and config.mqtt.protocol == "5":
+        raise ConfigError("each member of a shared group needs a persistent session "
+                          "(session_expiry > 0)", source=source, key="mqtt.session_expiry")
 
 
 def _check_paths(config: Config, source: str) -> None:

@@ -82,6 +82,16 @@ class Reply:
 _STREAMING = object()
 
 
+class _HeldElsewhere(Exception):
+    """In a shared group: a ``replay/cancel`` or ``replay/renew`` for a stream another member
+    started. Every member receives those; the one that started the stream answers (``not_found``
+    once it has ended), the rest stay silent. A member knows its streams by the first
+    ``_TAG_LENGTH`` characters of their id, a tag drawn at start."""
+
+
+_TAG_LENGTH = 8
+
+
 class Handlers:
     """The worker pool and the registry of running replay streams."""
 
@@ -90,8 +100,10 @@ class Handlers:
                  queue_depth: Callable[[], int] = lambda: 0,
                  disk_guard: Callable[[], dict[str, Any] | None] = lambda: None,
                  kv_write: Callable[[kv.KvWrite], kv.KvEntry | None] | None = None,
-                 kv_max_value_bytes: int = 65536) -> None:
+                 kv_max_value_bytes: int = 65536, shared_group: bool = False) -> None:
         self._config = config
+        self._shared = shared_group  # one of several sidecars: cancel/renew reach every member
+        self._tag = uuid.uuid4().hex[:_TAG_LENGTH]  # starts the id of every stream started here
         self._kv_write = kv_write  # the writer's ``kv``: applied on its thread, waits for durable
         self._kv_max_value_bytes = kv_max_value_bytes
         self._reader = reader
@@ -193,6 +205,9 @@ class Handlers:
             data = self._dispatch(requests.decode_request(msg), reply)
             if data is not _STREAMING:
                 self._delivered(reply.send(requests.ok(data, reply.transaction)))
+        except _HeldElsewhere:
+            log.debug("request_left_to_group", op=msg.op)
+            return
         except (RequestError, FilterError) as exc:
             refusal = requests.bad_filter(exc) if isinstance(exc, FilterError) else exc
             self._log_error(msg.op, refusal)
@@ -338,7 +353,7 @@ class Handlers:
             if len(self._streams) >= self._config.max_streams:
                 raise RequestError("busy", f"{len(self._streams)} replay streams already run "
                                    f"(api.max_streams); retry later")
-            stream = make(uuid.uuid4().hex)
+            stream = make(self._tag + uuid.uuid4().hex[_TAG_LENGTH:])
             self._streams[stream.id] = stream
         return stream
 
@@ -420,6 +435,8 @@ class Handlers:
         left is no error (the Will fires whether or not its streams still run)."""
         with self._lock:
             streams = [s for s in self._streams.values() if s.owner == owner]
+        if not streams and self._shared:
+            raise _HeldElsewhere  # the members running them answer
         for stream in streams:
             stream.cancel()
         if streams:
@@ -435,6 +452,8 @@ class Handlers:
         with self._lock:
             stream = None if stream_id is None else self._streams.get(stream_id)
         if stream is None:
+            if self._shared and stream_id is not None and not stream_id.startswith(self._tag):
+                raise _HeldElsewhere
             raise RequestError("not_found", f"no running stream {stream_id!r}", field="stream")
         return stream
 

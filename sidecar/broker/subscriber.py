@@ -86,6 +86,23 @@ def _as_publish(msg: paho.MQTTMessage) -> Publish:
                    bytes(correlation) if correlation is not None else None)
 
 
+# Requests every member of a shared group receives: they act on a stream one member runs.
+GROUP_WIDE_OPS = ("replay/cancel", "replay/renew")
+
+
+def shared_subscriptions(subscriptions: list[tuple[str, int]], group: str | None,
+                         request_prefix: str | None) -> list[tuple[str, int]]:
+    """``subscriptions`` through the shared group ``group`` (``$share/<group>/<filter>``: the
+    broker gives each message to one member), plus, for the requests, the ops that reach every
+    member (``GROUP_WIDE_OPS``). Messages arrive on their own topic, without the prefix."""
+    if group is None:
+        return subscriptions
+    shared = [(f"$share/{group}/{topic}", qos) for topic, qos in subscriptions]
+    if request_prefix is not None:
+        shared.extend((request_prefix + op, 1) for op in GROUP_WIDE_OPS)
+    return shared
+
+
 class Subscriber:
     """A persistent-session subscriber handing messages to callbacks."""
 
@@ -100,6 +117,8 @@ class Subscriber:
             self._subscriptions.append((self._request_prefix + "#", 1))
         # more QoS 1 topics handed to ``on_event`` (the kv store's ``<base>/kv/set/#``)
         self._subscriptions.extend((topic, 1) for topic in extra_topics)
+        self._subscriptions = shared_subscriptions(self._subscriptions, config.shared_group,
+                                                   self._request_prefix)
         self._on_event: OnMessage = _unattached
         self._on_request: OnMessage = _unattached
         self._on_new_session: OnNewSession = _now
@@ -265,7 +284,8 @@ class Subscriber:
         if failed:
             log.error("mqtt_subscribe_refused", topics=failed)
             return
-        log.info("mqtt_subscribed", topics=self._config.topics, qos=[r.value for r in reasons])
+        log.info("mqtt_subscribed", topics=[t for t, _ in self._subscriptions],
+                 qos=[r.value for r in reasons])
         self.subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

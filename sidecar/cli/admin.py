@@ -82,6 +82,21 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("file", metavar="FILE")
     _config_arg(p)
 
+    p = sub.add_parser("copy", help="copy a whole store to another database (resumable)",
+                       description="Copy every event, dead letter and key-value entry of the "
+                                   "database FROM into TO (created and migrated if need be), "
+                                   "either direction between SQLite and PostgreSQL. Resumable: "
+                                   "run it again after an interruption and it continues; an id "
+                                   "TO already holds is not copied twice. Example: kairo-sidecar "
+                                   "copy --from sqlite:///var/lib/kairo-sidecar/kairo.db "
+                                   "--to postgresql://kairo@central/kairo")
+    p.add_argument("--from", dest="source", metavar="URL", required=True,
+                   help="sqlite:///PATH or postgresql://USER@HOST/DB")
+    p.add_argument("--to", dest="target", metavar="URL", required=True, help="the same forms")
+    p.add_argument("--batch-size", type=int, default=2000, metavar="N",
+                   help="events per transaction (default 2000)")
+    cliargs.add_config_option(p)
+
 
 # ------------------------------------------------------------------------------------ purge
 def _cmd_purge(args: argparse.Namespace, config: Config) -> int:
@@ -345,7 +360,31 @@ def _lines(fh: IO[bytes]) -> Iterator[bytes]:
     yield from fh
 
 
+def _cmd_copy(args: argparse.Namespace, config: Config) -> int:
+    import msgspec.structs
+
+    from sidecar.storage.copying import copy_store
+    from sidecar.storage.dialect import masked_url
+
+    if args.batch_size < 1:
+        raise UsageError("must be at least 1", option="--batch-size")
+    databases = []
+    for option, url in (("--from", args.source), ("--to", args.target)):
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise UsageError(f"{masked_url(url)!r} is not a database URL: sqlite:///PATH or "
+                             "postgresql://USER@HOST/DB", option=option)
+        databases.append(msgspec.structs.replace(config.database, url=url))
+    with Progress("copy", unit=" events") as progress:
+        result = copy_store(databases[0], databases[1], batch_size=args.batch_size,
+                            progress=progress.update)
+    resumed = f" (resumed after source seq {result.resumed_after})" if result.resumed_after else ""
+    print(f"copied {result.events} events{resumed}: {result.inserted} new, "
+          f"{result.events - result.inserted} already there; {result.dead_letters} dead letters; "
+          f"{result.kv_written} key-value entries written")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "purge": _cmd_purge, "check": _cmd_check, "recover": _cmd_recover, "backup": _cmd_backup,
-    "export": _cmd_export, "import": _cmd_import,
+    "export": _cmd_export, "import": _cmd_import, "copy": _cmd_copy,
 }

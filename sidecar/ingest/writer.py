@@ -22,13 +22,14 @@ import queue
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import peewee
 
 from models import DeadLetter, DeliveryId, Event
-from sidecar.config import WriterConfig
+from sidecar.config import MQTTConfig, WriterConfig
 from sidecar.core.events import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, DeadLetterRow, EventRow, now_ms, uuid7
 from sidecar.core.kv import KvEntry, KvWrite
 from sidecar.core.stats import Stats
@@ -48,6 +49,16 @@ T = TypeVar("T")
 AckToken = tuple[int, int]  # (connection generation, packet id)
 KV_ANSWER_WAIT = 30.0  # seconds a kv request waits for its write (a failing disk: retries)
 AckFn = Callable[[Sequence[AckToken]], None]
+MID_RANGE = 65536  # MQTT packet ids are 1..65535
+
+
+def member_id_base(mqtt: MQTTConfig) -> int:
+    """Where this sidecar records its packet ids in ``delivery_ids``: 0 alone; in a shared
+    group a range of its own (``MID_RANGE`` ids from a base derived from the client id, which
+    every member has its own), as all members' MQTT sessions number packets from 1."""
+    if mqtt.shared_group is None:
+        return 0
+    return (zlib.crc32(mqtt.client_id.encode()) % 32767 + 1) * MID_RANGE  # fits INTEGER
 
 
 class Delivery(NamedTuple):
@@ -72,6 +83,9 @@ class _Written(NamedTuple):
 # Errors worth retrying: the database is locked, busy, full, read-only or failing I/O. Anything
 # else is about the data, and retrying the same batch would block ingest forever.
 TRANSIENT_ERRORS = (sqlite3.OperationalError, peewee.OperationalError)
+# On PostgreSQL a lost connection (server restart, network) also shows as InterfaceError
+# ("connection already closed"): retried after reconnecting, never taken for bad data.
+SERVER_TRANSIENT_ERRORS = (*TRANSIENT_ERRORS, peewee.InterfaceError)
 
 
 def _insert_sql(model: type[peewee.Model], columns: Sequence[str], *, replace: bool = False) -> str:
@@ -100,6 +114,7 @@ class EventInsert:
 
     def __init__(self, dialect: dialects.Dialect = dialects.SQLITE,
                  on_inserted: Callable[[int, list[EventRow]], None] | None = None) -> None:
+        self._dialect = dialect
         sql = _insert_sql(Event, EVENT_COLUMNS)
         if dialect.fts_keys:
             self._bulk = BulkInsert.for_sqlite(sql, len(EVENT_COLUMNS))
@@ -114,7 +129,12 @@ class EventInsert:
     def run(self, cursor: Any, events: Sequence[EventRow]) -> tuple[int, list[DeadLetterRow]]:
         """Insert ``events`` (all with an id) in the caller's transaction. Returns how many
         were new and the ``conflict`` dead letters for ids stored with another body; the rest
-        (same body as the stored event) are redeliveries."""
+        (same body as the stored event) are redeliveries.
+
+        On PostgreSQL it first waits for the commit-order lock (``Dialect.order_commits``):
+        transactions inserting events then commit in ``seq`` order, and the lookup below sees
+        every id another sidecar has committed, so its conflict check stays exact."""
+        self._dialect.order_commits(cursor)
         fresh = new_events(cursor, events)
         inserted = self._bulk.run(cursor, fresh)  # few calls, few GIL waits
         if self._on_inserted is not None and fresh:
@@ -159,9 +179,15 @@ class Writer:
                  sync: Callable[[], None] | None = None, sync_interval: float = 1.0,
                  kv_topic_base: str = "kairo-sidecar",
                  on_kv_change: Callable[[KvEntry], None] | None = None,
-                 projections: Folder | None = None) -> None:
+                 projections: Folder | None = None,
+                 delivery_id_base: int = 0) -> None:
         self._db = db
         self._projections = projections if projections else None  # folded in each batch
+        self._server = not dialects.of(db).files  # PostgreSQL: reconnect after a lost connection
+        self._transient = SERVER_TRANSIENT_ERRORS if self._server else TRANSIENT_ERRORS
+        # Packet ids are recorded as ``delivery_id_base + mid``: in a shared group each member
+        # (its own MQTT session, its own packet ids) keeps its records in its own range.
+        self._id_base = delivery_id_base
         self._kv_topic_base = kv_topic_base  # kv events go on <base>/kv/state/<key>
         self._on_kv_change = on_kv_change  # after a durable kv change (the retained mirror)
         self._sync = sync  # group commit: makes every commit so far durable (storage.durability)
@@ -193,7 +219,8 @@ class Writer:
         self._dead_sql = _insert_sql(DeadLetter, DEAD_LETTER_COLUMNS)
         self._delivery_sql = _insert_sql(DeliveryId, ("mid", "event_id", "digest"), replace=True)
         self._delivery_delete_sql = DeliveryId.delete().where(DeliveryId.mid == 0).sql()[0]
-        self._delivery_reset_sql = DeliveryId.delete().sql()[0]
+        self._delivery_reset_sql, self._delivery_reset_args = DeliveryId.delete().where(
+            DeliveryId.mid.between(delivery_id_base, delivery_id_base + MID_RANGE - 1)).sql()
 
     # -------------------------------------------------------------- network thread side
     @property
@@ -355,7 +382,8 @@ class Writer:
 
     def _loop(self) -> None:
         log.info("writer_started", batch_size=self._config.batch_size,
-                 flush_interval=self._config.flush_interval, window=self._window)
+                 flush_interval=self._config.flush_interval, window=self._window,
+                 delivery_id_base=self._id_base)
         while True:
             self.heartbeat = time.monotonic()
             batch, task = self._collect()
@@ -394,7 +422,7 @@ class Writer:
         try:
             self._write(batch)
             return batch
-        except TRANSIENT_ERRORS:
+        except self._transient:
             raise
         except Exception as exc:
             log.error("batch_refused_isolating", error=repr(exc), rows=len(batch))
@@ -407,7 +435,7 @@ class Writer:
         while True:
             try:
                 result = action()
-            except TRANSIENT_ERRORS as exc:
+            except self._transient as exc:
                 self.failing = True
                 self.stats.write_errors += 1
                 error, code = describe_error(exc)  # the cause, not Peewee's failed ROLLBACK
@@ -418,6 +446,8 @@ class Writer:
                     return None
                 if code == "SQLITE_FULL" and self._on_full is not None:
                     self._run_maintenance(self._on_full)
+                if self._server:
+                    self._drop_connection()
                 self.heartbeat = time.monotonic()
                 time.sleep(delay)
                 delay = min(delay * 2, self._config.retry_max_delay)
@@ -426,6 +456,18 @@ class Writer:
                 log.info("batch_write_recovered")
                 self.failing = False
             return result
+
+    def _drop_connection(self) -> None:
+        """Close the (maybe broken) server connection: the retry opens a new one. Nothing was
+        acked for the failed transaction, and its retry inserts with ON CONFLICT on id, so a
+        COMMIT whose answer was lost with the connection does not make a second row."""
+        try:
+            self._db.close()
+        except Exception:  # a broken connection may refuse even this: forget it
+            state: Any = getattr(self._db, "_state", None)
+            if state is not None:
+                state.reset()
+        self._mapped = None  # read the packet-id records again from what was committed
 
     def forget_delivery_ids(self) -> bool:
         """Delete every packet-id record (a ``SessionReset`` task, on the writer thread only),
@@ -447,7 +489,7 @@ class Writer:
             except RequestError as exc:  # rolled back: nothing written
                 refused.append(exc)
                 return None
-            except TRANSIENT_ERRORS:
+            except self._transient:
                 raise  # retried below, like a batch
             except Exception as exc:  # refused for its content: answer it, keep the writer
                 error, _ = describe_error(exc)
@@ -490,7 +532,7 @@ class Writer:
 
     def _reset_delivery_ids(self) -> bool:
         with self._db.atomic("IMMEDIATE"):
-            self._db.cursor().execute(self._delivery_reset_sql)
+            self._db.cursor().execute(self._delivery_reset_sql, self._delivery_reset_args)
         self._mapped = set()
         log.info("delivery_ids_reset")
         return True
@@ -501,7 +543,7 @@ class Writer:
         for delivery in batch:
             try:
                 self._write([delivery])
-            except TRANSIENT_ERRORS:
+            except self._transient:
                 raise
             except Exception as exc:
                 reason = f"storage refused the event: {exc!r}"
@@ -521,7 +563,8 @@ class Writer:
         with self._db.atomic("IMMEDIATE"):
             cursor = self._db.cursor()
             if stale:
-                cursor.executemany(self._delivery_delete_sql, stale)
+                cursor.executemany(self._delivery_delete_sql,
+                                   [(mid + self._id_base,) for (mid,) in stale])
             recorded = self._assign_ids(cursor, batch)
             written = self._insert_rows(cursor, batch)
         self._remember_records(stale, recorded)
@@ -535,14 +578,16 @@ class Writer:
     def _recorded_mids(self) -> set[int]:
         """The packet ids recorded in ``delivery_ids`` (read once, then kept in step)."""
         if self._mapped is None:
-            known_mids: Any = DeliveryId.select(DeliveryId.mid).tuples()
-            self._mapped = {mid for (mid,) in known_mids}
+            base = self._id_base
+            known_mids: Any = DeliveryId.select(DeliveryId.mid).where(
+                DeliveryId.mid.between(base, base + MID_RANGE - 1)).tuples()
+            self._mapped = {mid - base for (mid,) in known_mids}
         return self._mapped
 
     def _obsolete_records(self, batch: list[Delivery]) -> list[tuple[int]]:
         """A fresh (not DUP) message with a recorded packet id proves the broker got our ack for
         the earlier one: its record is obsolete (else a later DUP copy could match it)."""
-        mapped = self._recorded_mids()
+        mapped = self._recorded_mids()  # packet ids (without the base)
         return [(d.mid,) for d in batch if d.qos and not d.dup and d.mid in mapped]
 
     def _assign_ids(self, cursor: sqlite3.Cursor, batch: list[Delivery]) -> list[int]:
@@ -570,18 +615,20 @@ class Writer:
                 records.append((delivery.mid, event_id, digest))
             batch[i] = delivery._replace(row=row._replace(id=event_id))
         if records:
-            cursor.executemany(self._delivery_sql, records)
+            base = self._id_base
+            cursor.executemany(self._delivery_sql,
+                               [(mid + base, event_id, d) for mid, event_id, d in records])
         return [mid for mid, _, _ in records]
 
-    @staticmethod
-    def _ids_of_first_copies(batch: list[Delivery], id_less: list[int]) -> dict[int, tuple[str, bytes]]:
+    def _ids_of_first_copies(self, batch: list[Delivery], id_less: list[int]) -> dict[int, tuple[str, bytes]]:
         """packet id -> (event id, digest) recorded for the DUP deliveries among ``id_less``."""
-        dup_mids = [batch[i].mid for i in id_less if batch[i].dup and batch[i].qos]
+        base = self._id_base
+        dup_mids = [batch[i].mid + base for i in id_less if batch[i].dup and batch[i].qos]
         if not dup_mids:
             return {}
         rows: Any = DeliveryId.select(DeliveryId.mid, DeliveryId.event_id, DeliveryId.digest).where(
             DeliveryId.mid.in_(sorted(set(dup_mids)))).tuples()
-        return {mid: (event_id, bytes(digest)) for mid, event_id, digest in rows}
+        return {mid - base: (event_id, bytes(digest)) for mid, event_id, digest in rows}
 
     def _insert_rows(self, cursor: sqlite3.Cursor, batch: list[Delivery]) -> _Written:
         """Insert the events (all with an id now) and the dead letters, conflicts among them."""

@@ -195,7 +195,19 @@ def check_schema(db: peewee.Database) -> list[str]:
 
 
 def migrate(db: peewee.Database) -> list[str]:
-    """Apply every pending migration; return their names."""
+    """Apply every pending migration; return their names. On PostgreSQL several sidecars may
+    start at once: the first takes a session advisory lock (``MIGRATION_LOCK``) and migrates,
+    the others wait for it, then find nothing pending."""
+    if dialects.of(db).files:
+        return _migrate(db)
+    db.execute_sql("SELECT pg_advisory_lock(%s)", (dialects.MIGRATION_LOCK,))
+    try:
+        return _migrate(db)
+    finally:
+        db.execute_sql("SELECT pg_advisory_unlock(%s)", (dialects.MIGRATION_LOCK,))
+
+
+def _migrate(db: peewee.Database) -> list[str]:
     pending = check_schema(db)
     if not pending:
         return []

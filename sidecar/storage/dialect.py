@@ -51,6 +51,11 @@ class Dialect:
         """``needle`` occurs in ``text`` (no pattern characters)."""
         raise NotImplementedError
 
+    # --------------------------------------------------------------- writers
+    def order_commits(self, cursor: Any) -> None:
+        """Called in a write transaction before it inserts events: makes the transactions
+        that insert events commit in the order of the ``seq`` they draw (see ``_Postgres``)."""
+
     def __repr__(self) -> str:
         return f"<dialect {self.name}>"
 
@@ -83,6 +88,14 @@ class _SQLite(Dialect):
 class _Postgres(Dialect):
     name = "postgresql"
 
+    def order_commits(self, cursor: Any) -> None:
+        """A transaction-level advisory lock (``SEQ_ORDER_LOCK``), held until COMMIT or
+        ROLLBACK: only one transaction at a time draws ``seq`` values and commits, so a reader
+        paging by ``seq`` (replay, live, query cursors) never passes a ``seq`` that commits
+        later. Several sidecars, ``import`` and kv writes take it; it costs parallelism on the
+        insert and commit only (decoding, dedupe lookups and the network run in parallel)."""
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SEQ_ORDER_LOCK,))
+
     def contains(self, text: peewee.Node, needle: str) -> peewee.Node:
         return peewee.fn.strpos(text, needle) > 0
 
@@ -111,6 +124,9 @@ class _Postgres(Dialect):
 SQLITE: Dialect = _SQLite()
 POSTGRES: Dialect = _Postgres()
 MQTT_MATCH_FUNCTION = "kairo_mqtt_match"
+# PostgreSQL advisory lock keys (one 64-bit space per database): event inserts, migrations
+SEQ_ORDER_LOCK = 0x6B6169726F0001  # "kairo" 1
+MIGRATION_LOCK = 0x6B6169726F0002
 SCHEMES = {"sqlite": SQLITE, "postgresql": POSTGRES, "postgres": POSTGRES}
 
 

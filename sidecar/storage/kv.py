@@ -20,6 +20,7 @@ from sidecar.core import kv
 from sidecar.core.events import now_ms, uuid7
 from sidecar.core.kv import KvEntry, KvWrite
 from sidecar.errors import RequestError
+from sidecar.storage import dialect as dialects
 
 
 class KvPage(NamedTuple):
@@ -78,6 +79,9 @@ def apply(db: peewee.Database, write: KvWrite, *, topic_base: str,
     (``same_is_noop``). Raises ``RequestError`` (``conflict``: stale ``if_version``;
     ``not_found``: delete of an absent key): the caller rolls back (nothing was written)."""
     at = now_ms() if now is None else now
+    # PostgreSQL: the commit-order lock before the read, so that two sidecars of a group (or a
+    # --db command) compare and set one after the other: no lost update at READ COMMITTED
+    dialects.of(db).order_commits(db.cursor())
     current = get(db, write.key)
     if write.if_version is not None and write.if_version != (0 if current is None else current.version):
         raise _conflict(write, current)

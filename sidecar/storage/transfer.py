@@ -92,7 +92,41 @@ def export(db: peewee.Database, out: IO[bytes], terms: Iterable[Any] = (), *,
         total = retry_busy(lambda: db.execute(counter.tuples()).fetchone()[0], what="count events",
                            path=str(db.database))
     encoder = msgspec.json.Encoder()
-    cursor = retry_busy(lambda: db.execute(query), what="export events", path=str(db.database))
+    if dialects.of(db).files:
+        cursor = retry_busy(lambda: db.execute(query), what="export events", path=str(db.database))
+        written = _write_lines(cursor, out, encoder, progress, total)
+    else:
+        written = _export_streaming(db, query, out, encoder, progress, total)
+    if not where:
+        _export_kv(db, out, encoder)
+    out.flush()
+    return written
+
+
+EXPORT_CURSOR = "kairo_export"  # the server-side cursor's name (PostgreSQL)
+
+
+def _export_streaming(db: peewee.Database, query: peewee.Query, out: IO[bytes],
+                      encoder: msgspec.json.Encoder, progress: ProgressFn | None,
+                      total: int) -> int:
+    """PostgreSQL: the rows through a server-side (named) cursor in one read transaction, 1000
+    at a time, so an export of any size holds one batch in memory (psycopg2's ordinary cursor
+    would fetch every row first)."""
+    sql, params = db.get_sql_context().sql(query).query()
+    conn = db.connection()
+    conn.autocommit = False  # Peewee keeps psycopg2 in autocommit; a named cursor needs a transaction
+    try:
+        with conn.cursor(name=EXPORT_CURSOR) as cursor:
+            cursor.itersize = 1000
+            cursor.execute(sql, params)
+            return _write_lines(cursor, out, encoder, progress, total)
+    finally:
+        conn.rollback()  # read only: nothing to keep
+        conn.autocommit = True
+
+
+def _write_lines(cursor: Any, out: IO[bytes], encoder: msgspec.json.Encoder,
+                 progress: ProgressFn | None, total: int) -> int:
     written = 0
     buffer = bytearray()
     while True:
@@ -112,9 +146,6 @@ def export(db: peewee.Database, out: IO[bytes], terms: Iterable[Any] = (), *,
         written += len(rows)
         if progress is not None:
             progress(written, total)
-    if not where:
-        _export_kv(db, out, encoder)
-    out.flush()
     return written
 
 
@@ -150,7 +181,8 @@ _INSERT_COLUMNS = EXPORT_COLUMNS[1:]  # never seq: this store numbers its own ev
 _INSERT = (f"INSERT INTO events ({', '.join(_INSERT_COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})")
 # PostgreSQL: its parameter style, and the UNIQUE index on id settles a race with the daemon
-_INSERT_PG = (_INSERT.replace("?", "%s") + ' ON CONFLICT ("id") DO NOTHING')
+_INSERT_VALUES_PG = (f"INSERT INTO events ({', '.join(_INSERT_COLUMNS)}) VALUES %s "
+                    'ON CONFLICT ("id") DO NOTHING')
 
 
 def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -163,6 +195,26 @@ def _not_stored(cursor: Any, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ..
             seen.add(row[0])
             fresh.append(row)
     return fresh
+
+
+def insert_exported(db: peewee.Database, batch: list[tuple[Any, ...]]) -> int:
+    """Insert the rows of ``batch`` (``_INSERT_COLUMNS``) whose id is not stored, in the
+    caller's write transaction; how many were new."""
+    cursor = db.cursor()
+    dialects.of(db).order_commits(cursor)  # seq order beside the daemon
+    fresh = _not_stored(cursor, batch)
+    if dialects.of(db).fts_keys:
+        cursor.executemany(_INSERT, fresh)
+    elif fresh:  # psycopg2's executemany is a round trip per row: multi-row VALUES instead
+        from psycopg2.extras import execute_values
+
+        execute_values(cursor, _INSERT_VALUES_PG, fresh, page_size=1000)
+    return len(fresh)
+
+
+def import_kv_entry(db: peewee.Database, entry: ExportedKv) -> int:
+    """``entry`` written unless its key is stored at the same or a newer version: 1 if written."""
+    return _import_kv(db, entry)
 
 
 def _import_kv(db: peewee.Database, entry: ExportedKv) -> int:
@@ -200,7 +252,6 @@ def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: in
     (importing again is safe)."""
     started = time.monotonic()
     decoder = msgspec.json.Decoder(ExportedEvent)
-    insert_sql = _INSERT if dialects.of(db).fts_keys else _INSERT_PG
     batch: list[tuple[Any, ...]] = []
     count = inserted = kv_lines = kv_written = 0
     done_bytes = 0
@@ -210,10 +261,7 @@ def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: in
 
         def write() -> int:
             with db.atomic("IMMEDIATE"):
-                cursor = db.cursor()
-                fresh = _not_stored(cursor, batch)
-                cursor.executemany(insert_sql, fresh)
-                return len(fresh)
+                return insert_exported(db, batch)
 
         inserted += retry_busy(write, what="import events", path=str(db.database))
         batch.clear()

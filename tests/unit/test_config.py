@@ -45,8 +45,8 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "kv": KvConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
-COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url", "database.password",
-                 "database.key_file", "database.key"}
+COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "mqtt.shared_group", "database.url",
+                 "database.password", "database.key_file", "database.key"}
 
 
 def write(tmp_path: Path, text: str, name: str = "sidecar.toml") -> Path:
@@ -566,3 +566,28 @@ def test_toml_syntax_errors_are_told_in_our_words(tmp_path: Path, text: str, whe
     assert f"not valid TOML at {where}" in message
     assert what in message
     assert "(at line" not in message  # tomllib's own text is not passed through
+
+
+def test_shared_group_is_read_with_a_postgresql_url(tmp_path: Path) -> None:
+    """``[mqtt] shared_group`` comes through beside a postgresql:// URL."""
+    path = tmp_path / "sidecar.toml"
+    path.write_text('[mqtt]\nshared_group = "kairo"\n'
+                    '[database]\nurl = "postgresql://kairo@db/kairo"\n')
+    assert load_config(path, environ={}).mqtt.shared_group == "kairo"
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[mqtt]\nshared_group = "kairo"\n', "mqtt.shared_group"),  # SQLite: one writer
+    ('[mqtt]\nshared_group = "a/b"\n[database]\nurl = "postgresql://h/d"\n', "mqtt.shared_group"),
+    ('[mqtt]\nshared_group = "k+"\n[database]\nurl = "postgresql://h/d"\n', "mqtt.shared_group"),
+    ('[mqtt]\nshared_group = "k"\nsession_expiry = 0\n[database]\nurl = "postgresql://h/d"\n',
+     "mqtt.session_expiry"),
+])
+def test_a_shared_group_that_cannot_work_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    """A shared group on SQLite, a name with '/' or a wildcard, or without a persistent
+    session is refused, naming the key."""
+    path = tmp_path / "sidecar.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == key
