@@ -8,7 +8,7 @@
   queries (``queries.conditions``); ``payload`` and ``metadata`` are written byte for byte.
 * ``import_events``: an event whose id is stored is skipped (``keys``), in batches: importing
   a file twice adds nothing. Imported events get new ``seq`` values (they are new to this
-  store's replay cursor).
+  store's replay cursor); their keys are indexed at the end (``keys.catch_up_all``).
 """
 
 from __future__ import annotations
@@ -181,6 +181,10 @@ def import_events(db: peewee.SqliteDatabase, lines: Iterable[bytes], *, batch_si
                 progress(done_bytes)
     if batch:
         flush()
+    # The keys of the imported events, in chunks, now: the daemon would otherwise index them
+    # a chunk per batch (``keys``).
+    retry_busy(lambda: keys.catch_up_all(db, why="import"), what="index event keys",
+               path=str(db.database))
     if progress is not None:
         progress(done_bytes)
     result = ImportResult(count, inserted, round(time.monotonic() - started, 2))
