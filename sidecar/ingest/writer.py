@@ -132,9 +132,9 @@ class Writer:
                  maintenance: Callable[[], None] | None = None,
                  on_full: Callable[[], None] | None = None,
                  sync: Callable[[], None] | None = None, sync_interval: float = 1.0,
-                 keys_batch: int = keys.KEYS_BATCH) -> None:
+                 keys_batch: int | None = None) -> None:
         self._db = db
-        self._keys_batch = keys_batch  # index event_keys once this many events wait
+        self._keys_batch = keys_batch or keys.KEYS_BATCH  # index event_keys once this many wait
         self._keys_waiting = 0  # events stored since the last catch-up (writer thread)
         self._sync = sync  # group commit: makes every commit so far durable (storage.durability)
         self._sync_interval = sync_interval
