@@ -435,3 +435,19 @@ def test_deletes_of_indexed_and_unindexed_rows_keep_event_keys_consistent(tmp_pa
     finally:
         reader.db.close()
     db.close()
+
+
+def test_migration_009_rolls_back_with_the_tail_indexed(tmp_path: Path) -> None:
+    """Rolling 009 back indexes the tail first (005's triggers assume every row is indexed):
+    FTS5 consistent, the tail's keys found; migrating again starts the watermark at max(seq)."""
+    db = open_database(DatabaseConfig(url=f"sqlite:///{tmp_path / 'r.db'}"))
+    migrate(db)
+    with db.atomic():
+        _insert(db.cursor(), _typed_rows(50))
+        keys.catch_up(db.cursor(), limit=20)
+    Router(db, migrate_dir=MIGRATIONS_DIR).rollback()
+    _check_fts(db)
+    assert db.execute_sql("SELECT count(*) FROM event_keys WHERE event_keys MATCH ?",
+                          (keys.match("type", ["other"]),)).fetchone() == (10,)
+    assert migrate(db) == ["009_deferred_keys"] and _state(db) == (50, 50)
+    db.close()
