@@ -131,7 +131,9 @@ def seed_database(path: Path, n: int, *, seed: int = 11, chunk: int = 50_000,
         rows = rows_for(make_messages(size, seed=seed, start=start, rich=rich))
         con.execute("BEGIN IMMEDIATE")
         con.executemany(sql, rows)
-        keys.catch_up(con.cursor())  # their keys too, as the daemon would have indexed them
+        cursor = con.cursor()  # their keys too, in the daemon's steps (``keys.KEYS_BATCH``)
+        while keys.catch_up(cursor, limit=keys.KEYS_BATCH):
+            pass
         con.execute("COMMIT")
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
