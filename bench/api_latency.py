@@ -27,6 +27,7 @@ from sidecar.app import Sidecar
 from sidecar.client import SidecarClient
 from sidecar.config import LogConfig, load_config
 from sidecar.logs import configure_logging
+from sidecar.storage import keys
 from sidecar.storage.db import migrate, open_database
 from tests.support.broker import start_broker
 
@@ -48,6 +49,7 @@ def seed(path: Path, n: int) -> None:
         con.executemany("INSERT INTO events (id, topic, type, source, payload, metadata, "
                         "created_at, received_at, correlation_id) VALUES (?,?,?,?,?,?,?,?,?)",
                         rows)
+        keys.catch_up(con.cursor())  # their keys too, as the daemon would have indexed them
     con.close()
 
 

@@ -50,7 +50,8 @@ class Pushed(NamedTuple):
 
 
 def push_through_writer(db: Any, rows: list[Any], batch: int, *,
-                        projections: Folder | None = None) -> Pushed:
+                        projections: Folder | None = None,
+                        keys_batch: int | None = None) -> Pushed:
     """Every row through the real ``Writer``, exactly ``batch`` per commit (all queued before
     it starts): how long it took and the bytes this process dirtied meanwhile. ``projections``:
     the writer folds these (``bench.projection_cost``)."""
@@ -64,7 +65,8 @@ def push_through_writer(db: Any, rows: list[Any], batch: int, *,
             done.set()
 
     writer = Writer(db, WriterConfig(batch_size=batch, flush_interval=0.05, queue_size=events),
-                    ack=ack, window=events, stats=Stats(), projections=projections)
+                    ack=ack, window=events, stats=Stats(), projections=projections,
+                    keys_batch=keys_batch)
     for i, row in enumerate(rows):
         writer.submit(Delivery(row, qos=1, mid=i % 65535 + 1, generation=1))
     before = write_bytes()
@@ -97,13 +99,14 @@ def base_database(directory: Path, n: int) -> Path:
     return path
 
 
-def measure(path: Path, events: int, batch: int, start: int) -> dict[str, float]:
+def measure(path: Path, events: int, batch: int, start: int,
+            keys_batch: int | None = None) -> dict[str, float]:
     """In this process: ``events`` new events through the Writer, ``batch`` per commit."""
     messages = make_messages(events, seed=23, start=start)
     rows = rows_for(messages)
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
     migrate(db)
-    pushed = push_through_writer(db, list(rows), batch).write_bytes
+    pushed = push_through_writer(db, list(rows), batch, keys_batch=keys_batch).write_bytes
     before = write_bytes()
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
@@ -124,19 +127,23 @@ def main() -> None:
     parser.add_argument("--setup", action="append", default=[], metavar="SQL",
                         help="run on each copy before measuring (a variant: drop an index, "
                              "set an FTS5 option); not counted")
+    parser.add_argument("--keys-batch", type=int, default=0,
+                        help="events between two event_keys catch-ups (default: the writer's)")
     parser.add_argument("--child", nargs=4, metavar=("PATH", "EVENTS", "BATCH", "START"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         path, events, batch, start = args.child
-        print(json.dumps(measure(Path(path), int(events), int(batch), int(start))))
+        print(json.dumps(measure(Path(path), int(events), int(batch), int(start),
+                                 args.keys_batch or None)))
         return
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
     base = base_database(directory, args.base_events)
     print(f"schema {_schema_version()}, {args.base_events:,} events already stored, "
           f"{args.events:,} new events per row; write_bytes incl. the final checkpoint"
-          + "".join(f"; setup: {sql}" for sql in args.setup))
+          + "".join(f"; setup: {sql}" for sql in args.setup)
+          + (f"; keys batch {args.keys_batch}" if args.keys_batch else ""))
     print("| events per commit | bytes written per event | x the event JSON |")
     print("|---:|---:|---:|")
     for batch in (int(b) for b in args.batches.split(",")):
@@ -154,7 +161,8 @@ def main() -> None:
         # folio in write_bytes (BENCHMARKS.md, "SD-card wear"); sync it and drop it first
         settle(work)
         out = subprocess.run([sys.executable, "-m", "bench.commit_wear", "--child", str(work),
-                              str(args.events), str(batch), str(args.base_events)],
+                              str(args.events), str(batch), str(args.base_events),
+                              "--keys-batch", str(args.keys_batch)],
                              check=True, capture_output=True, text=True).stdout
         result = json.loads(out.strip().splitlines()[-1])
         print(f"| {batch} | {result['bytes_per_event']:,.0f} | {result['ratio']:.1f}x |",

@@ -21,6 +21,7 @@ import msgspec
 
 from sidecar.core.events import EVENT_COLUMNS, EventRow
 from sidecar.ingest.decode import decode_message
+from sidecar.storage import keys
 
 # (topic, weight): sensors dominate, a few rare kinds (audit, alert) -- as on a real site.
 TOPICS: tuple[tuple[str, int], ...] = (
@@ -130,6 +131,9 @@ def seed_database(path: Path, n: int, *, seed: int = 11, chunk: int = 50_000,
         rows = rows_for(make_messages(size, seed=seed, start=start, rich=rich))
         con.execute("BEGIN IMMEDIATE")
         con.executemany(sql, rows)
+        cursor = con.cursor()  # their keys too, in the daemon's steps (``keys.KEYS_BATCH``)
+        while keys.catch_up(cursor, limit=keys.KEYS_BATCH):
+            pass
         con.execute("COMMIT")
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()

@@ -63,7 +63,7 @@ def _owners(path: Path) -> dict[int, str]:
 
 
 def run(base: Path, events: int, batch: int, setup: list[str], work: Path, *,
-        read_all: bool = False, drop: bool = False) -> None:
+        read_all: bool = False, drop: bool = False, keys_batch: int | None = None) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{work}{suffix}").unlink(missing_ok=True)
     shutil.copyfile(base, work)
@@ -86,7 +86,7 @@ def run(base: Path, events: int, batch: int, setup: list[str], work: Path, *,
     db._pragmas = [*db._pragmas, ("wal_autocheckpoint", 0)]  # type: ignore[attr-defined]
     db.execute_sql("PRAGMA wal_autocheckpoint = 0")
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    to_wal = push_through_writer(db, list(rows), batch).write_bytes
+    to_wal = push_through_writer(db, list(rows), batch, keys_batch=keys_batch).write_bytes
     wal_copy = work.with_suffix(".wal-copy")
     shutil.copyfile(f"{work}-wal", wal_copy)
     copied = write_bytes()
@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--setup", action="append", default=[], metavar="SQL")
     parser.add_argument("--work", type=Path, default=Path("/tmp/wear2/wal-pages.db"))
+    parser.add_argument("--keys-batch", type=int, default=0,
+                        help="events between two event_keys catch-ups (default: the writer's)")
     parser.add_argument("--read-all", action="store_true",
                         help="read every page first (PRAGMA quick_check, as start-up does)")
     parser.add_argument("--drop", action="store_true",
@@ -133,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.parent.mkdir(parents=True, exist_ok=True)
     run(args.base, args.events, args.batch, args.setup, args.work, read_all=args.read_all,
-        drop=args.drop)
+        drop=args.drop, keys_batch=args.keys_batch or None)
 
 
 if __name__ == "__main__":

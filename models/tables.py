@@ -11,10 +11,10 @@ class Event(BaseModel):
     """One stored event. ``seq`` is the global, never reused replay cursor.
 
     ``id``, ``correlation_id``, ``causation_id`` and ``trace_id`` are found through
-    ``event_keys`` (a contentless FTS5 table, rowid = ``seq``, kept in step by triggers:
-    migration 004, ``sidecar.storage.keys``), not through B-tree indexes: a B-tree keyed by a
-    random value dirties a page per event on every commit. ``id`` is unique by the writer's
-    check in the insert transaction, not by a constraint.
+    ``event_keys`` (a contentless FTS5 table, rowid = ``seq``, migration 004; new events are
+    indexed in batches, migration 009, ``sidecar.storage.keys``), not through B-tree indexes:
+    a B-tree keyed by a random value dirties a page per event on every commit. ``id`` is
+    unique by the writer's check in the insert transaction, not by a constraint.
     """
 
     seq = SequenceField()

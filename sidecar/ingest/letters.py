@@ -6,7 +6,8 @@ migration 003 the MQTT 5 content type and user properties the decode used).
 
 Re-ingest runs the stored bytes through the same decoder as live ingest (``ingest.
 decode_message``, with the configured ``max_payload_bytes``) and the writer's insert path
-(``writer.EventInsert``: an id already stored is not inserted again, conflict check). It is idempotent because
+(``writer.EventInsert``: an id already stored is not inserted again, conflict check; their keys
+are indexed at the end, ``keys.catch_up_all``). It is idempotent because
 the dead letter is deleted **in the same transaction** that inserts its event: once committed
 there is nothing left to re-ingest, and a second run (or a second process at the same time: the
 transaction is ``IMMEDIATE`` and reads the dead letter inside it) finds no dead letter. So an
@@ -225,6 +226,9 @@ def reingest(db: peewee.Database, ids: Iterable[int], *, max_payload_bytes: int,
         log.info("dead_letter_reingested", dead_letter=letter_id, result=outcome.result,
                  seq=outcome.seq, event_id=outcome.event_id, reason=outcome.reason)
         yield outcome
+    # The keys of the re-ingested events, now rather than at the daemon's next step.
+    retry_busy(lambda: keys.catch_up_all(db, why="reingest"), what="index event keys",
+               deadline=deadline, path=path)
 
 
 def _sql(db: peewee.Database, query: peewee.Query) -> tuple[str, list[Any]]:

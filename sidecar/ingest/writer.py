@@ -13,6 +13,11 @@ broker never waits on a sync), before a task runs, and at the end.
 
 Other work (stop, session reset) comes through the same queue as task objects
 (``sidecar.ingest.tasks``), so it runs in order, between two batches.
+
+The keys of new events (``event_keys``) are indexed in large steps, not per batch
+(``sidecar.storage.keys``): in the transaction of the batch that brings the unindexed tail to
+``keys_batch`` events, at start (whatever a crash, an import or a seeding script left) and at a
+clean stop.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from sidecar.ingest.conflicts import find_conflicts, new_events
 from sidecar.ingest.tasks import STOP, KvOutcome, KvTask, SessionReset, WriterTask
 from sidecar.logs import RateLimited, get_logger
 from sidecar.storage import dialect as dialects
+from sidecar.storage import keys
 from sidecar.storage import kv as kv_store
 from sidecar.storage.projections import Folded, Folder
 from sidecar.storage.sqlite_errors import describe as describe_error
@@ -180,8 +186,10 @@ class Writer:
                  kv_topic_base: str = "kairo-sidecar",
                  on_kv_change: Callable[[KvEntry], None] | None = None,
                  projections: Folder | None = None,
-                 delivery_id_base: int = 0) -> None:
+                 delivery_id_base: int = 0, keys_batch: int | None = None) -> None:
         self._db = db
+        self._keys_batch = keys_batch or keys.KEYS_BATCH  # index event_keys once this many wait
+        self._keys_waiting = 0  # events stored since the last catch-up (writer thread)
         self._projections = projections if projections else None  # folded in each batch
         self._server = not dialects.of(db).files  # PostgreSQL: reconnect after a lost connection
         self._transient = SERVER_TRANSIENT_ERRORS if self._server else TRANSIENT_ERRORS
@@ -381,6 +389,7 @@ class Writer:
             raise
 
     def _loop(self) -> None:
+        self._catch_up_keys("start")
         log.info("writer_started", batch_size=self._config.batch_size,
                  flush_interval=self._config.flush_interval, window=self._window,
                  delivery_id_base=self._id_base)
@@ -398,7 +407,20 @@ class Writer:
             if self._maintenance is not None and not self._stopping.is_set():
                 self._run_maintenance(self._maintenance)
         self._sync_and_release()  # what was committed is made durable and acked
+        if not self._abandoned:
+            self._catch_up_keys("stop")
         log.info("writer_stopped", queued=self._queue.qsize())
+
+    def _catch_up_keys(self, why: str) -> None:
+        """Index every event waiting for its keys (in chunks); a failure leaves them waiting,
+        which costs lookups a longer tail scan, never an answer."""
+        try:
+            keys.catch_up_all(self._db, why=why)
+            self._keys_waiting = 0
+        except TRANSIENT_ERRORS as exc:
+            error, code = describe_error(exc)
+            log.warning("event_keys_catch_up_failed", error=error, code=code, why=why)
+            self._keys_waiting = self._keys_batch  # the next batch tries again
 
     @staticmethod
     def _run_maintenance(step: Callable[[], None]) -> None:
@@ -567,6 +589,13 @@ class Writer:
                                    [(mid + self._id_base,) for (mid,) in stale])
             recorded = self._assign_ids(cursor, batch)
             written = self._insert_rows(cursor, batch)
+            waiting = self._keys_waiting + written.inserted
+            if written.inserted and waiting >= self._keys_batch:
+                # At most START_CHUNK: a long tail (a failed catch-up at start) is indexed a
+                # step per batch.
+                full = keys.catch_up(cursor, limit=keys.START_CHUNK) >= keys.START_CHUNK
+                waiting = self._keys_batch if full else 0
+        self._keys_waiting = waiting  # committed (a rollback raised before this line)
         self._remember_records(stale, recorded)
         self._count(batch, written)
         if written.inserted and self._on_commit is not None:

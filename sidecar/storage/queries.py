@@ -92,7 +92,7 @@ def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozense
 
 
 def page(cond: Conditions, *, limit: int, order: str = "asc",
-         after: int | None = None, dialect: Dialect = SQLITE) -> peewee.Select:
+         after: int | None = None, dialect: Dialect = SQLITE) -> peewee.SelectBase:
     """One page of matching events in ``seq`` order, ``limit`` rows at most, as tuples in
     ``EVENT_FIELDS`` (``StoredEvent``) order; ``after`` (default: the filter's own) is the cursor.
     ``dialect``: the engine that runs it (PostgreSQL reads a type's page from its B-tree)."""
@@ -119,27 +119,52 @@ _KEYS_ROWID = peewee.Column(_KEYS, "rowid")
 _KEYS_MATCH = peewee.Column(_KEYS, keys.TABLE)
 
 
-def _type_page(cond: Conditions, *, limit: int, order: str, cursor: int | None) -> peewee.Select:
-    """A page driven by the type tokens: FTS5 streams the matching rowids in order from the
-    cursor (``MATCH`` + rowid range + ``ORDER BY rowid``: no sort, stops after ``limit``
-    matches), and each row is read by ``seq`` and tested against the other terms. CROSS JOIN
-    fixes that loop order (SQLite never reorders it)."""
+def _type_page(cond: Conditions, *, limit: int, order: str, cursor: int | None,
+               columns: Sequence[peewee.Node] = EVENT_FIELDS) -> peewee.SelectBase:
+    """A page driven by the type tokens, in two arms, each at most ``limit`` rows in ``seq``
+    order, merged and cut to ``limit``:
+
+    * the indexed events: FTS5 streams the matching rowids up to the watermark in order from
+      the cursor (``MATCH`` + rowid range + ``ORDER BY rowid``: no sort, stops after ``limit``
+      matches), and each row is read by ``seq`` and tested against the other terms. CROSS
+      JOIN fixes that loop order (SQLite never reorders it);
+    * the tail (``seq`` above the watermark, not indexed yet: ``keys``), read by rowid range.
+
+    The watermark is read in each arm from the statement's one snapshot, so no event is in
+    both arms or in neither."""
     rowid = _KEYS_ROWID
-    terms = [peewee.Expression(_KEYS_MATCH, "MATCH", cond.types), *cond.terms]
+    watermark = peewee.SQL(keys.WATERMARK)
+    asc = order == "asc"
+    indexed = [peewee.Expression(_KEYS_MATCH, "MATCH", cond.types), rowid <= watermark, *cond.terms]
+    tail = [Event.seq > watermark, *cond.terms]
     if cursor is not None:
-        terms.append(rowid > cursor if order == "asc" else rowid < cursor)
-    return (_KEYS.select(*EVENT_FIELDS)
+        indexed.append(rowid > cursor if asc else rowid < cursor)
+        tail.append(Event.seq > cursor if asc else Event.seq < cursor)
+    arms = (_KEYS.select(*columns)
             .join(Event, peewee.JOIN.CROSS, on=(Event.seq == rowid))
-            .where(*terms)
-            .order_by(rowid.asc() if order == "asc" else rowid.desc())
-            .limit(limit).tuples())
+            .where(*indexed)
+            .order_by(rowid.asc() if asc else rowid.desc())
+            .limit(limit),
+            Event.select(*columns).where(*tail)
+            .order_by(Event.seq.asc() if asc else Event.seq.desc())
+            .limit(limit))
+    # SQLite takes ORDER BY/LIMIT in a compound's arms only inside a subquery.
+    first, second = (peewee.Select([arm.alias(name)], [peewee.SQL("*")])
+                     for arm, name in zip(arms, ("indexed", "tail"), strict=True))
+    seq = peewee.SQL('"seq"')
+    return first.union_all(second).order_by(seq.asc() if asc else seq.desc()).limit(limit)
 
 
 def page_keys(cond: Conditions, *, limit: int, order: str = "asc",
-              after: int | None = None, dialect: Dialect = SQLITE) -> peewee.Select:
+              after: int | None = None, dialect: Dialect = SQLITE) -> peewee.SelectBase:
     """The ``seq`` of each event of ``page(...)``. When the plan sorts (a ``type`` index read
     out of ``seq`` order), SQLite's sorter then holds these integers, not whole events."""
-    return page(cond, limit=limit, order=order, after=after, dialect=dialect).select(Event.seq)
+    if cond.types is not None and dialect.fts_keys:
+        cursor = cond.after if after is None else after
+        return _type_page(cond, limit=limit, order=order, cursor=cursor, columns=(Event.seq,))
+    query = page(cond, limit=limit, order=order, after=after, dialect=dialect)
+    assert isinstance(query, peewee.Select)  # not a type page: one SELECT
+    return query.select(Event.seq)
 
 
 def by_seqs(seqs: list[int], *, order: str = "asc") -> peewee.Select:

@@ -8,7 +8,7 @@
   queries (``queries.conditions``); ``payload`` and ``metadata`` are written byte for byte.
 * ``import_events``: an event whose id is stored is skipped (``keys``), in batches: importing
   a file twice adds nothing. Imported events get new ``seq`` values (they are new to this
-  store's replay cursor).
+  store's replay cursor); their keys are indexed at the end (``keys.catch_up_all``).
 * The key-value store: an export without filters ends with one ``{"kv": {key, value, version,
   updated_at}}`` line per key; import writes an entry unless the key is stored at the same or
   a newer version (so importing twice changes nothing). Its history is in the exported
@@ -299,6 +299,10 @@ def import_events(db: peewee.Database, lines: Iterable[bytes], *, batch_size: in
                 progress(done_bytes)
     if batch:
         flush()
+    # The keys of the imported events, in chunks, now: the daemon would otherwise index them
+    # a chunk per batch (``keys``).
+    retry_busy(lambda: keys.catch_up_all(db, why="import"), what="index event keys",
+               path=str(db.database))
     if progress is not None:
         progress(done_bytes)
     result = ImportResult(count, inserted, round(time.monotonic() - started, 2), kv_lines,

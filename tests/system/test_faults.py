@@ -109,6 +109,47 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(
 
 
 # ---------------------------------------------------------------------------- 2. broker restart
+def _keys_state(db_path: Any) -> tuple[int, int]:
+    """(the event_keys watermark, max(seq)), read-only."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT indexed_upto, (SELECT coalesce(max(seq), 0) FROM events) "
+                           "FROM event_keys_state").fetchone()
+    finally:
+        con.close()
+
+
+def test_sigkill_with_unindexed_keys_then_restart_indexes_them_and_dedupes(
+        persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
+    """SIGKILL while stored events wait for their keys: the restart indexes them (start-up
+    catch-up), their redeliveries and 200 new events make exactly 800 rows, FTS5 consistent."""
+    sidecar = sidecar_factory(persistent_broker, **sidecar_env()).start()
+    messages = event_messages(800)
+    first = messages[:600]  # fewer than keys.KEYS_BATCH: all wait in the tail
+    with Publisher(persistent_broker.host, persistent_broker.port) as pub:
+        pub.publish(first, rate=1000)
+        pub.wait_all(timeout=60)
+        wait_rows(sidecar.db_path, 600, timeout=60, sidecar=sidecar)
+        assert _keys_state(sidecar.db_path) == (0, 600)
+        sidecar.kill()
+        offset = len(sidecar.log_text())
+        sidecar.start()
+        sidecar.wait_log("event_keys_caught_up", after=offset, timeout=20)
+        assert _keys_state(sidecar.db_path) == (600, 600)
+        pub.publish(messages, rate=1000)  # the first 600 again: redeliveries, now indexed
+        accepted = pub.wait_all(timeout=60)
+    assert accepted == {m.key for m in messages}
+    wait_rows(sidecar.db_path, 800, timeout=60, sidecar=sidecar)
+    assert sidecar.terminate() == 0
+    assert_exactly(sidecar.db_path, accepted)
+    assert _keys_state(sidecar.db_path) == (800, 800)  # the clean stop indexed the last 200
+    con = sqlite3.connect(sidecar.db_path)
+    try:
+        con.execute("INSERT INTO event_keys (event_keys, rank) VALUES ('integrity-check', 0)")
+    finally:
+        con.close()
+
+
 @pytest.mark.parametrize("kill_sidecar", [False, True], ids=["broker-only", "with-sidecar-kill"])
 def test_broker_restarted_three_times_mid_stream(
         persistent_broker: Broker, sidecar_factory: SidecarFactory, kill_sidecar: bool) -> None:

@@ -12,7 +12,7 @@ from sidecar.config import DatabaseConfig, WriterConfig
 from sidecar.core.events import EventRow, now_ms
 from sidecar.core.stats import Stats
 from sidecar.ingest.decode import dead_letter, decode_message
-from sidecar.ingest.writer import Delivery, Writer
+from sidecar.ingest.writer import Delivery, EventInsert, Writer
 from sidecar.storage.db import migrate, open_database
 from tests.conftest import wait_until
 
@@ -274,3 +274,64 @@ def test_a_task_ends_the_batch_and_runs_between_batches(db):
     assert seen == [1] and acks.tokens == [(1, 1), (1, 2)]
     assert rows(db)[0][0] == 2
     writer.stop(5)
+
+
+def _keys_state(db) -> tuple[int, int]:
+    """(the event_keys watermark, max(seq))."""
+    return rows(db, "SELECT indexed_upto, (SELECT coalesce(max(seq), 0) FROM events) "
+                    "FROM event_keys_state")[0]
+
+
+def test_redelivery_of_an_event_still_in_the_tail_is_not_stored_twice(db):
+    """An event not yet indexed in event_keys (the tail) is still found by the dedupe: its
+    redelivery adds no row."""
+    writer, acks, stats = make_writer(db, batch_size=5)
+    writer.start()
+    for i in range(20):
+        writer.submit(Delivery(_row(i), qos=1, mid=i + 1, generation=1))
+    wait_until(lambda: len(acks.tokens) == 20)
+    assert _keys_state(db) == (0, 20)  # all in the tail (keys_batch: 1,000)
+    for i in range(20):
+        writer.submit(Delivery(_row(i), qos=1, mid=i + 1, generation=2, dup=True))
+    wait_until(lambda: len(acks.tokens) == 40)
+    assert rows(db)[0][0] == 20 and stats.duplicates == 20
+    assert writer.stop(5)
+
+
+def test_keys_are_indexed_in_steps_and_at_a_clean_stop(db):
+    """The writer indexes event_keys once keys_batch events wait (in that batch's transaction)
+    and the rest at a clean stop: the watermark reaches max(seq), FTS5 is consistent."""
+    acks = AckRecorder()
+    writer = Writer(db, WriterConfig(batch_size=7, flush_interval=0.05, queue_size=1000),
+                    ack=acks, window=10_000, stats=Stats(), keys_batch=20)
+    writer.start()
+    for i in range(100):
+        writer.submit(Delivery(_row(i), qos=1, mid=i + 1, generation=1))
+    wait_until(lambda: len(acks.tokens) == 100)
+    indexed, top = _keys_state(db)
+    assert top == 100 and 0 <= top - indexed < 20  # fewer than keys_batch wait
+    assert writer.stop(5)
+    assert _keys_state(db) == (100, 100)
+    db.execute_sql("INSERT INTO event_keys (event_keys, rank) VALUES ('integrity-check', 0)")
+
+
+def test_start_indexes_the_tail_a_crash_left(tmp_path: Path):
+    """Events stored but not indexed when the process died (no clean stop) are indexed when
+    the next writer starts, and their redeliveries then add no row."""
+    path = tmp_path / "crash.db"
+    first = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
+    migrate(first)
+    with first.atomic("IMMEDIATE"):  # what the writer's batches commit, without a stop
+        EventInsert().run(first.cursor(), [_row(i) for i in range(150)])
+    assert _keys_state(first) == (0, 150)
+    first.close()
+    db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
+    writer, acks, stats = make_writer(db)
+    writer.start()
+    wait_until(lambda: _keys_state(db) == (150, 150), message="keys caught up at start")
+    for i in range(150):
+        writer.submit(Delivery(_row(i), qos=1, mid=i + 1, generation=1, dup=True))
+    wait_until(lambda: len(acks.tokens) == 150)
+    assert rows(db)[0][0] == 150 and stats.duplicates == 150
+    assert writer.stop(5)
+    db.close()
