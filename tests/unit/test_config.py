@@ -566,3 +566,33 @@ def test_toml_syntax_errors_are_told_in_our_words(tmp_path: Path, text: str, whe
     assert f"not valid TOML at {where}" in message
     assert what in message
     assert "(at line" not in message  # tomllib's own text is not passed through
+
+
+# ------------------------------------------------------------------------------ [http], [homeassistant]
+@pytest.mark.parametrize("listen", ["0.0.0.0:9465", "192.168.1.20:9465", "[::]:9465", "pi.lan:9465"])
+def test_http_listen_off_loopback_requires_token(listen: str) -> None:
+    """A listener other machines can reach is refused without [http] token, the error naming
+    http.token; with a token it is accepted (nothing is bound by loading the config)."""
+    env = {"KAIRO_SIDECAR_HTTP__LISTEN": listen}
+    with pytest.raises(ConfigError) as err:
+        load_config(environ=env)
+    assert err.value.key == "http.token"
+    config = load_config(environ={**env, "KAIRO_SIDECAR_HTTP__TOKEN": "a-long-enough-token"})
+    assert config.http.address is not None and config.http.address[1] == 9465
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9465", "localhost:9465", "[::1]:9465"])
+def test_http_listen_on_loopback_needs_no_token(listen: str) -> None:
+    """Loopback binds need no token; off by default (listen = "")."""
+    assert load_config(environ={}).http.address is None
+    assert load_config(environ={"KAIRO_SIDECAR_HTTP__LISTEN": listen}).http.address is not None
+
+
+@pytest.mark.parametrize(("key", "value"), [("http__listen", "9465"), ("http__listen", "host:99999"),
+                                            ("homeassistant__interval", "1s"),
+                                            ("homeassistant__node_id", "has space")])
+def test_http_and_homeassistant_errors_name_the_key(key: str, value: str) -> None:
+    """A bad listen address, a too short interval or a bad node_id is refused naming the key."""
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={"KAIRO_SIDECAR_" + key.upper(): value})
+    assert err.value.key == key.replace("__", ".")
