@@ -20,6 +20,8 @@ from sidecar.config import (
     ApiConfig,
     Config,
     DatabaseConfig,
+    HomeAssistantConfig,
+    HttpConfig,
     IndexesConfig,
     IngestConfig,
     KvConfig,
@@ -42,11 +44,11 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "mqtt": MQTTConfig, "database": DatabaseConfig, "writer": WriterConfig,
     "ingest": IngestConfig, "log": LogConfig, "api": ApiConfig, "retention": RetentionConfig,
     "indexes": IndexesConfig,
-    "kv": KvConfig,
+    "kv": KvConfig, "http": HttpConfig, "homeassistant": HomeAssistantConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
 COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "database.url", "database.password",
-                 "database.key_file", "database.key"}
+                 "database.key_file", "database.key", "http.token"}
 
 
 def write(tmp_path: Path, text: str, name: str = "sidecar.toml") -> Path:
