@@ -24,6 +24,7 @@ from sidecar.logs import get_logger
 log = get_logger("sidecar.http")
 
 MAX_QUERY_BYTES = 4096  # a longer query string is refused (414)
+MAX_QUERY_FIELDS = 32  # more query parameters are refused (400)
 REQUEST_TIMEOUT = 10.0  # seconds a connection may take to send its request
 
 
@@ -87,8 +88,11 @@ class _Handler(BaseHTTPRequestHandler):
         route = self.server.routes.get(parts.path)
         if route is None:
             return _error(HTTPStatus.NOT_FOUND, "no such page; try /metrics or /healthz")
-        request = Request(parts.path, parse_qs(parts.query, max_num_fields=32),
-                          {k.lower(): v for k, v in self.headers.items()})
+        try:
+            query = parse_qs(parts.query, max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            return _error(HTTPStatus.BAD_REQUEST, f"more than {MAX_QUERY_FIELDS} query parameters")
+        request = Request(parts.path, query, {k.lower(): v for k, v in self.headers.items()})
         try:
             return route(request)
         except Exception as exc:  # a bug or an unreadable figure: an answer, never a crash

@@ -238,6 +238,8 @@ def test_token_is_required_when_set(tmp_path: Path, broker: Broker, running) -> 
     assert get(run.base + "/nope", TOKEN)[0] == 404
     assert get(run.base + "/metrics?" + "x=1&" * 2000, TOKEN)[0] == 414
     assert get(run.base + "/../../etc/passwd", TOKEN)[0] == 404
+    assert get(run.base + "/metrics?" + "a=1&" * 40, TOKEN)[0] == 400
+    assert get(run.base + "/healthz", TOKEN)[0] == 200  # still serving
 
 
 # ------------------------------------------------------------------------------ Home Assistant
