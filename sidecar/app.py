@@ -25,9 +25,14 @@ from sidecar.broker.subscriber import Subscriber
 from sidecar.config import Config, compile_projections
 from sidecar.core.kv import KvEntry
 from sidecar.core.stats import Stats
+from sidecar.http.health import health_route
+from sidecar.http.metrics import metrics_route
+from sidecar.http.server import HttpServer
 from sidecar.ingest.intake import Intake
 from sidecar.ingest.writer import Writer, member_id_base
 from sidecar.logs import get_logger
+from sidecar.observe.homeassistant import Announcer
+from sidecar.observe.sources import Sources, StoreReads
 from sidecar.storage import cleanstop, indexes
 from sidecar.storage.db import is_sqlite, sqlite_path
 from sidecar.storage.dialect import masked_url
@@ -64,6 +69,8 @@ class Sidecar:
         self.handlers: Handlers | None = None
         self.journal_sync: JournalSync | None = None
         self.checked_at: float | None = None  # the whole file's last check (storage.cleanstop)
+        self.http: HttpServer | None = None  # [http] listen: /metrics, /healthz
+        self.announcer: Announcer | None = None  # [homeassistant]: discovery and state
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -124,6 +131,7 @@ class Sidecar:
         self.writer.start()
         if self.handlers is not None:
             self.handlers.start()
+        self._start_observers()
         self.subscriber.start()
         code = self._main_loop(on_ready)
         return self._shutdown(code)
@@ -142,6 +150,41 @@ class Sidecar:
                         shared_group=cfg.mqtt.shared_group is not None,
                         kv_write=writer.kv if writer is not None else None,
                         kv_max_value_bytes=cfg.kv.max_value_bytes)
+
+    def _sources(self) -> Sources:
+        """What /metrics, /healthz and the Home Assistant state read: counters, and a reader
+        connection of their own (never the writer's)."""
+        cfg = self.config
+        writer, subscriber, handlers = self.writer, self.subscriber, self.handlers
+        maintenance = self.maintenance
+        assert writer is not None and subscriber is not None
+        return Sources(
+            stats=self.stats, store=StoreReads(Reader(open_reader(cfg.database))),
+            queue_depth=lambda: writer.depth, inflight=lambda: writer.inflight,
+            writer_alive=lambda: writer.alive, writer_heartbeat=lambda: writer.heartbeat,
+            stall_after=self._stall_limit(), broker_grace=max(10.0, 2 * cfg.mqtt.reconnect_max_delay),
+            broker_disconnected_at=lambda: subscriber.disconnected_at,
+            replay_streams=(lambda: handlers.active_streams) if handlers else (lambda: 0),
+            requests=handlers.answered if handlers else (lambda: {}),
+            purge=(lambda: (maintenance.purging, maintenance.purge_progress)) if maintenance
+            else (lambda: (False, None)))
+
+    def _start_observers(self) -> None:
+        """``[http] listen`` (``/metrics``, ``/healthz``) and ``[homeassistant]``: the
+        announcer runs either way (with discovery off it clears what an earlier run announced)."""
+        cfg = self.config
+        subscriber = self.subscriber
+        assert subscriber is not None
+        sources = self._sources()
+        if cfg.http.listen:
+            self.http = HttpServer(cfg.http, {"/metrics": metrics_route(sources),
+                                              "/healthz": health_route(sources)})
+            self.http.start()
+        self.announcer = Announcer(cfg.homeassistant, sources, publish=subscriber.publish,
+                                   connected=subscriber.connected.is_set,
+                                   state_topic=f"{cfg.api.base_topic}/status",
+                                   availability_topic=cfg.mqtt.state_topic)
+        self.announcer.start()
 
     def _kv_mirror(self, subscriber: Subscriber) -> Callable[[KvEntry], None] | None:
         """``[kv] publish_retained``: each key's value retained on ``<base>/kv/state/<key>``
@@ -189,11 +232,7 @@ class Sidecar:
         waits stops the pings, and systemd restarts the service."""
         if self.watchdog_sec is None or not self.notifier.enabled:
             return None
-        cfg = self.config
-        limit = stall_after(flush_interval=cfg.writer.flush_interval,
-                            busy_timeout=cfg.database.busy_timeout_ms / 1000,
-                            retry_max_delay=cfg.writer.retry_max_delay,
-                            watchdog_sec=self.watchdog_sec)
+        limit = self._stall_limit()
         writer = self.writer
         assert writer is not None
 
@@ -204,6 +243,14 @@ class Sidecar:
         log.info("watchdog_enabled", interval=self.watchdog_sec / 2, stall_after=round(limit, 2))
         return Watchdog(self.notifier, self.watchdog_sec, health)
 
+    def _stall_limit(self) -> float:
+        """The watchdog's stall rule (``systemd.stall_after``), also /healthz's."""
+        cfg = self.config
+        return stall_after(flush_interval=cfg.writer.flush_interval,
+                           busy_timeout=cfg.database.busy_timeout_ms / 1000,
+                           retry_max_delay=cfg.writer.retry_max_delay,
+                           watchdog_sec=self.watchdog_sec or 0.0)
+
     def _shutdown(self, code: int) -> int:
         assert self.writer is not None and self.subscriber is not None and self.db is not None
         started = time.monotonic()
@@ -213,6 +260,10 @@ class Sidecar:
         if self.handlers is not None:
             self.handlers.stop(min(timeout, 5.0))  # replay streams end with "shutdown"
         drained = self.writer.stop(timeout)
+        if self.announcer is not None:
+            self.announcer.stop()
+        if self.http is not None:
+            self.http.stop()
         self.subscriber.close()
         folded = None
         files = is_sqlite(self.config.database)

@@ -5,6 +5,7 @@ This is the only module that reads ``os.environ``. Everything else receives a ``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -197,6 +198,50 @@ class ProjectionConfig(_Section, frozen=True):
     value: str | None = None  # set: a payload path to store instead of the whole payload
 
 
+class HttpConfig(_Section, frozen=True):
+    """The HTTP listener (README "Metrics and health"): ``/metrics`` and ``/healthz``. Off
+    while ``listen`` is empty; a bind that is not loopback needs ``token``."""
+
+    listen: str = ""  # "127.0.0.1:9465", "[::1]:9465"; "" = off
+    token: Annotated[str, Meta(min_length=16, max_length=256)] | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of ``listen`` (checked by ``load_config``), None when off."""
+        return listen_address(self.listen) if self.listen else None
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``"host:port"`` (an IPv6 host in brackets) -> ``(host, port)``; ValueError (our words)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9465, got {text!r:.100}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect to ``host`` (``localhost`` or a loopback address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to any interface
+        return False
+
+
+class HomeAssistantConfig(_Section, frozen=True):
+    """Home Assistant MQTT discovery (README "Home Assistant")."""
+
+    discovery: bool = False
+    prefix: Annotated[str, Meta(min_length=1, max_length=256,
+                                pattern=r"^[^$#+/\x00]([^#+\x00]*[^#+/\x00])?$")] = "homeassistant"
+    interval: Duration = 60.0  # at least 5s (checked by load_config)
+    node_id: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = (
+        "kairo_sidecar")
+
+
 class Config(_Section, frozen=True):
     mqtt: MQTTConfig = msgspec.field(default_factory=MQTTConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -207,6 +252,8 @@ class Config(_Section, frozen=True):
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     indexes: IndexesConfig = msgspec.field(default_factory=IndexesConfig)
     kv: KvConfig = msgspec.field(default_factory=KvConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    homeassistant: HomeAssistantConfig = msgspec.field(default_factory=HomeAssistantConfig)
     projections: Annotated[list[ProjectionConfig], Meta(max_length=64)] = msgspec.field(
         default_factory=list)
 
@@ -352,6 +399,10 @@ def _check(config: Config, source: str) -> None:
                           'or durability = "none" to accept losing and corrupting data on a '
                           "power cut)", source=source, key="database.synchronous")
     _check_paths(config, source)
+    _check_http(config.http, source)
+    if config.homeassistant.interval < 5:
+        raise ConfigError("must be at least 5s (Home Assistant state updates)", source=source,
+                          key="homeassistant.interval")
     compile_projections(config.projections, source=source)
     if config.projections and config.database.url.startswith(("postgresql:", "postgres:")):
         raise ConfigError("projections are not available on PostgreSQL yet (SQLite only)",
@@ -416,6 +467,19 @@ def _check_paths(config: Config, source: str) -> None:
             if problem:
                 raise ConfigError(problem, source=source,
                                   key=f"retention.rules[{i}].keep_latest")
+
+
+def _check_http(http: HttpConfig, source: str) -> None:
+    """``listen`` is ``host:port``; a bind other hosts can reach needs ``token``."""
+    if not http.listen:
+        return
+    try:
+        host, _ = listen_address(http.listen)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=source, key="http.listen") from None
+    if not is_loopback(host) and http.token is None:
+        raise ConfigError(f"required when http.listen is not a loopback address ({host!r:.100}): "
+                          "other machines could read the figures", source=source, key="http.token")
 
 
 def _check_api_topics(config: Config, source: str) -> None:

@@ -121,6 +121,7 @@ class Handlers:
         self._lock = threading.Lock()
         self._stopping = False
         self.dropped = 0  # requests that could not be answered (logged as request_dropped)
+        self._answered: dict[tuple[str, str], int] = {}  # (op, "ok" | error code | "dropped")
         self._drop_log = RateLimited(period=10.0, burst=5)
         self._error_log = RateLimited(period=10.0, burst=10)
 
@@ -195,6 +196,7 @@ class Handlers:
         reply = self.reply_for(msg)
         if reply is None:
             return
+        status = "ok"
         try:
             if len(msg.payload) > self._config.max_request_bytes:
                 raise RequestError("too_large", f"request of {len(msg.payload)} bytes exceeds "
@@ -210,15 +212,19 @@ class Handlers:
             return
         except (RequestError, FilterError) as exc:
             refusal = requests.bad_filter(exc) if isinstance(exc, FilterError) else exc
+            status = refusal.code
             self._log_error(msg.op, refusal)
             reply.send(requests.error(refusal, reply.transaction))
         except StorageError as exc:
+            status = "internal"
             log.error("request_failed", op=msg.op, error=str(exc))
             reply.send(requests.error(RequestError("internal", str(exc)), reply.transaction))
         except Exception as exc:  # a bug: still answer, never leave the requester waiting
+            status = "internal"
             log.exception("request_failed", op=msg.op)
             reply.send(requests.error(RequestError("internal", f"internal error: {exc!r:.300}"),
                                       reply.transaction))
+        self._count(msg.op, status)
         log.debug("request_answered", op=msg.op, ms=round((time.perf_counter() - started) * 1000, 2))
 
     @staticmethod
@@ -258,7 +264,20 @@ class Handlers:
             return True
         return any(topics.matches(f, topic) for f in self._event_topics)
 
+    def _count(self, op: str, status: str) -> None:
+        """One more answer (or drop) of ``op`` with ``status``; an op we do not know counts as
+        ``unknown`` (a requester cannot make the label set grow)."""
+        key = (op if op in requests.REQUEST_TYPES else "unknown", status)
+        with self._lock:
+            self._answered[key] = self._answered.get(key, 0) + 1
+
+    def answered(self) -> dict[tuple[str, str], int]:
+        """Requests so far by ``(op, status)``: ``ok``, an error code, or ``dropped``."""
+        with self._lock:
+            return dict(self._answered)
+
     def _drop(self, msg: RequestMessage, reason: str) -> None:
+        self._count(msg.op, "dropped")
         with self._lock:
             self.dropped += 1
         allowed, suppressed = self._drop_log.allow()
@@ -268,6 +287,7 @@ class Handlers:
     def _answer_error(self, msg: RequestMessage, exc: RequestError) -> None:
         reply = self.reply_for(msg)
         if reply is not None:
+            self._count(msg.op, exc.code)
             self._log_error(msg.op, exc)
             reply.send(requests.error(exc, reply.transaction))
 

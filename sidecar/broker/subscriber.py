@@ -18,6 +18,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -129,6 +130,9 @@ class Subscriber:
         self._closing = False
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        # when the connection was last lost (time.monotonic), None while connected: how long
+        # the broker has been away, for /healthz (never connected yet counts from here)
+        self.disconnected_at: float | None = time.monotonic()
         self._client = self._make_client()
         self._ack_many: Callable[[list[int]], None] = (
             self._client.ack_many if isinstance(self._client, Client) else self._ack_one_by_one)
@@ -257,6 +261,7 @@ class Subscriber:
         else:
             self._subscribe()
         self.connected.set()
+        self.disconnected_at = None
         client.publish(self._config.state_topic, b"online", qos=1, retain=True)
 
     def _subscribe(self) -> None:
@@ -272,6 +277,8 @@ class Subscriber:
                        properties: Any) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        if self.disconnected_at is None:
+            self.disconnected_at = time.monotonic()
         if self._closing:
             log.info("mqtt_disconnected", reason=str(reason))
         else:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sidecar import __version__
-from sidecar.cli import admin, encryption, history, kv, project
+from sidecar.cli import admin, encryption, history, kv, project, top
 from sidecar.cli import args as cliargs
 from sidecar.cli import inspection as inspect_cmds
 from sidecar.config import Config
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     kv.add_parsers(sub)  # kv get|put|delete|list|watch
     project.add_parsers(sub)  # project list|rebuild
     encryption.add_parsers(sub)  # keygen, encrypt, decrypt, rekey
+    top.add_parsers(sub)  # top
     return parser
 
 
@@ -119,6 +120,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return kv.COMMANDS[args.command](args, config)
         if args.command in project.COMMANDS:
             return project.COMMANDS[args.command](args, config)
+        if args.command in top.COMMANDS:
+            return top.COMMANDS[args.command](args, config)
         if args.command in inspect_cmds.COMMANDS:
             return inspect_cmds.COMMANDS[args.command](args, config)
         return COMMANDS[args.command](config)

@@ -37,6 +37,7 @@ from models import DeadLetter, DeliveryId, Event
 from sidecar.config import MQTTConfig, WriterConfig
 from sidecar.core.events import DEAD_LETTER_COLUMNS, EVENT_COLUMNS, DeadLetterRow, EventRow, now_ms, uuid7
 from sidecar.core.kv import KvEntry, KvWrite
+from sidecar.core.reasons import dead_letter_kind
 from sidecar.core.stats import Stats
 from sidecar.errors import RequestError
 from sidecar.ingest.bulk import BulkInsert
@@ -84,6 +85,7 @@ class _Written(NamedTuple):
     inserted: int  # new events
     conflicts: int  # ids stored with another body: dead letters
     dead_letters: int  # every dead letter, conflicts included
+    reasons: tuple[str, ...] = ()  # the dead letters' reasons (counted by kind)
 
 
 # Errors worth retrying: the database is locked, busy, full, read-only or failing I/O. Anything
@@ -234,6 +236,12 @@ class Writer:
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def inflight(self) -> int:
+        """QoS 1 messages received and not acked yet (queued, being written, or awaiting the
+        group commit's sync); read without a lock, so a moment's figure."""
+        return max(0, self._received_qos1 - self._acked_qos1)
 
     def submit(self, delivery: Delivery) -> bool:
         """Queue a delivery. A QoS 0 one is refused (False) when the queue is full; QoS 1 never
@@ -595,14 +603,14 @@ class Writer:
                 # step per batch.
                 full = keys.catch_up(cursor, limit=keys.START_CHUNK) >= keys.START_CHUNK
                 waiting = self._keys_batch if full else 0
+        elapsed = time.perf_counter() - started
         self._keys_waiting = waiting  # committed (a rollback raised before this line)
         self._remember_records(stale, recorded)
-        self._count(batch, written)
+        self._count(batch, written, elapsed)
         if written.inserted and self._on_commit is not None:
             self._on_commit()
         log.debug("batch_committed", rows=written.events, inserted=written.inserted,
-                  dead_letters=written.dead_letters,
-                  ms=round((time.perf_counter() - started) * 1000, 2))
+                  dead_letters=written.dead_letters, ms=round(elapsed * 1000, 2))
 
     def _recorded_mids(self) -> set[int]:
         """The packet ids recorded in ``delivery_ids`` (read once, then kept in step)."""
@@ -676,7 +684,8 @@ class Writer:
                 dead = [*dead, *refused]
         if dead:
             cursor.executemany(self._dead_sql, dead)
-        return _Written(len(events), inserted, conflicts, len(dead))
+        return _Written(len(events), inserted, conflicts, len(dead),
+                        tuple(row.reason for row in dead) if dead else ())
 
     def _fold(self, first_seq: int, rows: list[EventRow]) -> None:
         """The projections, for the events this batch newly inserted (in its transaction, in
@@ -711,12 +720,19 @@ class Writer:
             mapped.difference_update(mid for (mid,) in stale)
             mapped.update(recorded)
 
-    def _count(self, batch: list[Delivery], written: _Written) -> None:
+    def _count(self, batch: list[Delivery], written: _Written, seconds: float) -> None:
+        """Account for a committed batch (``seconds``: its transaction, commit included)."""
         stats = self.stats
         stats.events_stored += written.inserted
         stats.duplicates += written.events - written.inserted - written.conflicts
         stats.dead_letters += written.dead_letters
+        kinds = stats.dead_letter_kinds
+        for reason in written.reasons:
+            kind = dead_letter_kind(reason)
+            kinds[kind] = kinds.get(kind, 0) + 1
         stats.batches += 1
+        stats.batch_rows.observe(len(batch))
+        stats.commit_seconds.observe(seconds)
         stats.last_commit_at = time.time()
         oldest = min(d.row.received_at for d in batch)
         stats.last_commit_lag_ms = now_ms() - oldest

@@ -209,6 +209,13 @@ class Maintenance:
     def purging(self) -> bool:
         return self._purge is not None
 
+    @property
+    def purge_progress(self) -> PurgeResult | None:
+        """The running purge's figures so far, else the last finished purge's (None before the
+        first); read by ``/metrics`` from another thread, without a lock (plain counters)."""
+        run = self._purge
+        return run.result if run is not None else self.last_purge
+
     def __call__(self) -> None:
         """One step of whatever is due; more while no delivery waits, within the idle budget."""
         started = self._clock()

@@ -20,6 +20,8 @@ from sidecar.config import (
     ApiConfig,
     Config,
     DatabaseConfig,
+    HomeAssistantConfig,
+    HttpConfig,
     IndexesConfig,
     IngestConfig,
     KvConfig,
@@ -42,11 +44,11 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "mqtt": MQTTConfig, "database": DatabaseConfig, "writer": WriterConfig,
     "ingest": IngestConfig, "log": LogConfig, "api": ApiConfig, "retention": RetentionConfig,
     "indexes": IndexesConfig,
-    "kv": KvConfig,
+    "kv": KvConfig, "http": HttpConfig, "homeassistant": HomeAssistantConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
 COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "mqtt.shared_group", "database.url",
-                 "database.password", "database.key_file", "database.key"}
+                 "database.password", "database.key_file", "database.key", "http.token"}
 
 
 def write(tmp_path: Path, text: str, name: str = "sidecar.toml") -> Path:
@@ -591,3 +593,33 @@ def test_a_shared_group_that_cannot_work_is_refused(tmp_path: Path, text: str, k
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert info.value.key == key
+
+
+# ------------------------------------------------------------------------------ [http], [homeassistant]
+@pytest.mark.parametrize("listen", ["0.0.0.0:9465", "192.168.1.20:9465", "[::]:9465", "pi.lan:9465"])
+def test_http_listen_off_loopback_requires_token(listen: str) -> None:
+    """A listener other machines can reach is refused without [http] token, the error naming
+    http.token; with a token it is accepted (nothing is bound by loading the config)."""
+    env = {"KAIRO_SIDECAR_HTTP__LISTEN": listen}
+    with pytest.raises(ConfigError) as err:
+        load_config(environ=env)
+    assert err.value.key == "http.token"
+    config = load_config(environ={**env, "KAIRO_SIDECAR_HTTP__TOKEN": "a-long-enough-token"})
+    assert config.http.address is not None and config.http.address[1] == 9465
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9465", "localhost:9465", "[::1]:9465"])
+def test_http_listen_on_loopback_needs_no_token(listen: str) -> None:
+    """Loopback binds need no token; off by default (listen = "")."""
+    assert load_config(environ={}).http.address is None
+    assert load_config(environ={"KAIRO_SIDECAR_HTTP__LISTEN": listen}).http.address is not None
+
+
+@pytest.mark.parametrize(("key", "value"), [("http__listen", "9465"), ("http__listen", "host:99999"),
+                                            ("homeassistant__interval", "1s"),
+                                            ("homeassistant__node_id", "has space")])
+def test_http_and_homeassistant_errors_name_the_key(key: str, value: str) -> None:
+    """A bad listen address, a too short interval or a bad node_id is refused naming the key."""
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={"KAIRO_SIDECAR_" + key.upper(): value})
+    assert err.value.key == key.replace("__", ".")

@@ -1,0 +1,104 @@
+"""What the HTTP listener and Home Assistant state cost: /metrics and /healthz round trips,
+the bytes a scrape causes to be written, and one Home Assistant state (a COUNT of the events).
+
+Usage: python -m bench.metrics_cost [--events 200000] [--rounds 200]
+
+Seeds ``--events`` events into a fresh database (as ``bench.api_latency``), runs the sidecar
+in-process against a loopback Mosquitto with ``[http] listen`` on, then times ``--rounds``
+GETs of each page with ``urllib`` (client included) and reads ``write_bytes`` of
+``/proc/self/io`` around them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.api_latency import seed
+from bench.harness import percentile
+from sidecar.app import Sidecar
+from sidecar.config import LogConfig, load_config
+from sidecar.http.metrics import written_bytes
+from sidecar.logs import configure_logging
+from sidecar.storage.db import migrate, open_database
+from tests.support.broker import start_broker
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _time_gets(url: str, rounds: int) -> tuple[list[float], int]:
+    times, size = [], 0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            size = len(answer.read())
+        times.append((time.perf_counter() - started) * 1000)
+    return times, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args()
+    configure_logging(LogConfig(level="warning", format="console"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        db_path = root / "kairo.db"
+        port = _port()
+        env = {"KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{db_path}",
+               "KAIRO_SIDECAR_HTTP__LISTEN": f"127.0.0.1:{port}"}
+        db = open_database(load_config(environ=env).database)
+        migrate(db)
+        db.close()
+        seed(db_path, args.events)
+        broker = start_broker(root / "broker")
+        env.update({"KAIRO_SIDECAR_MQTT__HOST": broker.host,
+                    "KAIRO_SIDECAR_MQTT__PORT": str(broker.port)})
+        sidecar = Sidecar(load_config(environ=env))
+        ready = threading.Event()
+        thread = threading.Thread(target=sidecar.run, daemon=True,
+                                  kwargs={"install_signals": False, "on_ready": ready.set})
+        thread.start()
+        assert ready.wait(30)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _time_gets(base + "/metrics", 5)  # warm up
+            before = written_bytes() or 0
+            rows = []
+            for page in ("/metrics", "/healthz"):
+                times, size = _time_gets(base + page, args.rounds)
+                rows.append((page, statistics.median(times), percentile(times, 95), size))
+            written = (written_bytes() or 0) - before
+            announcer = sidecar.announcer
+            assert announcer is not None
+            state_ms = []
+            for _ in range(5):
+                started = time.perf_counter()
+                announcer.state()
+                state_ms.append((time.perf_counter() - started) * 1000)
+        finally:
+            sidecar.request_stop()
+            thread.join(30)
+            broker.close()
+    print(f"{args.events} events in the database, {args.rounds} GETs per page (client included)")
+    print("| page | median ms | p95 ms | bytes |")
+    print("|---|---:|---:|---:|")
+    for page, median, p95, size in rows:
+        print(f"| {page} | {median:.2f} | {p95:.2f} | {size} |")
+    print(f"bytes written by the process during the {2 * args.rounds} GETs: {written}")
+    print(f"Home Assistant state (COUNT of the events): median {statistics.median(state_ms):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
