@@ -211,7 +211,7 @@ def _cmd_check(args: argparse.Namespace, config: Config) -> int:
 
 def _check_postgres(config: Config) -> int:
     """``check`` on PostgreSQL: the schema and row counts; the page check is the server's."""
-    from sidecar.storage.postgres import describe
+    from sidecar.storage.pgcheck import describe
 
     report = describe(config.database)
     print(f"database      {report.url}")

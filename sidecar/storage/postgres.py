@@ -12,7 +12,7 @@ its WAL flush (``synchronous_commit = on``, checked at open): the writer acks af
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee
@@ -148,41 +148,3 @@ def _check_settings(db: KairoPostgresDatabase, config: DatabaseConfig) -> None:
     if changed:
         log.info("database_settings_not_applicable", engine="postgresql", keys=changed,
                  hint="these tune SQLite's file and journal; a PostgreSQL COMMIT is durable")
-
-
-class PostgresReport(NamedTuple):
-    """What ``check`` says about a PostgreSQL database: its schema and row counts (SQLite's
-    integrity check reads a file's pages; PostgreSQL checks its own, see README)."""
-
-    url: str  # password masked
-    migrations: list[str]
-    pending: list[str]
-    events: int
-    seq_range: tuple[int | None, int | None]
-    created_range: tuple[int | None, int | None]
-    dead_letters: int
-    database_bytes: int
-
-
-def describe(config: DatabaseConfig) -> PostgresReport:
-    """Schema and row counts of the PostgreSQL database of ``config`` (read-only)."""
-    from sidecar.storage.db import migration_state
-
-    db = open_postgres(config, read_only=True)
-    try:
-        done, pending = migration_state(db)
-        if "001_initial" not in done:
-            return PostgresReport(masked_url(config.url), done, pending, 0, (None, None),
-                                  (None, None), 0, _size(db))
-        events, lo, hi, first, last = db.execute_sql(
-            "SELECT count(*), min(seq), max(seq), min(created_at), max(created_at) "
-            "FROM events").fetchone()
-        (dead,) = db.execute_sql("SELECT count(*) FROM dead_letters").fetchone()
-        return PostgresReport(masked_url(config.url), done, pending, int(events), (lo, hi),
-                              (first, last), int(dead), _size(db))
-    finally:
-        db.close()
-
-
-def _size(db: peewee.Database) -> int:
-    return int(db.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0])
