@@ -17,6 +17,7 @@ from sidecar.logs import get_logger
 from sidecar.storage import cipher
 from sidecar.storage.db import check_is_sqlite, is_sqlite, sqlite_path
 from sidecar.storage.dialect import masked_url
+from sidecar.storage.durability import sync_dir_quietly
 from sidecar.storage.integrity import open_readonly
 from sidecar.storage.sqlite_errors import retry_busy
 
@@ -85,7 +86,7 @@ def backup(config: DatabaseConfig, dest: Path, *, force: bool = False, step_page
         with partial.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, dest)
-        _fsync_dir(dest.parent)
+        sync_dir_quietly(dest.parent)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -96,16 +97,3 @@ def backup(config: DatabaseConfig, dest: Path, *, force: bool = False, step_page
     log.info("backup_finished", dest=str(dest), bytes=result.bytes, events=events,
              seconds=result.seconds)
     return result
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.logs import get_logger
+from sidecar.storage.durability import sync_dir_quietly
 
 log = get_logger("sidecar.cleanstop")
 
@@ -90,7 +91,7 @@ def clear(db_path: Path) -> None:
     except OSError as exc:
         log.warning("clean_stop_clear_failed", path=str(path), error=str(exc))
         return
-    _sync_dir(path.parent)
+    sync_dir_quietly(path.parent)
 
 
 def write(db_path: Path, *, checked_at: float) -> None:
@@ -106,16 +107,7 @@ def write(db_path: Path, *, checked_at: float) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _sync_dir(path.parent)
+        sync_dir_quietly(path.parent)
     except OSError as exc:
         log.warning("clean_stop_record_failed", path=str(path), error=str(exc),
                     hint="the next start runs the integrity check")
-
-
-def _sync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

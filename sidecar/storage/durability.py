@@ -73,6 +73,22 @@ def _sync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def sync_dir_quietly(path: Path) -> None:
+    """fsync the directory ``path`` (so a file created, renamed or removed in it survives a
+    power cut), ignoring errors: for copies and records whose loss only costs a retry or a
+    check (backups, encrypted copies, the clean-stop record)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class JournalSync:
     """One ``sync()`` makes every transaction committed so far on ``db_path`` durable.
 

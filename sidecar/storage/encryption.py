@@ -21,6 +21,7 @@ from sidecar.errors import DatabaseBusyError, StorageError, UsageError
 from sidecar.logs import get_logger
 from sidecar.storage import cipher
 from sidecar.storage.cipher import DATABASE_ERRORS, DatabaseKey
+from sidecar.storage.durability import sync_dir_quietly
 from sidecar.storage.sqlite_errors import is_busy
 
 log = get_logger("sidecar.encryption")
@@ -54,7 +55,7 @@ def keygen(path: Path | None) -> str | None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
+    sync_dir_quietly(path.parent)
     log.info("key_written", path=str(path))  # the path, never the key
     return None
 
@@ -133,7 +134,7 @@ def _copy(src: Path, src_key: DatabaseKey | None, dest: Path, dest_key: Database
         with partial.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, dest)
-        _fsync_dir(dest.parent)
+        sync_dir_quietly(dest.parent)
     except BaseException:
         partial.unlink(missing_ok=True)
         Path(f"{partial}-journal").unlink(missing_ok=True)
@@ -167,16 +168,3 @@ def _verify(partial: Path, key: DatabaseKey | None, dest: Path) -> int:
         return con.execute("SELECT count(*) FROM events").fetchone()[0] if "events" in tables else 0
     finally:
         con.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
