@@ -91,7 +91,7 @@ def test_migration_004_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
     assert _dump(path, "INSERT INTO event_keys (event_keys, rank) VALUES ('integrity-check', 0)") == []
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
     assert migrate(db) == ["005_event_types", "006_kv_versions", "007_kv_projected_seq",
-                           "009_deferred_keys"]
+                           "009_deferred_keys", "010_keys_automerge"]
     db.close()
     reader = Reader(open_reader(DatabaseConfig(), path=path))
     try:
@@ -184,7 +184,7 @@ def test_migration_005_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
     assert sequence == [(600,)] and len(before) == 588
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
     assert migrate(db) == ["005_event_types", "006_kv_versions", "007_kv_projected_seq",
-                           "009_deferred_keys"]
+                           "009_deferred_keys", "010_keys_automerge"]
     db.close()
     assert _dump(path, "SELECT * FROM events ORDER BY seq") == before
     assert _dump(path, "SELECT seq FROM sqlite_sequence WHERE name = 'events'") == sequence
@@ -345,7 +345,8 @@ def test_migration_009_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
     db.close()
     before = _dump(path, "SELECT * FROM events ORDER BY seq")
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
-    assert migrate(db) == ["006_kv_versions", "007_kv_projected_seq", "009_deferred_keys"]
+    assert migrate(db) == ["006_kv_versions", "007_kv_projected_seq", "009_deferred_keys",
+                           "010_keys_automerge"]
     assert _state(db) == (595, 595)
     _check_fts(db)
     db.close()
@@ -439,6 +440,22 @@ def test_deletes_of_indexed_and_unindexed_rows_keep_event_keys_consistent(tmp_pa
     db.close()
 
 
+def test_migration_010_sets_automerge_16_and_rolls_back_to_fts5s_default(tmp_path: Path) -> None:
+    """A new store's event_keys merges 16 segments a level (stored in event_keys_config, so
+    every connection gets it); rolling 010 back restores FTS5's default of 4."""
+    db = open_database(DatabaseConfig(url=f"sqlite:///{tmp_path / 'a.db'}"))
+    migrate(db)
+
+    def automerge() -> list[tuple[object, ...]]:
+        return [tuple(r) for r in db.execute_sql(
+            "SELECT v FROM event_keys_config WHERE k = 'automerge'").fetchall()]
+
+    assert automerge() == [(16,)]
+    Router(db, migrate_dir=MIGRATIONS_DIR).rollback()
+    assert automerge() == [(4,)]
+    db.close()
+
+
 def test_migration_009_rolls_back_with_the_tail_indexed(tmp_path: Path) -> None:
     """Rolling 009 back indexes the tail first (005's triggers assume every row is indexed):
     FTS5 consistent, the tail's keys found; migrating again starts the watermark at max(seq)."""
@@ -447,9 +464,11 @@ def test_migration_009_rolls_back_with_the_tail_indexed(tmp_path: Path) -> None:
     with db.atomic():
         _insert(db.cursor(), _typed_rows(50))
         keys.catch_up(db.cursor(), limit=20)
-    Router(db, migrate_dir=MIGRATIONS_DIR).rollback()
+    router = Router(db, migrate_dir=MIGRATIONS_DIR)
+    router.rollback()  # 010
+    router.rollback()  # 009
     _check_fts(db)
     assert db.execute_sql("SELECT count(*) FROM event_keys WHERE event_keys MATCH ?",
                           (keys.match("type", ["other"]),)).fetchone() == (10,)
-    assert migrate(db) == ["009_deferred_keys"] and _state(db) == (50, 50)
+    assert migrate(db) == ["009_deferred_keys", "010_keys_automerge"] and _state(db) == (50, 50)
     db.close()
