@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +31,7 @@ from sidecar.config import DatabaseConfig, WriterConfig
 from sidecar.core.stats import Stats
 from sidecar.ingest.writer import Delivery, Writer
 from sidecar.storage.db import migrate, open_database
+from sidecar.storage.durability import journal_sync_for
 from sidecar.storage.projections import Folder
 
 from .events import make_messages, mean_size, rows_for, seed_database
@@ -51,10 +53,12 @@ class Pushed(NamedTuple):
 
 def push_through_writer(db: Any, rows: list[Any], batch: int, *,
                         projections: Folder | None = None,
-                        keys_batch: int | None = None) -> Pushed:
+                        keys_batch: int | None = None,
+                        sync: Callable[[], None] | None = None) -> Pushed:
     """Every row through the real ``Writer``, exactly ``batch`` per commit (all queued before
     it starts): how long it took and the bytes this process dirtied meanwhile. ``projections``:
-    the writer folds these (``bench.projection_cost``)."""
+    the writer folds these (``bench.projection_cost``). ``sync``: the group commit's sync, as
+    the daemon's default durability runs it (``storage.durability.JournalSync``)."""
     events = len(rows)
     done = threading.Event()
     acked = [0]
@@ -66,7 +70,7 @@ def push_through_writer(db: Any, rows: list[Any], batch: int, *,
 
     writer = Writer(db, WriterConfig(batch_size=batch, flush_interval=0.05, queue_size=events),
                     ack=ack, window=events, stats=Stats(), projections=projections,
-                    keys_batch=keys_batch)
+                    keys_batch=keys_batch, sync=sync)
     for i, row in enumerate(rows):
         writer.submit(Delivery(row, qos=1, mid=i % 65535 + 1, generation=1))
     before = write_bytes()
@@ -100,13 +104,19 @@ def base_database(directory: Path, n: int) -> Path:
 
 
 def measure(path: Path, events: int, batch: int, start: int,
-            keys_batch: int | None = None) -> dict[str, float]:
-    """In this process: ``events`` new events through the Writer, ``batch`` per commit."""
-    messages = make_messages(events, seed=23, start=start)
+            keys_batch: int | None = None, *, rich: bool = False,
+            durable: bool = False) -> dict[str, float]:
+    """In this process: ``events`` new events through the Writer, ``batch`` per commit
+    (``durable``: with the daemon's default group-commit sync after each commit)."""
+    messages = make_messages(events, seed=23, start=start, rich=rich)
     rows = rows_for(messages)
     db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
     migrate(db)
-    pushed = push_through_writer(db, list(rows), batch, keys_batch=keys_batch).write_bytes
+    journal = journal_sync_for(db, durability="group") if durable else None
+    pushed = push_through_writer(db, list(rows), batch, keys_batch=keys_batch,
+                                 sync=journal.sync if journal else None).write_bytes
+    if journal is not None:
+        journal.close()
     before = write_bytes()
     db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
@@ -129,21 +139,30 @@ def main() -> None:
                              "set an FTS5 option); not counted")
     parser.add_argument("--keys-batch", type=int, default=0,
                         help="events between two event_keys catch-ups (default: the writer's)")
+    parser.add_argument("--base", help="start from this file instead of the seeded base of "
+                        "today's schema (e.g. an older schema's base: the child migrates it)")
+    parser.add_argument("--rich", action="store_true",
+                        help="the ~327-byte envelopes of the wear scenario (events.make_messages)")
+    parser.add_argument("--durable", action="store_true",
+                        help="sync after each commit as the default durability (group) does")
     parser.add_argument("--child", nargs=4, metavar=("PATH", "EVENTS", "BATCH", "START"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         path, events, batch, start = args.child
         print(json.dumps(measure(Path(path), int(events), int(batch), int(start),
-                                 args.keys_batch or None)))
+                                 args.keys_batch or None, rich=args.rich,
+                                 durable=args.durable)))
         return
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
-    base = base_database(directory, args.base_events)
+    base = Path(args.base) if args.base else base_database(directory, args.base_events)
     print(f"schema {_schema_version()}, {args.base_events:,} events already stored, "
           f"{args.events:,} new events per row; write_bytes incl. the final checkpoint"
           + "".join(f"; setup: {sql}" for sql in args.setup)
-          + (f"; keys batch {args.keys_batch}" if args.keys_batch else ""))
+          + (f"; keys batch {args.keys_batch}" if args.keys_batch else "")
+          + ("; ~327-byte envelopes" if args.rich else "")
+          + ("; group-commit sync after each commit" if args.durable else ""))
     print("| events per commit | bytes written per event | x the event JSON |")
     print("|---:|---:|---:|")
     for batch in (int(b) for b in args.batches.split(",")):
@@ -162,7 +181,8 @@ def main() -> None:
         settle(work)
         out = subprocess.run([sys.executable, "-m", "bench.commit_wear", "--child", str(work),
                               str(args.events), str(batch), str(args.base_events),
-                              "--keys-batch", str(args.keys_batch)],
+                              "--keys-batch", str(args.keys_batch)]
+                             + ["--rich"] * args.rich + ["--durable"] * args.durable,
                              check=True, capture_output=True, text=True).stdout
         result = json.loads(out.strip().splitlines()[-1])
         print(f"| {batch} | {result['bytes_per_event']:,.0f} | {result['ratio']:.1f}x |",
