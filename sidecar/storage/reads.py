@@ -31,7 +31,15 @@ from sidecar.storage import dialect as dialects
 from sidecar.storage import indexes, kv, latest
 from sidecar.storage.cipher import database_key
 from sidecar.storage.db import is_sqlite, pragmas, sqlite_database, sqlite_path
-from sidecar.storage.queries import Conditions, by_id, by_seqs, page, page_keys, summary
+from sidecar.storage.queries import (
+    Conditions,
+    by_id,
+    by_seqs,
+    counts_by_bucket,
+    page,
+    page_keys,
+    summary,
+)
 
 T = TypeVar("T")
 
@@ -252,6 +260,13 @@ class Reader:
             return read()
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
+
+    def counts_by_bucket(self, *, since: int, until: int,
+                         bucket_ms: int) -> list[tuple[int, str, int]]:
+        """Events per ``(bucket, type)`` in ``[since, until)`` (``queries.counts_by_bucket``):
+        the cost grows with the events in the range, so callers bound the range."""
+        return [(int(b), str(t), int(n)) for b, t, n in self._all(
+            counts_by_bucket(since=since, until=until, bucket_ms=bucket_ms))]
 
     def summary(self) -> tuple[int, int | None, int | None]:
         count, oldest, newest = self._all(summary())[0]
