@@ -11,6 +11,9 @@ const PREVIEW = 160;       // characters of payload shown in a list
 const COLORS = ["#2f6db3", "#d9822b", "#3a9a5b", "#c23b3b", "#7e57c2", "#1b998b", "#b5651d",
                 "#d4a017", "#888888"];
 
+// page size: ?limit=N in the console's address (a slow device may want fewer rows)
+const PAGE = new URLSearchParams(window.location.search).get("limit") || "";
+
 const state = { tab: "events", before: null, next: null, tailCursor: null, tailTimer: null,
                 tailPaused: false, lettersNext: null };
 
@@ -84,7 +87,7 @@ function eventRow(e) {
 async function loadEvents(before) {
   showError("");
   try {
-    const page = await api("/api/events", Object.assign(filters(), { before: before }));
+    const page = await api("/api/events", Object.assign(filters(), { before: before, limit: PAGE }));
     const rows = $("events-rows");
     rows.replaceChildren(...page.events.map(eventRow));
     state.before = before;
@@ -210,7 +213,7 @@ function drawChart(chart) {
 async function loadLetters(before) {
   showError("");
   try {
-    const page = await api("/api/dead-letters", { before: before });
+    const page = await api("/api/dead-letters", { before: before, limit: PAGE });
     $("letters-rows").replaceChildren(...page.letters.map((d) => {
       const tr = el("tr");
       tr.className = "letter";
