@@ -170,7 +170,7 @@ function drawChart(chart) {
   root.append(svg("line", { x1: left, y1: top + plotH, x2: W, y2: top + plotH, class: "axis" }));
   for (const frac of [0, 0.5, 1]) {
     const label = svg("text", { x: left - 4, y: top + plotH * (1 - frac) + 4, class: "tick" });
-    label.textContent = (peak * frac).toFixed(peak * frac >= 10 ? 0 : 1);
+    label.textContent = frac === 0 ? "0" : (peak * frac).toFixed(peak * frac >= 10 ? 0 : 1);
     root.append(label);
   }
   const base = new Array(buckets).fill(0);
@@ -190,8 +190,8 @@ function drawChart(chart) {
       root.append(bar);
     });
   });
-  for (const i of [0, Math.floor(buckets / 2), buckets - 1]) {
-    const t = svg("text", { x: left + i * barW, y: H - 4, class: "tick start" });
+  for (const [i, anchor] of [[0, "start"], [Math.floor(buckets / 2), "middle"], [buckets, "end"]]) {
+    const t = svg("text", { x: left + i * barW, y: H - 4, class: "tick " + anchor });
     t.textContent = when(chart.since + i * chart.bucket_ms).slice(5, 16);
     root.append(t);
   }
