@@ -318,3 +318,19 @@ def test_console_off_serves_metrics_only(tmp_path: Path, broker: Broker) -> None
         assert get(run.base + "/metrics")[0] == 200
     finally:
         run.stop()
+
+
+def test_the_wheel_ships_the_console(tmp_path: Path) -> None:
+    """A wheel built from the tree holds every file of sidecar/http/static (package data in
+    pyproject.toml): a console installed from it has its page, script and style."""
+    import subprocess
+    import sys
+    import zipfile
+
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q",
+                             "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("kairo_sidecar-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"sidecar/http/static/{p.name}" for p in STATIC.iterdir() if p.is_file()}
+    assert shipped and shipped <= names, shipped - names
