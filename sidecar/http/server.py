@@ -21,9 +21,10 @@ import msgspec
 
 from sidecar.config import HttpConfig
 from sidecar.http import auth
-from sidecar.logs import get_logger
+from sidecar.logs import RateLimited, get_logger
 
 log = get_logger("sidecar.http")
+_refusals = RateLimited(period=10.0, burst=5)  # wrong tokens at the login: a guesser cannot flood
 
 MAX_QUERY_BYTES = 4096  # a longer query string is refused (414)
 MAX_QUERY_FIELDS = 32  # more query parameters are refused (400)
@@ -172,7 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
         if len(given) == 1 and auth.token_matches(given[0], token):
             log.info("http_login", client=self.client_address[0], via="form")
             return self._logged_in()
-        log.info("http_login_refused", client=self.client_address[0])
+        allowed, suppressed = _refusals.allow()
+        if allowed:
+            log.warning("http_login_refused", client=self.client_address[0], suppressed=suppressed)
         return self._login_form()
 
     def _send(self, response: Response, *, body: bool) -> None:
