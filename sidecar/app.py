@@ -25,6 +25,7 @@ from sidecar.broker.subscriber import Subscriber
 from sidecar.config import Config, compile_projections
 from sidecar.core.kv import KvEntry
 from sidecar.core.stats import Stats
+from sidecar.http.console import PUBLIC, Console, login_page
 from sidecar.http.health import health_route
 from sidecar.http.metrics import metrics_route
 from sidecar.http.server import HttpServer
@@ -69,7 +70,7 @@ class Sidecar:
         self.handlers: Handlers | None = None
         self.journal_sync: JournalSync | None = None
         self.checked_at: float | None = None  # the whole file's last check (storage.cleanstop)
-        self.http: HttpServer | None = None  # [http] listen: /metrics, /healthz
+        self.http: HttpServer | None = None  # [http] listen: /metrics, /healthz, the console
         self.announcer: Announcer | None = None  # [homeassistant]: discovery and state
 
     def request_stop(self, *_: object) -> None:
@@ -177,8 +178,14 @@ class Sidecar:
         assert subscriber is not None
         sources = self._sources()
         if cfg.http.listen:
-            self.http = HttpServer(cfg.http, {"/metrics": metrics_route(sources),
-                                              "/healthz": health_route(sources)})
+            routes = {"/metrics": metrics_route(sources), "/healthz": health_route(sources)}
+            login: bytes | None = None
+            if cfg.http.console:  # its own reader connection: a page never delays a scrape
+                console = Console(cfg.api, StoreReads(Reader(open_reader(cfg.database))), sources)
+                routes |= console.routes()
+                login = login_page()
+            self.http = HttpServer(cfg.http, routes, login_page=login,
+                                   public=PUBLIC if cfg.http.console else frozenset())
             self.http.start()
         self.announcer = Announcer(cfg.homeassistant, sources, publish=subscriber.publish,
                                    connected=subscriber.connected.is_set,

@@ -199,11 +199,13 @@ class ProjectionConfig(_Section, frozen=True):
 
 
 class HttpConfig(_Section, frozen=True):
-    """The HTTP listener (README "Metrics and health"): ``/metrics`` and ``/healthz``. Off
-    while ``listen`` is empty; a bind that is not loopback needs ``token``."""
+    """The HTTP listener (README "Metrics and health", "Web console"): ``/metrics``,
+    ``/healthz`` and the console at ``/``. Off while ``listen`` is empty; a bind that is not
+    loopback needs ``token``."""
 
     listen: str = ""  # "127.0.0.1:9465", "[::1]:9465"; "" = off
     token: Annotated[str, Meta(min_length=16, max_length=256)] | None = None
+    console: bool = True  # the read-only web console at / (README "Web console")
 
     @property
     def address(self) -> tuple[str, int] | None:

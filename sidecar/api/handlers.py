@@ -57,6 +57,34 @@ log = get_logger("sidecar.handlers")
 ANSWER_WAIT = 5.0  # seconds a worker waits for the broker to take an answer
 
 
+def check_limit(value: int, field: str, max_limit: int) -> None:
+    """``bad_request`` on ``field`` when ``value`` is over ``api.max_limit``."""
+    if value > max_limit:
+        raise RequestError("bad_request", f"{field}: must be <= {max_limit} (api.max_limit)",
+                           field=field)
+
+
+def query_page(reader: Reader, request: QueryRequest, *, fmt: str, max_limit: int,
+               max_bytes: int) -> requests.QueryPage:
+    """The ``query`` answer for ``request`` on ``reader`` (the calling thread's read
+    connection): at most ``request.limit`` events and ``max_bytes`` of answer. The web console
+    (``sidecar.http.console``) answers its pages with it too."""
+    check_limit(request.limit, "limit", max_limit)
+    # Read no further than the answer can hold: large events never fill memory.
+    cond = conditions(request, indexed=reader.path_indexes() if request.where else set())
+    found = reader.answer_page(cond, limit=request.limit, order=request.order, max_bytes=max_bytes)
+    return requests.QueryPage([requests.event_out(e, fmt) for e in found.events], found.next,
+                              list(cond.unindexed) or None)
+
+
+def get_event(reader: Reader, event_id: str, *, fmt: str) -> requests.EventOut:
+    """The ``get`` answer: the event ``event_id``, or ``not_found`` naming ``id``."""
+    row = reader.get(event_id)
+    if row is None:
+        raise RequestError("not_found", f"no event with id {event_id!r}", field="id")
+    return requests.event_out(row, fmt)
+
+
 class Publish(Protocol):
     def __call__(self, topic: str, payload: bytes, *, correlation_data: bytes | None,
                  content_type: str) -> Sent: ...
@@ -327,18 +355,11 @@ class Handlers:
         raise RequestError("unknown_op", "unknown request")
 
     def _check_limit(self, value: int, field: str) -> None:
-        if value > self._config.max_limit:
-            raise RequestError("bad_request", f"{field}: must be <= {self._config.max_limit} "
-                               "(api.max_limit)", field=field)
+        check_limit(value, field, self._config.max_limit)
 
     def _query(self, request: QueryRequest, fmt: str) -> requests.QueryPage:
-        self._check_limit(request.limit, "limit")
-        # Read no further than the answer can hold: large events never fill memory.
-        cond = conditions(request, indexed=self._reader.path_indexes() if request.where else set())
-        found = self._reader.answer_page(cond, limit=request.limit, order=request.order,
-                                         max_bytes=self._config.max_response_bytes)
-        return requests.QueryPage([requests.event_out(e, fmt) for e in found.events], found.next,
-                                  list(cond.unindexed) or None)
+        return query_page(self._reader, request, fmt=fmt, max_limit=self._config.max_limit,
+                          max_bytes=self._config.max_response_bytes)
 
     def _latest(self, request: LatestRequest, fmt: str) -> requests.LatestAnswer:
         self._check_limit(request.limit, "limit")
@@ -351,10 +372,7 @@ class Handlers:
                                      found.next, found.indexed)
 
     def _get(self, request: GetRequest, fmt: str) -> requests.EventOut:
-        row = self._reader.get(request.id)
-        if row is None:
-            raise RequestError("not_found", f"no event with id {request.id!r}", field="id")
-        return requests.event_out(row, fmt)
+        return get_event(self._reader, request.id, fmt=fmt)
 
     def _max_duration(self, asked: float | None) -> float:
         max_duration = self._config.max_duration

@@ -7,10 +7,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sidecar.core.stats import Stats
 from sidecar.storage.purge import PurgeResult
 from sidecar.storage.reads import Reader, StoreFigures
+
+T = TypeVar("T")
 
 
 class StoreReads:
@@ -20,6 +23,15 @@ class StoreReads:
     def __init__(self, reader: Reader) -> None:
         self._reader = reader
         self._lock = threading.Lock()
+
+    def read(self, fn: Callable[[Reader], T]) -> T:
+        """``fn(reader)`` on this reader's connection, one caller at a time, closed after (the
+        web console's pages: at most one of its reads runs at once, whatever the browsers)."""
+        with self._lock:
+            try:
+                return fn(self._reader)
+            finally:
+                self._reader.close()
 
     def file_sizes(self) -> tuple[int, int]:
         """``(database bytes, WAL bytes)``: a ``stat`` of each file on SQLite."""
