@@ -33,7 +33,7 @@ from sidecar.ingest.writer import Writer, member_id_base
 from sidecar.logs import get_logger
 from sidecar.observe.homeassistant import Announcer
 from sidecar.observe.sources import Sources, StoreReads
-from sidecar.storage import cleanstop, indexes
+from sidecar.storage import cleanstop, indexes, search
 from sidecar.storage.db import is_sqlite, sqlite_path
 from sidecar.storage.dialect import masked_url
 from sidecar.storage.durability import JournalSync, journal_sync_for
@@ -82,6 +82,8 @@ class Sidecar:
                              on_verified=self._verified)
         # after the schema: the expression indexes [indexes] paths lists, the unlisted dropped
         indexes.sync(self.db, self.config.indexes.paths)
+        # the search index, its triggers and view for [search] (a changed config re-indexes)
+        search.sync(self.db, self.config.search)
 
     def _verified(self, checked_at: float) -> None:
         self.checked_at = checked_at

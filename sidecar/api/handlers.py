@@ -21,7 +21,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
+
+import msgspec
 
 from sidecar import __version__
 from sidecar.api import protocol as requests
@@ -39,18 +41,22 @@ from sidecar.api.protocol import (
     RenewRequest,
     ReplayRequest,
     RequestMessage,
+    SearchRequest,
     StatsRequest,
     request_from_inbound,
 )
 from sidecar.api.replay import CommitSignal, ReplayStream, Sent
 from sidecar.config import ApiConfig
 from sidecar.core import kv, topics
+from sidecar.core.filters import Filter
 from sidecar.core.inbound import InboundMessage
+from sidecar.core.search_query import to_fts
 from sidecar.core.stats import Stats
 from sidecar.errors import FilterError, RequestError, StorageError
 from sidecar.logs import RateLimited, get_logger
 from sidecar.storage.queries import conditions, json_path
 from sidecar.storage.reads import Reader
+from sidecar.storage.search import SearchUnavailable
 
 log = get_logger("sidecar.handlers")
 
@@ -302,6 +308,8 @@ class Handlers:
         match request:
             case QueryRequest():
                 return self._query(request, reply.fmt)
+            case SearchRequest():
+                return self._search(request, reply.fmt)
             case GetRequest():
                 return self._get(request, reply.fmt)
             case LatestRequest():
@@ -339,6 +347,27 @@ class Handlers:
                                          max_bytes=self._config.max_response_bytes)
         return requests.QueryPage([requests.event_out(e, fmt) for e in found.events], found.next,
                                   list(cond.unindexed) or None)
+
+    def _search(self, request: SearchRequest, fmt: str) -> requests.SearchPage:
+        """Full-text search (``storage.search``): the query parsed in our words first (a
+        malformed one is ``bad_request`` on ``query``), then a page of hits, each with its
+        event; no more events than ``max_response_bytes`` holds (``next`` then resumes)."""
+        self._check_limit(request.limit, "limit")
+        fts = to_fts(request.query)
+        unpaged = cast(Filter, msgspec.structs.replace(request, after=None))
+        cond = conditions(unpaged, indexed=self._reader.path_indexes() if request.where else set())
+        marks = (request.highlight[0], request.highlight[1]) if request.highlight else ("[", "]")
+        try:
+            found = self._reader.search_page(fts, cond, order=request.order, limit=request.limit,
+                                             after=request.after, marks=marks,
+                                             max_bytes=self._config.max_response_bytes)
+        except SearchUnavailable as exc:
+            raise RequestError(exc.code, str(exc)) from None
+        state = found.state
+        return requests.SearchPage(
+            [requests.SearchHit(requests.event_out(event, fmt), hit.snippet, hit.rank)
+             for hit, event in found.hits], found.next, state.complete, state.backfilled_to,
+            state.live_from)
 
     def _latest(self, request: LatestRequest, fmt: str) -> requests.LatestAnswer:
         self._check_limit(request.limit, "limit")
