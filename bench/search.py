@@ -25,6 +25,8 @@ commit (50: 10 ev/s at the 5 s flush window), ends with a TRUNCATE checkpoint an
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import random
 import shutil
@@ -75,17 +77,22 @@ def vocabulary() -> list[str]:
     return words
 
 
+@functools.cache
+def vocabulary_cached() -> list[str]:
+    return vocabulary()
+
+
 def make_text_messages(n: int, *, seed: int = 7, start: int = 0) -> list[Message]:
     rnd = random.Random(seed * 1_000_003 + start)
-    words = vocabulary()
-    weights = [1 / (r + 1) ** 1.1 for r in range(len(words))]
+    words = vocabulary_cached()
+    cumulative = list(itertools.accumulate(1 / (r + 1) ** 1.1 for r in range(len(words))))
     kinds = [k for k, _ in KINDS]
-    kind_weights = [w for _, w in KINDS]
+    kind_weights = list(itertools.accumulate(w for _, w in KINDS))
     out = []
     for k in range(n):
         i = start + k
-        kind = rnd.choices(kinds, kind_weights)[0]
-        text = " ".join(rnd.choices(words, weights, k=rnd.randrange(4, 15)))
+        kind = rnd.choices(kinds, cum_weights=kind_weights)[0]
+        text = " ".join(rnd.choices(words, cum_weights=cumulative, k=rnd.randrange(4, 15)))
         event_id = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
         envelope = {"id": event_id, "type": kind, "source": f"device-{rnd.randrange(50):03d}",
                     "payload": {"text": text, "room": ROOMS[i % len(ROOMS)],
