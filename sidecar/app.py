@@ -151,7 +151,8 @@ class Sidecar:
                         disk_guard=self._disk_guard_state,
                         shared_group=cfg.mqtt.shared_group is not None,
                         kv_write=writer.kv if writer is not None else None,
-                        kv_max_value_bytes=cfg.kv.max_value_bytes)
+                        kv_max_value_bytes=cfg.kv.max_value_bytes,
+                        search_rank_window=cfg.search.rank_window)
 
     def _sources(self) -> Sources:
         """What /metrics, /healthz and the Home Assistant state read: counters, and a reader

@@ -68,6 +68,7 @@ class SearchPage:
     complete: bool
     indexed_through: int
     live_from: int
+    rank_window: int | None = None  # ranked among the newest this many matches only
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,8 @@ class SidecarClient:
                 "highlight": list(highlight) if highlight else None}
         data = self.request("search", body)
         return SearchPage(hits=data["hits"], next=data["next"], complete=data["complete"],
-                          indexed_through=data["indexed_through"], live_from=data["live_from"])
+                          indexed_through=data["indexed_through"], live_from=data["live_from"],
+                          rank_window=data.get("rank_window"))
 
     def search_all(self, query: str, *, limit: int | None = None, order: str | None = None,
                    **filters: Any) -> Iterator[dict[str, Any]]:

@@ -209,6 +209,8 @@ class SearchConfig(_Section, frozen=True):
     tokenizer: Literal["unicode61", "trigram"] = "unicode61"
     paths: Annotated[list[SearchPaths], Meta(max_length=32)] = msgspec.field(default_factory=list)
     backfill_batch: Annotated[int, Meta(ge=100, le=100_000)] = 2000  # existing events per step
+    # a ranked search scores the newest this many matches only (bm25 costs per match); 0: all
+    rank_window: Annotated[int, Meta(ge=0, le=10_000_000)] = 2000
 
 
 class ProjectionConfig(_Section, frozen=True):

@@ -106,8 +106,10 @@ class Handlers:
                  queue_depth: Callable[[], int] = lambda: 0,
                  disk_guard: Callable[[], dict[str, Any] | None] = lambda: None,
                  kv_write: Callable[[kv.KvWrite], kv.KvEntry | None] | None = None,
-                 kv_max_value_bytes: int = 65536, shared_group: bool = False) -> None:
+                 kv_max_value_bytes: int = 65536, shared_group: bool = False,
+                 search_rank_window: int = 2000) -> None:
         self._config = config
+        self._rank_window = search_rank_window  # [search] rank_window
         self._shared = shared_group  # one of several sidecars: cancel/renew reach every member
         self._tag = uuid.uuid4().hex[:_TAG_LENGTH]  # starts the id of every stream started here
         self._kv_write = kv_write  # the writer's ``kv``: applied on its thread, waits for durable
@@ -360,14 +362,15 @@ class Handlers:
         try:
             found = self._reader.search_page(fts, cond, order=request.order, limit=request.limit,
                                              after=request.after, marks=marks,
-                                             max_bytes=self._config.max_response_bytes)
+                                             max_bytes=self._config.max_response_bytes,
+                                             rank_window=self._rank_window)
         except SearchUnavailable as exc:
             raise RequestError(exc.code, str(exc)) from None
         state = found.state
         return requests.SearchPage(
             [requests.SearchHit(requests.event_out(event, fmt), hit.snippet, hit.rank)
              for hit, event in found.hits], found.next, state.complete, state.backfilled_to,
-            state.live_from)
+            state.live_from, found.window)
 
     def _latest(self, request: LatestRequest, fmt: str) -> requests.LatestAnswer:
         self._check_limit(request.limit, "limit")

@@ -292,13 +292,15 @@ class SearchHit(msgspec.Struct, frozen=True):
 class SearchPage(msgspec.Struct, frozen=True):
     """The ``data`` of a ``search`` answer. ``complete`` false while existing events are still
     being indexed: then only those with ``seq <= indexed_through`` and every event from
-    ``live_from`` on are searched."""
+    ``live_from`` on are searched. ``rank_window`` (a ranked search that matched more events
+    than ``[search] rank_window``): only the newest that many matches were ranked."""
 
     hits: list[SearchHit]
     next: str | int | None
     complete: bool
     indexed_through: int
     live_from: int
+    rank_window: int | None = None  # ranked among the newest this many matches only
 
 
 class LatestAnswer(msgspec.Struct, frozen=True):

@@ -92,6 +92,8 @@ def cmd_search(args: argparse.Namespace, config: Config) -> int:
                 data = client.request("search", body)
                 history.print_lines(out, data["hits"])
                 after, complete = data["next"], data["complete"]
+                if data.get("rank_window") is not None:
+                    _window_note(data["rank_window"])
                 if after is None or not args.all:
                     break
                 body["after"] = after
@@ -120,7 +122,8 @@ def _local_search(args: argparse.Namespace, config: Config, body: dict[str, Any]
         try:
             page = reader.search_page(fts, cond, order=request.order, limit=request.limit,
                                       after=after, marks=("[", "]"),
-                                      max_bytes=config.api.max_response_bytes)
+                                      max_bytes=config.api.max_response_bytes,
+                                      rank_window=config.search.rank_window)
         except SearchUnavailable as exc:
             raise RequestError(exc.code, str(exc)) from None
         except FilterError as exc:
@@ -128,8 +131,15 @@ def _local_search(args: argparse.Namespace, config: Config, body: dict[str, Any]
         history.print_lines(out, [{"event": history.event_json(event), "snippet": hit.snippet,
                                    "rank": hit.rank} for hit, event in page.hits])
         after = page.next
+        if page.window is not None:
+            _window_note(page.window)
         if after is None or not args.all:
             return after, page.state.complete
+
+
+def _window_note(window: int) -> None:
+    print(f"note: ranked among the newest {window:,} matches ([search] rank_window); use "
+          "--order desc or narrower filters to reach older ones", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ search-index

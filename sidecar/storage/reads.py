@@ -62,6 +62,7 @@ class SearchAnswerPage(NamedTuple):
     hits: list[tuple[search.Hit, StoredEvent]]
     next: int | str | None
     state: search.State
+    window: int | None = None  # ranked among the newest this many matches only
 
 
 class LatestPage(NamedTuple):
@@ -200,12 +201,12 @@ class Reader:
 
     def search_page(self, fts_query: str, cond: Conditions, *, order: str, limit: int,
                     after: int | str | None, marks: tuple[str, str],
-                    max_bytes: int) -> SearchAnswerPage:
+                    max_bytes: int, rank_window: int = 0) -> SearchAnswerPage:
         """A page of full-text matches (``storage.search.matches``) with their events, no
         more than fit in ``max_bytes`` of answer (always one); ``next`` resumes after the
         last hit given (a ``rank:seq`` text when ranked, a seq by time), None at the end."""
         found = search.matches(self.db, fts_query, cond, order=order, limit=limit, after=after,
-                               marks=marks)
+                               marks=marks, rank_window=rank_window)
         wanted = [hit.seq for hit in found.hits]
         stored: dict[int, StoredEvent] = {}
         if wanted:
@@ -227,7 +228,7 @@ class Reader:
         if (found.more or cut) and hits:
             last = hits[-1][0]
             nxt = f"{last.rank!r}:{last.seq}" if order == "rank" else last.seq
-        return SearchAnswerPage(hits, nxt, found.state)
+        return SearchAnswerPage(hits, nxt, found.state, found.window)
 
     def path_indexes(self) -> set[str]:
         """The names of the path indexes in the file (``storage.indexes``)."""

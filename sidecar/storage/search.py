@@ -353,6 +353,7 @@ class Found(NamedTuple):
     hits: list[Hit]
     more: bool
     state: State
+    window: int | None = None  # ranked among the newest this many matches only (more matched)
 
 
 _FTS = peewee.Table(TABLE)
@@ -372,11 +373,16 @@ def _rank_after(after: str) -> tuple[float, int]:
 
 
 def matches(db: peewee.Database, fts_query: str, cond: Conditions, *, order: str, limit: int,
-            after: int | str | None, marks: tuple[str, str] = ("[", "]")) -> Found:
+            after: int | str | None, marks: tuple[str, str] = ("[", "]"),
+            rank_window: int = 0) -> Found:
     """The ``limit`` best (``order`` ``rank``: bm25, then ``seq``) or newest/oldest (``desc``/
     ``asc``: by ``seq``) indexed events matching ``fts_query`` (``core.search_query``) and the
     filter ``cond``, after the cursor ``after`` (a seq; for ``rank`` the ``rank:seq`` of the
-    last hit), each with a snippet. ``SearchUnavailable`` when the index is off or absent."""
+    last hit), each with a snippet. ``SearchUnavailable`` when the index is off or absent.
+
+    bm25 costs about 12 µs per match here (FTS5 reads each match's sizes and positions), so a
+    word in 100,000 events takes over a second to rank: with ``rank_window`` only the newest
+    that many matches are ranked (``Found.window`` says when more matched); 0 ranks all."""
     if not available(db):
         raise SearchUnavailable("search_unavailable", "full-text search is not available on "
                                 "PostgreSQL yet (SQLite only)")
@@ -387,44 +393,62 @@ def matches(db: peewee.Database, fts_query: str, cond: Conditions, *, order: str
                                     "enabled = true and restart the sidecar")
         rank = peewee.fn.bm25(peewee.SQL(TABLE))
         terms: list[Any] = [peewee.Expression(_MATCH, "MATCH", fts_query), *cond.terms]
-        if order == "rank":
-            inner = (peewee.Table(TABLE).select(_ROWID.alias("seq"), rank.alias("r"))
-                     .join(Event, peewee.JOIN.CROSS, on=(Event.seq == _ROWID)).where(*terms))
-            sub = inner.alias("m")
+
+        def select(*columns: Any) -> Any:
+            query = peewee.Table(TABLE).select(*columns)
+            if cond.terms:  # read each match's event only when a filter needs it
+                query = query.join(Event, peewee.JOIN.CROSS, on=(Event.seq == _ROWID))
+            return query.where(*terms)
+
+        cursor: tuple[float, int] | None = None
+        if order == "rank" and after is not None:
+            if isinstance(after, int):
+                raise FilterError("after: not a cursor of a search ranked by relevance "
+                                  "(use the answer's next)", field="after")
+            cursor = _rank_after(after)
+        if order != "rank" and isinstance(after, str):
+            raise FilterError("after: a search ordered by time pages by seq (use the "
+                              "answer's next)", field="after")
+        windowed: int | None = None
+        if order == "rank" and rank_window:
+            query = select(_ROWID, rank).order_by(_ROWID.desc()).limit(rank_window + 1)
+        elif order == "rank":
+            sub = select(_ROWID.alias("seq"), rank.alias("r")).alias("m")
             seq, r = peewee.SQL('"m"."seq"'), peewee.SQL('"m"."r"')
             query = peewee.Select([sub], [seq, r])
-            if after is not None:
-                if isinstance(after, int):
-                    raise FilterError("after: not a cursor of a search ranked by relevance "
-                                      "(use the answer's next)", field="after")
-                last_rank, last_seq = _rank_after(after)
-                query = query.where((r > last_rank) | ((r == last_rank) & (seq > last_seq)))
+            if cursor is not None:
+                query = query.where((r > cursor[0]) | ((r == cursor[0]) & (seq > cursor[1])))
             query = query.order_by(r.asc(), seq.asc()).limit(limit + 1)
         else:
-            if isinstance(after, str):
-                raise FilterError("after: a search ordered by time pages by seq (use the "
-                                  "answer's next)", field="after")
             if after is not None:
                 terms.append(peewee.Expression(_ROWID, "<" if order == "desc" else ">", after))
-            query = (peewee.Table(TABLE).select(_ROWID, rank)
-                     .join(Event, peewee.JOIN.CROSS, on=(Event.seq == _ROWID)).where(*terms)
+            query = (select(_ROWID, rank)
                      .order_by(_ROWID.desc() if order == "desc" else _ROWID.asc())
                      .limit(limit + 1))
         try:
             rows = [(int(s), float(r)) for s, r in db.execute(query).fetchall()]
+            if order == "rank" and rank_window:
+                # bm25 of the newest ``rank_window`` matches only (its cost is per match)
+                if len(rows) > rank_window:
+                    windowed = rank_window
+                    rows = rows[:rank_window]
+                ranked = sorted((r, s) for s, r in rows)
+                if cursor is not None:
+                    ranked = [(r, s) for r, s in ranked if (r, s) > cursor]
+                rows = [(s, r) for r, s in ranked[:limit + 1]]
             more = len(rows) > limit
             rows = rows[:limit]
             snippets = _snippets(db, fts_query, [s for s, _ in rows], marks)
         except ValueError as exc:  # a NUL in a filter value: nothing stored holds it
             if "NUL" in str(exc):
-                return Found([], False, now)
+                return Found([], False, now, None)
             raise
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             if "fts5" in str(exc).lower():  # core.search_query quotes every term: a backstop
                 raise FilterError("query: cannot be searched as written (quote the words "
                                   "that hold punctuation)", field="query") from None
             raise StorageError(f"search failed: {exc}", path=str(db.database)) from exc
-    return Found([Hit(s, r, snippets.get(s, "")) for s, r in rows], more, now)
+    return Found([Hit(s, r, snippets.get(s, "")) for s, r in rows], more, now, windowed)
 
 
 def _snippets(db: peewee.Database, fts_query: str, seqs: Sequence[int],

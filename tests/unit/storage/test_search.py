@@ -144,14 +144,39 @@ def test_paging_returns_every_match_once(db, order: str):
         assert seqs == sorted(seqs, reverse=order == "desc")
 
 
+def test_a_rank_window_ranks_the_newest_matches_only(db):
+    """With ``rank_window`` 10 of 50 matches, the hits are the newest 10, best first, paged
+    without a repeat, and ``window`` says the ranking was cut; a wider window says nothing."""
+    search.sync(db, ON)
+    _insert(db, [_row(f"e{i:02d}", {"text": "sensor " * (1 + i % 5) + f"reading {i}"})
+                 for i in range(50)])
+    cond = conditions(QueryRequest())
+    seen: list[tuple[float, int]] = []
+    after: str | None = None
+    while True:
+        found = search.matches(db, to_fts("sensor"), cond, order="rank", limit=4, after=after,
+                               rank_window=10)
+        assert found.window == 10
+        seen.extend((h.rank, h.seq) for h in found.hits)
+        if not found.more:
+            break
+        after = f"{found.hits[-1].rank!r}:{found.hits[-1].seq}"
+    assert sorted(s for _, s in seen) == list(range(41, 51)) and seen == sorted(seen)
+    wide = search.matches(db, to_fts("sensor"), cond, order="rank", limit=100, after=None,
+                          rank_window=50)
+    assert wide.window is None and len(wide.hits) == 50
+
+
 def test_a_cursor_of_the_wrong_kind_is_refused_naming_after(db):
     """A seq for a ranked search, or a rank cursor for a search by time: FilterError on after."""
     search.sync(db, ON)
     cond = conditions(QueryRequest())
     for order, after in (("rank", 5), ("rank", "nonsense"), ("desc", "1.5:3")):
-        with pytest.raises(FilterError) as err:
-            search.matches(db, to_fts("x"), cond, order=order, limit=5, after=after)
-        assert err.value.field == "after"
+        for window in (0, 100):
+            with pytest.raises(FilterError) as err:
+                search.matches(db, to_fts("x"), cond, order=order, limit=5, after=after,
+                               rank_window=window)
+            assert err.value.field == "after"
 
 
 def test_purge_and_keep_latest_keep_the_index_in_step(db):
