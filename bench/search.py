@@ -20,6 +20,9 @@ indexed; each copied afresh per measurement (off, on, on, off, ... ``--rounds`` 
 child process pushes ``--events`` new events through the real ``Writer``, ``--batch`` per
 commit (50: 10 ev/s at the 5 s flush window), ends with a TRUNCATE checkpoint and reports
 ``write_bytes`` (``bench.commit_wear``). Run heavy: ``flock /tmp/kairo-heavy.lock ...``.
+
+*merges* (``python -m bench.search merges --variants 0:16,0:64``): WAL frames per commit under
+FTS5 merge settings, to see what of the index's writes are merges (``merges``' docstring).
 """
 
 from __future__ import annotations
@@ -294,6 +297,45 @@ def wear(args: argparse.Namespace) -> None:
           f"(+{medians['on'] - medians['off']:,.0f} B); each run in order: " + ", ".join(runs))
 
 
+def merges(args: argparse.Namespace) -> None:
+    """WAL frames per commit of ``--commits`` commits of ``--batch`` text events (one multi-row
+    INSERT each, raw SQLite, automatic checkpoints off) on copies of the indexed store, for
+    FTS5 merge settings ``automerge:crisismerge`` (and the store with search off)."""
+    directory = Path(args.dir)
+    base = base_store(directory, args.base_events, indexed=True)
+    rows = rows_for(make_text_messages(args.commits * args.batch, seed=23, start=10**7))
+    head, values = insert_sql().split(" VALUES ")
+    print(f"{args.base_events:,} text events indexed; {args.commits} commits of {args.batch}")
+    print("| FTS5 automerge, crisismerge | WAL frames per commit |\n|---|---:|")
+    for variant in ["off", "4:16", *args.variants.split(",")]:
+        work = directory / "search-merge-work.db"
+        _fresh(work)
+        shutil.copyfile(base, work)
+        con = sqlite3.connect(work, isolation_level=None)
+        con.execute("PRAGMA journal_mode=wal")
+        con.execute("PRAGMA wal_autocheckpoint=0")
+        if variant == "off":
+            con.execute("DROP TRIGGER events_search_insert")
+        else:
+            automerge, crisismerge = variant.split(":")
+            con.execute("INSERT INTO event_search (event_search, rank) VALUES ('automerge', ?)",
+                        (int(automerge),))
+            con.execute("INSERT INTO event_search (event_search, rank) "
+                        "VALUES ('crisismerge', ?)", (int(crisismerge),))
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for c in range(args.commits):
+            chunk = rows[c * args.batch:(c + 1) * args.batch]
+            con.execute("BEGIN IMMEDIATE")
+            con.execute(f"{head} VALUES {', '.join([values] * len(chunk))}",
+                        [v for row in chunk for v in row])
+            con.execute("COMMIT")
+        frames = Path(f"{work}-wal").stat().st_size // (4096 + 24)
+        con.close()
+        _fresh(work)
+        print(f"| {'search off' if variant == 'off' else variant} | "
+              f"{frames / args.commits:.1f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -310,6 +352,12 @@ def main() -> None:
     w.add_argument("--setup", action="append", default=[], metavar="SQL",
                    help="run on each copy of the indexed store before measuring (a variant: "
                         "an FTS5 option); not counted")
+    m = sub.add_parser("merges")
+    m.add_argument("--base-events", type=int, default=200_000)
+    m.add_argument("--commits", type=int, default=300)
+    m.add_argument("--batch", type=int, default=50)
+    m.add_argument("--variants", default="0:16,0:64,8:16", help="automerge:crisismerge,...")
+    m.add_argument("--dir", default="/tmp/kairo-search")
     child = sub.add_parser("child")
     child.add_argument("path")
     child.add_argument("events", type=int)
@@ -321,6 +369,8 @@ def main() -> None:
         latency(args)
     elif args.what == "wear":
         wear(args)
+    elif args.what == "merges":
+        merges(args)
     else:
         print(json.dumps(measure(Path(args.path), args.events, args.batch, args.start)))
 
