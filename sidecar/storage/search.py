@@ -400,6 +400,7 @@ def matches(db: peewee.Database, fts_query: str, cond: Conditions, *, order: str
                 query = query.join(Event, peewee.JOIN.CROSS, on=(Event.seq == _ROWID))
             return query.where(*terms)
 
+        terms.extend(_seq_bounds(db, cond.created))
         cursor: tuple[float, int] | None = None
         if order == "rank" and after is not None:
             if isinstance(after, int):
@@ -449,6 +450,35 @@ def matches(db: peewee.Database, fts_query: str, cond: Conditions, *, order: str
                                   "that hold punctuation)", field="query") from None
             raise StorageError(f"search failed: {exc}", path=str(db.database)) from exc
     return Found([Hit(s, r, snippets.get(s, "")) for s, r in rows], more, now, windowed)
+
+
+RANGE_PROBE = 20_000  # events a time range may hold for its seqs to bound the matches read
+
+
+def _seq_bounds(db: peewee.Database, created: tuple[int | None, int | None]) -> list[Any]:
+    """``rowid BETWEEN`` the lowest and highest seq of the events created in the time range,
+    when it holds at most ``RANGE_PROBE`` events (read from the ``created_at`` index): the
+    matches are then read from that rowid range only, not from the newest on (the
+    ``created_at`` terms stay, so the answer is exact). A wider range (most matches in it)
+    or none: nothing."""
+    since, until = created
+    if since is None and until is None:
+        return []
+    where, params = [], []
+    if since is not None:
+        where.append("created_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("created_at < ?")
+        params.append(until)
+    low, high, count = db.execute_sql(
+        f"SELECT min(seq), max(seq), count(*) FROM (SELECT seq FROM events WHERE "
+        f"{' AND '.join(where)} LIMIT {RANGE_PROBE + 1})", params).fetchone()
+    if count > RANGE_PROBE:
+        return []
+    if not count:
+        return [peewee.SQL("0")]  # no event in the range: no match
+    return [_ROWID.between(int(low), int(high))]
 
 
 def _snippets(db: peewee.Database, fts_query: str, seqs: Sequence[int],

@@ -103,6 +103,19 @@ def test_phrases_prefixes_and_operators(db):
     assert _ids(db, "disk-full") == ["a"]  # punctuation inside a word: a phrase of its tokens
 
 
+def test_a_wide_time_range_reads_the_matches_without_seq_bounds(db, monkeypatch):
+    """A range holding more events than RANGE_PROBE is filtered on the events alone: the same
+    answer as through the seq bounds."""
+    search.sync(db, ON)
+    t0 = now_ms() - 10_000
+    _insert(db, [_row(f"e{i}", {"m": "alarm" if i % 2 else "quiet"}, created_at=t0 + i)
+                 for i in range(20)])
+    narrow = sorted(_ids(db, "alarm", since=t0 + 5, until=t0 + 15))
+    monkeypatch.setattr(search, "RANGE_PROBE", 3)
+    assert sorted(_ids(db, "alarm", since=t0 + 5, until=t0 + 15)) == narrow
+    assert narrow == ["e11", "e13", "e5", "e7", "e9"]
+
+
 def test_filters_combine_with_the_query(db):
     """type glob, source, time range and correlation id narrow the matches."""
     search.sync(db, ON)
@@ -116,6 +129,7 @@ def test_filters_combine_with_the_query(db):
     assert sorted(_ids(db, "alarm", type="kairo.alert.*")) == ["a", "b", "d"]
     assert sorted(_ids(db, "alarm", type="kairo.alert.*", source="pi")) == ["a", "d"]
     assert sorted(_ids(db, "alarm", since=t0 + 1000, until=t0 + 3000)) == ["b", "c"]
+    assert _ids(db, "alarm", since=t0 + 10_000) == []
     assert sorted(_ids(db, "alarm", correlation_id="wf-1")) == ["c", "d"]
     assert _ids(db, "alarm", correlation_id="wf-1", type="kairo.alert.*") == ["d"]
 
