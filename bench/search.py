@@ -178,7 +178,8 @@ def latency(args: argparse.Namespace) -> None:
     words = vocabulary()
     counts = _document_counts(base, [words[5], words[300], words[2500], "boiler", "pressure"])
     env = {"KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{base}", "KAIRO_SIDECAR_SEARCH__ENABLED":
-           "true", "KAIRO_SIDECAR_LOG__LEVEL": "warning"}
+           "true", "KAIRO_SIDECAR_LOG__LEVEL": "warning",
+           "KAIRO_SIDECAR_SEARCH__RANK_WINDOW": str(args.rank_window)}
     broker = start_broker(directory / "broker", extra_conf="set_tcp_nodelay true\n")
     env.update({"KAIRO_SIDECAR_MQTT__HOST": broker.host,
                 "KAIRO_SIDECAR_MQTT__PORT": str(broker.port)})
@@ -212,7 +213,7 @@ def latency(args: argparse.Namespace) -> None:
                 (f"common word ({counts[common]:,}), ranked", lambda: client.search(common)),
             ]
             print(f"{args.events:,} events, search on (unicode61), {args.rounds} round trips each "
-                  "over MQTT 5 (ms), 20 hits per answer")
+                  f"over MQTT 5 (ms), 20 hits per answer, rank_window {args.rank_window}")
             print("| search | p50 | p99 |\n|---|---:|---:|")
             for name, fn in cases:
                 fn()  # warm
@@ -343,6 +344,7 @@ def main() -> None:
     lat.add_argument("--events", type=int, default=1_000_000)
     lat.add_argument("--rounds", type=int, default=200)
     lat.add_argument("--dir", default="/tmp/kairo-search")
+    lat.add_argument("--rank-window", type=int, default=2000, help="[search] rank_window")
     w = sub.add_parser("wear")
     w.add_argument("--base-events", type=int, default=200_000)
     w.add_argument("--events", type=int, default=3000)

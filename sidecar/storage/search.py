@@ -380,8 +380,8 @@ def matches(db: peewee.Database, fts_query: str, cond: Conditions, *, order: str
     filter ``cond``, after the cursor ``after`` (a seq; for ``rank`` the ``rank:seq`` of the
     last hit), each with a snippet. ``SearchUnavailable`` when the index is off or absent.
 
-    bm25 costs about 12 µs per match here (FTS5 reads each match's sizes and positions), so a
-    word in 100,000 events takes over a second to rank: with ``rank_window`` only the newest
+    bm25 costs about 2 µs per match here (FTS5 reads each match's sizes and positions), so a
+    word in 134,000 events takes 240 ms to rank: with ``rank_window`` only the newest
     that many matches are ranked (``Found.window`` says when more matched); 0 ranks all."""
     if not available(db):
         raise SearchUnavailable("search_unavailable", "full-text search is not available on "
