@@ -34,7 +34,7 @@ from sidecar.ingest.writer import Writer, member_id_base
 from sidecar.logs import get_logger
 from sidecar.observe.homeassistant import Announcer
 from sidecar.observe.sources import Sources, StoreReads
-from sidecar.storage import cleanstop, indexes
+from sidecar.storage import cleanstop, indexes, search
 from sidecar.storage.db import is_sqlite, sqlite_path
 from sidecar.storage.dialect import masked_url
 from sidecar.storage.durability import JournalSync, journal_sync_for
@@ -83,6 +83,8 @@ class Sidecar:
                              on_verified=self._verified)
         # after the schema: the expression indexes [indexes] paths lists, the unlisted dropped
         indexes.sync(self.db, self.config.indexes.paths)
+        # the search index, its triggers and view for [search] (a changed config re-indexes)
+        search.sync(self.db, self.config.search)
 
     def _verified(self, checked_at: float) -> None:
         self.checked_at = checked_at
@@ -150,7 +152,8 @@ class Sidecar:
                         disk_guard=self._disk_guard_state,
                         shared_group=cfg.mqtt.shared_group is not None,
                         kv_write=writer.kv if writer is not None else None,
-                        kv_max_value_bytes=cfg.kv.max_value_bytes)
+                        kv_max_value_bytes=cfg.kv.max_value_bytes,
+                        search_rank_window=cfg.search.rank_window)
 
     def _sources(self) -> Sources:
         """What /metrics, /healthz and the Home Assistant state read: counters, and a reader

@@ -58,6 +58,20 @@ class Page:
 
 
 @dataclass(frozen=True)
+class SearchPage:
+    """One page of ``search``: hits (``{"event", "snippet", "rank"}`` dicts), the cursor of the
+    next page (``None`` at the end), and whether every stored event is indexed yet (if not,
+    events with ``indexed_through < seq < live_from`` are not searched)."""
+
+    hits: list[dict[str, Any]]
+    next: int | str | None
+    complete: bool
+    indexed_through: int
+    live_from: int
+    rank_window: int | None = None  # ranked among the newest this many matches only
+
+
+@dataclass(frozen=True)
 class LatestPage:
     """One page of ``latest``: the newest event per key, the last key when more may follow
     (``None`` at the end), and whether a path index served it."""
@@ -294,6 +308,32 @@ class SidecarClient:
         while True:
             page = self.query(limit=limit, order=order, after=after, **filters)
             yield from page.events
+            if page.next is None:
+                return
+            after = page.next
+
+    def search(self, query: str, *, limit: int | None = None, order: str | None = None,
+               after: int | str | None = None, highlight: tuple[str, str] | None = None,
+               **filters: Any) -> SearchPage:
+        """One page of full-text matches for ``query`` (words, "phrases", prefix*, AND/OR/NOT,
+        type:/source:/payload: in front of a term), best first (``order`` "rank") or by time
+        ("desc", "asc"), among the events matching ``filters`` (those of ``query``);
+        ``after``: the ``next`` of the previous page; ``highlight``: the marks around matched
+        words in each snippet (default ``("[", "]")``)."""
+        body = {**filters, "query": query, "limit": limit, "order": order, "after": after,
+                "highlight": list(highlight) if highlight else None}
+        data = self.request("search", body)
+        return SearchPage(hits=data["hits"], next=data["next"], complete=data["complete"],
+                          indexed_through=data["indexed_through"], live_from=data["live_from"],
+                          rank_window=data.get("rank_window"))
+
+    def search_all(self, query: str, *, limit: int | None = None, order: str | None = None,
+                   **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every hit, walking the ``next`` cursor page by page."""
+        after = filters.pop("after", None)
+        while True:
+            page = self.search(query, limit=limit, order=order, after=after, **filters)
+            yield from page.hits
             if page.next is None:
                 return
             after = page.next

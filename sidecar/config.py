@@ -187,6 +187,32 @@ class IndexesConfig(_Section, frozen=True):
     paths: Annotated[list[str], Meta(max_length=16)] = msgspec.field(default_factory=list)
 
 
+SearchField = Literal["type", "source", "payload"]
+
+
+class SearchPaths(_Section, frozen=True):
+    """One ``[[search.paths]]`` rule: for the events of ``type`` (an exact type or a glob, first
+    matching rule wins) only the strings under these JSON paths are indexed, not every string
+    of the payload."""
+
+    type: Annotated[str, Meta(min_length=1, max_length=256)]
+    paths: Annotated[list[str], Meta(min_length=1, max_length=16)]
+
+
+class SearchConfig(_Section, frozen=True):
+    """Full-text search over events (README "Full-text search"; ``sidecar.storage.search``).
+    Off by default: the index adds card writes for every event."""
+
+    enabled: bool = False
+    fields: Annotated[list[SearchField], Meta(min_length=1, max_length=3)] = msgspec.field(
+        default_factory=lambda: ["type", "source", "payload"])
+    tokenizer: Literal["unicode61", "trigram"] = "unicode61"
+    paths: Annotated[list[SearchPaths], Meta(max_length=32)] = msgspec.field(default_factory=list)
+    backfill_batch: Annotated[int, Meta(ge=100, le=100_000)] = 2000  # existing events per step
+    # a ranked search scores the newest this many matches only (bm25 costs per match); 0: all
+    rank_window: Annotated[int, Meta(ge=0, le=10_000_000)] = 2000
+
+
 class ProjectionConfig(_Section, frozen=True):
     """One ``[[projections]]`` rule (``sidecar.core.projections``; README "Projections"): events
     of ``type`` fold into the key ``key`` renders, inside the writer's transaction."""
@@ -253,6 +279,7 @@ class Config(_Section, frozen=True):
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     indexes: IndexesConfig = msgspec.field(default_factory=IndexesConfig)
+    search: SearchConfig = msgspec.field(default_factory=SearchConfig)
     kv: KvConfig = msgspec.field(default_factory=KvConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     homeassistant: HomeAssistantConfig = msgspec.field(default_factory=HomeAssistantConfig)
@@ -401,6 +428,7 @@ def _check(config: Config, source: str) -> None:
                           'or durability = "none" to accept losing and corrupting data on a '
                           "power cut)", source=source, key="database.synchronous")
     _check_paths(config, source)
+    _check_search(config, source)
     _check_http(config.http, source)
     if config.homeassistant.interval < 5:
         raise ConfigError("must be at least 5s (Home Assistant state updates)", source=source,
@@ -469,6 +497,26 @@ def _check_paths(config: Config, source: str) -> None:
             if problem:
                 raise ConfigError(problem, source=source,
                                   key=f"retention.rules[{i}].keep_latest")
+
+
+def _check_search(config: Config, source: str) -> None:
+    """``[search]``: SQLite's FTS5 (not on PostgreSQL yet), fields and paths well formed. Whether
+    the SQLite build has the tokenizer is checked when the database opens
+    (``storage.search.sync``), where the library is known."""
+    search = config.search
+    if search.enabled and config.database.url.startswith(("postgresql:", "postgres:")):
+        raise ConfigError("full-text search is not available on PostgreSQL yet (SQLite only)",
+                          source=source, key="search.enabled")
+    if len(set(search.fields)) != len(search.fields):
+        raise ConfigError("a field is listed twice", source=source, key="search.fields")
+    for i, rule in enumerate(search.paths):
+        for j, key in enumerate(rule.paths):
+            problem = paths.path_error(key)
+            if problem:
+                raise ConfigError(problem, source=source, key=f"search.paths[{i}].paths[{j}]")
+        if "payload" not in search.fields:
+            raise ConfigError('paths choose what of the payload is indexed: add "payload" to '
+                              "search.fields", source=source, key=f"search.paths[{i}]")
 
 
 def _check_http(http: HttpConfig, source: str) -> None:

@@ -21,7 +21,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
+
+import msgspec
 
 from sidecar import __version__
 from sidecar.api import protocol as requests
@@ -39,18 +41,22 @@ from sidecar.api.protocol import (
     RenewRequest,
     ReplayRequest,
     RequestMessage,
+    SearchRequest,
     StatsRequest,
     request_from_inbound,
 )
 from sidecar.api.replay import CommitSignal, ReplayStream, Sent
 from sidecar.config import ApiConfig
 from sidecar.core import kv, topics
+from sidecar.core.filters import Filter
 from sidecar.core.inbound import InboundMessage
+from sidecar.core.search_query import to_fts
 from sidecar.core.stats import Stats
 from sidecar.errors import FilterError, RequestError, StorageError
 from sidecar.logs import RateLimited, get_logger
 from sidecar.storage.queries import conditions, json_path
 from sidecar.storage.reads import Reader
+from sidecar.storage.search import SearchUnavailable
 
 log = get_logger("sidecar.handlers")
 
@@ -128,8 +134,10 @@ class Handlers:
                  queue_depth: Callable[[], int] = lambda: 0,
                  disk_guard: Callable[[], dict[str, Any] | None] = lambda: None,
                  kv_write: Callable[[kv.KvWrite], kv.KvEntry | None] | None = None,
-                 kv_max_value_bytes: int = 65536, shared_group: bool = False) -> None:
+                 kv_max_value_bytes: int = 65536, shared_group: bool = False,
+                 search_rank_window: int = 2000) -> None:
         self._config = config
+        self._rank_window = search_rank_window  # [search] rank_window
         self._shared = shared_group  # one of several sidecars: cancel/renew reach every member
         self._tag = uuid.uuid4().hex[:_TAG_LENGTH]  # starts the id of every stream started here
         self._kv_write = kv_write  # the writer's ``kv``: applied on its thread, waits for durable
@@ -330,6 +338,8 @@ class Handlers:
         match request:
             case QueryRequest():
                 return self._query(request, reply.fmt)
+            case SearchRequest():
+                return self._search(request, reply.fmt)
             case GetRequest():
                 return self._get(request, reply.fmt)
             case LatestRequest():
@@ -360,6 +370,28 @@ class Handlers:
     def _query(self, request: QueryRequest, fmt: str) -> requests.QueryPage:
         return query_page(self._reader, request, fmt=fmt, max_limit=self._config.max_limit,
                           max_bytes=self._config.max_response_bytes)
+
+    def _search(self, request: SearchRequest, fmt: str) -> requests.SearchPage:
+        """Full-text search (``storage.search``): the query parsed in our words first (a
+        malformed one is ``bad_request`` on ``query``), then a page of hits, each with its
+        event; no more events than ``max_response_bytes`` holds (``next`` then resumes)."""
+        self._check_limit(request.limit, "limit")
+        fts = to_fts(request.query)
+        unpaged = cast(Filter, msgspec.structs.replace(request, after=None))
+        cond = conditions(unpaged, indexed=self._reader.path_indexes() if request.where else set())
+        marks = (request.highlight[0], request.highlight[1]) if request.highlight else ("[", "]")
+        try:
+            found = self._reader.search_page(fts, cond, order=request.order, limit=request.limit,
+                                             after=request.after, marks=marks,
+                                             max_bytes=self._config.max_response_bytes,
+                                             rank_window=self._rank_window)
+        except SearchUnavailable as exc:
+            raise RequestError(exc.code, str(exc)) from None
+        state = found.state
+        return requests.SearchPage(
+            [requests.SearchHit(requests.event_out(event, fmt), hit.snippet, hit.rank)
+             for hit, event in found.hits], found.next, state.complete, state.backfilled_to,
+            state.live_from, found.window)
 
     def _latest(self, request: LatestRequest, fmt: str) -> requests.LatestAnswer:
         self._check_limit(request.limit, "limit")

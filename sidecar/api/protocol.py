@@ -24,7 +24,7 @@ from sidecar.core.inbound import InboundMessage
 from sidecar.core.kv import MAX_KEY_BYTES, KvEntry
 from sidecar.errors import FilterError, RequestError
 
-OPS = ("query", "get", "latest", "replay", "replay/cancel", "replay/renew", "stats",
+OPS = ("query", "search", "get", "latest", "replay", "replay/cancel", "replay/renew", "stats",
        "kv/get", "kv/put", "kv/delete", "kv/list", "kv/watch")
 
 Text = Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -81,6 +81,24 @@ class Filter(_Request, frozen=True):
 class QueryRequest(Filter, frozen=True):
     limit: Annotated[int, Meta(ge=1)] = 100
     order: Literal["asc", "desc"] = "asc"
+
+
+Mark = Annotated[str, Meta(max_length=32)]
+SearchCursor = Annotated[str, Meta(min_length=1, max_length=64)] | Annotated[int, Meta(ge=0, le=MAX_INT64)]
+
+
+class SearchRequest(Filter, frozen=True, kw_only=True):
+    """Full-text ``query`` (``core.search_query``) with the filters of ``query``; ``order``
+    ``rank`` (bm25, best first), ``desc`` (newest first) or ``asc``; ``after`` the ``next`` of
+    the previous page (a ``rank:seq`` text when ranked, a seq by time); ``highlight`` the two
+    marks put around matched words in the snippets."""
+
+    query: Annotated[str, Meta(min_length=1, max_length=1000)]
+    # the cursor of a ranked page is text: wider than the seq of ``Filter.after``
+    after: SearchCursor | None = None  # type: ignore[assignment]
+    limit: Annotated[int, Meta(ge=1)] = 20
+    order: Literal["rank", "desc", "asc"] = "rank"
+    highlight: Annotated[list[Mark], Meta(min_length=2, max_length=2)] | None = None
 
 
 class LatestRequest(_Request, frozen=True):
@@ -172,7 +190,8 @@ class _Envelope(msgspec.Struct):
 
 
 REQUEST_TYPES: dict[str, type[_Request]] = {
-    "query": QueryRequest, "get": GetRequest, "latest": LatestRequest, "replay": ReplayRequest,
+    "query": QueryRequest, "search": SearchRequest, "get": GetRequest,
+    "latest": LatestRequest, "replay": ReplayRequest,
     "replay/cancel": CancelRequest, "replay/renew": RenewRequest, "stats": StatsRequest,
     "kv/get": KvGetRequest, "kv/put": KvPutRequest, "kv/delete": KvDeleteRequest,
     "kv/list": KvListRequest, "kv/watch": KvWatchRequest,
@@ -259,6 +278,29 @@ class QueryPage(msgspec.Struct, frozen=True, omit_defaults=True):
     events: list[EventOut]
     next: int | None
     unindexed_where: list[str] | None = None
+
+
+class SearchHit(msgspec.Struct, frozen=True):
+    """One match: the event, its snippet (matched words between the highlight marks) and its
+    bm25 rank (lower is better; FTS5's sign)."""
+
+    event: EventOut
+    snippet: str
+    rank: float
+
+
+class SearchPage(msgspec.Struct, frozen=True):
+    """The ``data`` of a ``search`` answer. ``complete`` false while existing events are still
+    being indexed: then only those with ``seq <= indexed_through`` and every event from
+    ``live_from`` on are searched. ``rank_window`` (a ranked search that matched more events
+    than ``[search] rank_window``): only the newest that many matches were ranked."""
+
+    hits: list[SearchHit]
+    next: str | int | None
+    complete: bool
+    indexed_through: int
+    live_from: int
+    rank_window: int | None = None  # ranked among the newest this many matches only
 
 
 class LatestAnswer(msgspec.Struct, frozen=True):

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sidecar import __version__
-from sidecar.cli import admin, encryption, history, kv, project, top
+from sidecar.cli import admin, encryption, history, kv, project, search, top
 from sidecar.cli import args as cliargs
 from sidecar.cli import inspection as inspect_cmds
 from sidecar.config import Config
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "Example: kairo-sidecar config --config sidecar.toml")
     cliargs.add_config_option(show)
     history.add_parsers(sub)  # query, get, replay
+    search.add_parsers(sub)  # search, search-index status|rebuild|check
     admin.add_parsers(sub)  # purge, check, recover, backup, export, import
     inspect_cmds.add_parsers(sub)  # stats, dead-letters
     kv.add_parsers(sub)  # kv get|put|delete|list|watch
@@ -112,6 +113,8 @@ def _main(argv: Sequence[str] | None) -> int:
         configure_logging(config.log)
         if args.command in history.COMMANDS:
             return history.COMMANDS[args.command](args, config)
+        if args.command in search.COMMANDS:
+            return search.COMMANDS[args.command](args, config)
         if args.command in admin.COMMANDS:
             return admin.COMMANDS[args.command](args, config)
         if args.command in encryption.COMMANDS:

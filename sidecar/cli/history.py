@@ -92,7 +92,8 @@ def add_parsers(sub: Any) -> None:
     _connection(replay)
 
 
-def _filters(parser: argparse.ArgumentParser) -> None:
+def _filters(parser: argparse.ArgumentParser, *, cursor: Callable[[str], Any] = int,
+             cursor_name: str = "SEQ") -> None:
     parser.add_argument("--type", action="append", metavar="TYPE")
     parser.add_argument("--source", action="append", metavar="SOURCE")
     parser.add_argument("--topic", metavar="FILTER")
@@ -101,7 +102,7 @@ def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--correlation-id")
     parser.add_argument("--causation-id")
     parser.add_argument("--trace-id")
-    parser.add_argument("--after", type=int, metavar="SEQ")
+    parser.add_argument("--after", type=cursor, metavar=cursor_name)
     parser.add_argument("--where", action="append", metavar="PATH=VALUE")
 
 
@@ -404,7 +405,14 @@ def _print(out: Any, events: Iterable[Any], progress: Progress | None = None) ->
     out.flush()
 
 
-# what other command modules (``cli.kv``) share of these
+# what other command modules (``cli.kv``, ``cli.search``) share of these
 add_connection_options = _connection
+add_filter_options = _filters
+FILTERS_HELP = _FILTERS_HELP
+filter_body = _filter_body
+convert = _convert
+checked_conditions = _conditions
+event_json = _event
+print_lines = _print
 local_reader = _local
 connected = _client

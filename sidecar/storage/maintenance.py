@@ -1,7 +1,8 @@
 """WAL checkpoints, file sizes, page reclaiming, and the scheduler the writer runs between batches.
 
 ``Maintenance`` is the writer's between-batches hook: each call does at most one short step (a
-PASSIVE checkpoint, or one batch of a purge), so ingest waits at most one step. Everything here
+PASSIVE checkpoint, one batch of a purge, or, while no delivery waits, one step of the search
+backfill), so ingest waits at most one step. Everything here
 runs on the connection of the thread that calls it.
 """
 
@@ -20,6 +21,7 @@ from sidecar.config import Config
 from sidecar.core.events import now_ms
 from sidecar.logs import get_logger
 from sidecar.storage import dialect as dialects
+from sidecar.storage import search
 from sidecar.storage.diskguard import CHECK_INTERVAL, FLOOR_RECHECK, DiskGuard
 from sidecar.storage.purge import Policy, PurgeResult, PurgeRun
 
@@ -184,6 +186,8 @@ class Maintenance:
             DiskGuard.from_config(db, path, config.retention)
             if files and path and path != ":memory:" else None)
         self._next_guard_check = now  # the first check at the first call
+        # existing events still to index for search (storage.search): a step per idle call
+        self._search_batch = config.search.backfill_batch if config.search.enabled and files else 0
 
     def make_room(self) -> None:
         """The disk is full (the writer got SQLITE_FULL and is about to retry): run the guard
@@ -241,7 +245,23 @@ class Maintenance:
             self._purge = PurgeRun(self._db, self._policy, now_ms())
             self._purge_step(now)
             return True
+        if self._search_batch and not self._pending():
+            return self._search_step()
         return False
+
+    def _search_step(self) -> bool:
+        """Index the next ``backfill_batch`` existing events for search; once none is left,
+        no more steps. A database error is logged and the step retried at a later call."""
+        try:
+            done = search.backfill(self._db, limit=self._search_batch)
+        except (peewee.DatabaseError, sqlite3.Error) as exc:
+            log.warning("search_backfill_failed", error=str(exc), hint="retried later")
+            return False
+        if not done:
+            self._search_batch = 0
+            return False
+        log.debug("search_backfilled", events=done)
+        return True
 
     def _guard_step(self, now: float) -> bool:
         """One step of the disk guard if it runs or its check is due and finds too little room;

@@ -28,7 +28,7 @@ from sidecar.core.events import StoredEvent, event_size
 from sidecar.core.kv import KvEntry
 from sidecar.errors import FilterError, StorageError
 from sidecar.storage import dialect as dialects
-from sidecar.storage import indexes, kv, latest
+from sidecar.storage import indexes, kv, latest, search
 from sidecar.storage.cipher import database_key
 from sidecar.storage.db import is_sqlite, pragmas, sqlite_database, sqlite_path
 from sidecar.storage.queries import (
@@ -63,6 +63,16 @@ class _Bounded(NamedTuple):
     rows: list[StoredEvent]
     over: bool
     keys: int
+
+
+class SearchAnswerPage(NamedTuple):
+    """One page of ``search``: (hit, event) pairs, the cursor of the next page, and the
+    index's state (complete, or how far the backfill is)."""
+
+    hits: list[tuple[search.Hit, StoredEvent]]
+    next: int | str | None
+    state: search.State
+    window: int | None = None  # ranked among the newest this many matches only
 
 
 class LatestPage(NamedTuple):
@@ -198,6 +208,37 @@ class Reader:
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
         return _Bounded(rows, False, len(seqs))
+
+    def search_page(self, fts_query: str, cond: Conditions, *, order: str, limit: int,
+                    after: int | str | None, marks: tuple[str, str],
+                    max_bytes: int, rank_window: int = 0) -> SearchAnswerPage:
+        """A page of full-text matches (``storage.search.matches``) with their events, no
+        more than fit in ``max_bytes`` of answer (always one); ``next`` resumes after the
+        last hit given (a ``rank:seq`` text when ranked, a seq by time), None at the end."""
+        found = search.matches(self.db, fts_query, cond, order=order, limit=limit, after=after,
+                               marks=marks, rank_window=rank_window)
+        wanted = [hit.seq for hit in found.hits]
+        stored: dict[int, StoredEvent] = {}
+        if wanted:
+            for row in self._all(by_seqs(wanted)):
+                stored[row[0]] = _stored(row)
+        hits: list[tuple[search.Hit, StoredEvent]] = []
+        size = 0
+        cut = False
+        for hit in found.hits:
+            found_event = stored.get(hit.seq)
+            if found_event is None:  # deleted between the two reads (a purge): not a match now
+                continue
+            size += event_size(found_event)
+            if size > max_bytes and hits:
+                cut = True
+                break
+            hits.append((hit, found_event))
+        nxt: int | str | None = None
+        if (found.more or cut) and hits:
+            last = hits[-1][0]
+            nxt = f"{last.rank!r}:{last.seq}" if order == "rank" else last.seq
+        return SearchAnswerPage(hits, nxt, found.state, found.window)
 
     def path_indexes(self) -> set[str]:
         """The names of the path indexes in the file (``storage.indexes``)."""

@@ -27,7 +27,8 @@ from paho.mqtt.properties import Properties
 from tests.conftest import wait_until
 
 OPS = ["query", "get", "replay", "replay/cancel", "stats"]
-CODES = {"bad_request", "not_found", "busy", "too_large", "unknown_op"}
+CODES = {"bad_request", "not_found", "busy", "too_large", "unknown_op",
+         "search_disabled", "search_unavailable"}
 
 Request = tuple[str, bytes, str | None]  # (op, body, MQTT 5 content type)
 
@@ -159,6 +160,46 @@ def requests(seed: int, n: int) -> list[Request]:
             except OverflowError:  # MessagePack has no integers beyond 64 bits
                 body = _j(body_obj)
         out.append((op, body, content_type))
+    return out
+
+
+# ---------------------------------------------------------------------------- search
+SEARCH_QUERIES = [
+    '"', '""', '"""', '" "', '"a" "b', 'a"b', "'", "''", "NEAR(a b)", "NEAR(a b, 2)", "NEAR(",
+    "NEAR", "a NEAR b", "col:x", "type:", ":x", "x:", "type:type:x", "{type source}: x",
+    "{type", "- x", "-x", "x -y", "^x", "x^", "+x", "a + b", "*", "**", "***", "a*b*", "*a",
+    "a**", "AND", "OR", "NOT", "AND OR NOT", "a AND", "OR a", "a OR OR b", "a NOT", "NOT",
+    "(", ")", "()", "(((a)))", ")a(", "(" * 200 + "a", "a" + ")" * 200, "rank:1", "rowid:1",
+    "event_search:x", "body:x", "payload:", "\\", "\\\\\"", "';DROP TABLE events;--",
+    "x\x00y", "\x00", " \t\n ", "\u200b", "\u202ex", "\U0001f600", "é" * 300, "日本語 テスト",
+    "w " * 64, "w " * 65, "x" * 1000, "x" * 1001, "a" * 5000, "a/b\\c", "a.b.c", "1e999",
+    "%", "_", "?", "[a-z]", "$.x", "a:b:c", "source:(a)", 'payload:"x"*', '"x"**',
+]
+
+
+def search_requests(seed: int, n: int) -> list[Request]:
+    """``n`` seeded ``search`` requests: hostile query strings, cursors, marks and filters."""
+    rng = random.Random(seed)
+    out: list[Request] = []
+    for _ in range(n):
+        body: dict[str, Any] = {"query": rng.choice(SEARCH_QUERIES) if rng.random() < 0.8
+                                else " ".join(rng.sample(SEARCH_QUERIES, 3))}
+        if rng.random() < 0.3:
+            body["after"] = rng.choice([-1, 0, 5, 2**63, "x:y", "nan:1", "inf:5", "-inf:5",
+                                        "1e999:3", ":", "1:", "1.5:-2", "a" * 64, "a" * 65, ""])
+        if rng.random() < 0.3:
+            body["order"] = rng.choice(["rank", "desc", "asc", "RANK", "", None, 1])
+        if rng.random() < 0.2:
+            body["highlight"] = rng.choice([["<b>", "</b>"], ["", ""], ["x" * 33, "y"], ["a"],
+                                            ["\x00", "\x00"], [1, 2], "ab"])
+        if rng.random() < 0.3:
+            name = rng.choice(["type", "source", "since", "where", "limit", "correlation_id"])
+            body[name] = _hostile_field(name, rng)
+        try:
+            raw = _j(body) if rng.random() < 0.85 else _mp(body)
+        except OverflowError:
+            raw = _j(body)
+        out.append(("search", raw, None))
     return out
 
 

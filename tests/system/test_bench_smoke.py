@@ -78,3 +78,18 @@ def test_bench_smoke_wear_measures_bytes_and_fsyncs_of_daemon_and_typical_script
     goals = [t for t in wear["targets"] if t["goal"] is not None]
     assert len(goals) == 3 and all(t["limit"] == 10 and t["goal"] == 3 for t in goals)
     assert all(t["goal_met"] in (True, False) for t in goals)
+
+
+def test_search_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """`python -m bench.search` latency, wear and merges run end to end on a few hundred events
+    and print their tables (no number is checked: this keeps bench/search.py from rotting)."""
+    for args in (["latency", "--events", "400", "--rounds", "2"],
+                 ["wear", "--base-events", "400", "--events", "60", "--batch", "20",
+                  "--rounds", "1"],
+                 ["merges", "--base-events", "400", "--commits", "4", "--batch", "10",
+                  "--variants", "0:64"]):
+        done = subprocess.run([sys.executable, "-m", "bench.search", *args, "--dir",
+                               str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "|---|" in done.stdout, done.stdout

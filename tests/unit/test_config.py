@@ -28,6 +28,7 @@ from sidecar.config import (
     LogConfig,
     MQTTConfig,
     RetentionConfig,
+    SearchConfig,
     TLSConfig,
     WriterConfig,
     default_database_url,
@@ -43,12 +44,13 @@ DEFAULT_URL = "sqlite:///data/kairo.db"
 SECTIONS: dict[str, type[msgspec.Struct]] = {
     "mqtt": MQTTConfig, "database": DatabaseConfig, "writer": WriterConfig,
     "ingest": IngestConfig, "log": LogConfig, "api": ApiConfig, "retention": RetentionConfig,
-    "indexes": IndexesConfig,
+    "indexes": IndexesConfig, "search": SearchConfig,
     "kv": KvConfig, "http": HttpConfig, "homeassistant": HomeAssistantConfig,
 }
 # Keys the shipped example only documents in comments (their default is "none"/"derived").
 COMMENTED_OUT = {"mqtt.username", "mqtt.password", "mqtt.tls", "mqtt.shared_group", "database.url",
-                 "database.password", "database.key_file", "database.key", "http.token"}
+                 "database.password", "database.key_file", "database.key", "http.token",
+                 "search.paths"}
 
 
 def write(tmp_path: Path, text: str, name: str = "sidecar.toml") -> Path:
@@ -530,6 +532,33 @@ def test_indexes_and_keep_latest_paths_are_read(tmp_path: Path) -> None:
     config = load_config(path, environ={})
     assert config.indexes.paths == ["payload.fingerprint", "metadata.a[0]"]
     assert config.retention.rules[0].keep_latest == "payload.name"
+
+
+def test_search_section_is_read(tmp_path: Path) -> None:
+    """``[search]`` with a ``[[search.paths]]`` rule comes through as written."""
+    path = write(tmp_path, '[search]\nenabled = true\ntokenizer = "trigram"\n'
+                 '[[search.paths]]\ntype = "kairo.alert.*"\npaths = ["payload.message"]\n')
+    config = load_config(path, environ={})
+    assert config.search.enabled and config.search.tokenizer == "trigram"
+    assert config.search.paths[0].paths == ["payload.message"]
+
+
+@pytest.mark.parametrize(("text", "environ", "key", "words"), [
+    ('[search]\ntokenizer = "porter"\n', {}, "search.tokenizer", "unicode61"),
+    ('[search]\nfields = ["type", "type"]\n', {}, "search.fields", "listed twice"),
+    ('[search]\nfields = ["body"]\n', {}, "search.fields[0]", "allowed values"),
+    ('[[search.paths]]\ntype = "a.*"\npaths = ["message"]\n', {}, "search.paths[0].paths[0]",
+     "'message'"),
+    ('[search]\nfields = ["type"]\n[[search.paths]]\ntype = "a"\npaths = ["payload.m"]\n', {},
+     "search.paths[0]", "add \"payload\""),
+    ('[search]\nenabled = true\n', {"KAIRO_SIDECAR_DATABASE__URL": "postgresql://h/db"},
+     "search.enabled", "not available on PostgreSQL"),
+])
+def test_bad_search_config_names_the_key(tmp_path: Path, text: str, environ: dict[str, str],
+                                         key: str, words: str) -> None:
+    """A bad [search] value is refused naming its key, in our words."""
+    error = config_error(write(tmp_path, text), environ)
+    assert error.key == key and words in str(error)
 
 
 @pytest.mark.parametrize(("text", "key", "bad"), [

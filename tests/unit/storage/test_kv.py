@@ -31,7 +31,8 @@ def test_migration_006_keeps_rows_at_version_1(tmp_path: Path) -> None:
     db.execute_sql("INSERT INTO kv_store (key, value, updated_at) VALUES ('agent/memory', "
                    "'{\"facts\": [1, 2]}', 1700000000000)")
     assert migrate(db) == ["006_kv_versions", "007_kv_projected_seq", "009_deferred_keys",
-                           "010_keys_automerge"]
+                           "010_keys_automerge",
+                           "011_event_search"]
     entry = kv.get(db, "agent/memory")
     assert entry == kv.KvEntry("agent/memory", '{"facts": [1, 2]}', 1, 1700000000000)
     assert kv.apply_now(db, KvWrite(op="put", key="agent/memory", value="3", if_version=1),
