@@ -227,7 +227,8 @@ def test_dead_letters_from_before_migration_003_are_read_and_reingested(tmp_path
     database.execute_sql("INSERT INTO dead_letters (topic, payload, payload_size, reason, "
                          "received_at) VALUES ('t', x'00', 1, 'r', 2)")
     assert migrate(database) == ["003_dead_letter_properties", "004_event_keys", "005_event_types",
-                                 "006_kv_versions", "007_kv_projected_seq", "009_deferred_keys"]
+                                 "006_kv_versions", "007_kv_projected_seq", "009_deferred_keys",
+        "012_kv_key_byte_order"]
     assert database.execute_sql("SELECT topic, content_type, user_properties FROM "
                                 "dead_letters ORDER BY id").fetchall() == [
         ("kairo/old/x", None, None), ("t", None, None)]
