@@ -36,6 +36,7 @@ class Dialect:
     name = ""
     fts_keys = False  # ids and types found through event_keys (FTS5)
     files = False  # a database file: WAL, checkpoints, vacuum, disk guard, integrity, backup
+    holds_nul = False  # text and JSON may hold U+0000 (PostgreSQL's text and JSONB cannot)
 
     # --------------------------------------------------------------- query terms
     def glob(self, column: peewee.Node, pattern: str) -> peewee.Node:
@@ -64,6 +65,7 @@ class _SQLite(Dialect):
     name = "sqlite"
     fts_keys = True
     files = True
+    holds_nul = True
 
     def contains(self, text: peewee.Node, needle: str) -> peewee.Node:
         return peewee.fn.instr(text, needle) > 0
