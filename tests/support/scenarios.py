@@ -312,6 +312,10 @@ def bad_input(broker: Broker, sidecar: SidecarProcess, *, seed: int, malformed: 
                               max_payload_bytes=max_payload_bytes)
     want_events = sum(c.expect == fuzzcorpus.EVENT for c in cases)
     want_dead = sum(c.expect == fuzzcorpus.DEAD for c in cases)
+    if sidecar.engine == "postgres":  # an event holding U+0000 is a dead letter there
+        refused = sum(c.expect == fuzzcorpus.EVENT and c.oracle is not None
+                      and fuzzcorpus.holds_nul(c.oracle) for c in cases)
+        want_events, want_dead = want_events - refused, want_dead + refused
     stream = Stream(broker.host, broker.port,
                     [Message(c.topic, c.topic, c.payload) for c in cases]).start()
     accepted = stream.wait(timeout=600)
@@ -319,13 +323,13 @@ def bad_input(broker: Broker, sidecar: SidecarProcess, *, seed: int, malformed: 
 
     def landed() -> bool:
         _alive(sidecar)
-        return (count_rows(sidecar.db_path) >= want_events
-                and count_rows(sidecar.db_path, "dead_letters") >= want_dead)
+        return (count_rows(sidecar.db) >= want_events
+                and count_rows(sidecar.db, "dead_letters") >= want_dead)
 
     with contextlib.suppress(AssertionError):  # a shortfall is reported by verify below
         wait_until(landed, timeout=300, interval=0.2, message="every case stored or dead-lettered")
     _alive(sidecar)
-    problems = fuzzcorpus.verify(sidecar.db_path, cases, dead_letter_max_bytes=dead_letter_max_bytes)
+    problems = fuzzcorpus.verify(sidecar.db, cases, dead_letter_max_bytes=dead_letter_max_bytes)
     missing = sum("expected one event, got 0" in p for p in problems)
     doubled = sum("expected one event, got 2" in p or "expected one dead letter, got 2" in p
                   for p in problems)

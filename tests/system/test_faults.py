@@ -2,8 +2,8 @@
 cannot be written (SQLite locked by another process, the PostgreSQL server stopped), malformed
 input, QoS 0 and MQTT 3.1.1.
 
-Every test runs on both engines (the ``sidecar_factory`` below stores into an SQLite file or a
-fresh PostgreSQL database); a test marked ``sqlite_only`` or ``postgres_only`` says why.
+Every test runs on both engines (``tests.support.engines.sidecar_factory`` stores into an SQLite
+file or a fresh PostgreSQL database); a test marked ``sqlite_only`` or ``postgres_only`` says why.
 
 Every wait is a condition with a deadline (``wait_until``); nothing here relies on timing for
 correctness. Evidence for a failure is in ``tmp_path/sidecar.log`` and
@@ -16,19 +16,17 @@ import random
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import ENGINES, SidecarProcess, count_rows, engine_database, wait_until
-from tests.support import scenarios
+from tests.conftest import count_rows, wait_until
+from tests.support import engines, scenarios
 from tests.support.broker import Broker
+from tests.support.engines import Outage, SidecarFactory
 from tests.support.faultkit import (
     assert_exactly,
-    exclusive_lock,
     last_event,
     log_events,
     probe,
@@ -38,44 +36,14 @@ from tests.support.faultkit import (
     wait_probe_handled,
     wait_rows,
 )
-from tests.support.postgres import Postgres
 from tests.support.publisher import Message, Publisher, encode, event_messages, make_event, publish_all
 from tests.support.stores import target_rows
 
 pytestmark = pytest.mark.slow
 
-SidecarFactory = Callable[..., SidecarProcess]
-Outage = Callable[[SidecarProcess], AbstractContextManager[Any]]
-
-
-@pytest.fixture(params=ENGINES)
-def sidecar_factory(request: pytest.FixtureRequest, sidecar_factory: SidecarFactory,
-                    tmp_path: Path) -> Iterator[SidecarFactory]:
-    """conftest's factory with ``[database] url`` an SQLite file or a fresh PostgreSQL database:
-    every test of this module runs on both engines, unless marked for one (skipped, saying why)."""
-    engine = request.param
-    for name, other in (("sqlite_only", "postgres"), ("postgres_only", "sqlite")):
-        marker = request.node.get_closest_marker(name)
-        if marker is not None and engine == other:
-            pytest.skip(f"{name}: {marker.args[0]}")
-    for url in engine_database(request, engine, tmp_path):
-        def make(broker: Broker, __url: str = url, **overrides: object) -> SidecarProcess:
-            return sidecar_factory(broker, **{"database__url": __url, **overrides})
-        yield make
-
-
-@pytest.fixture
-def outage(request: pytest.FixtureRequest) -> Outage:
-    """A block during which the sidecar's writes fail: another process holding SQLite's write
-    lock, or the PostgreSQL server stopped (every connection cut, new ones refused)."""
-    def make(sidecar: SidecarProcess) -> AbstractContextManager[Any]:
-        if sidecar.engine == "sqlite":
-            return exclusive_lock(sidecar.db_path)
-        server: Postgres = request.getfixturevalue("pg_server")
-        if server._halt is None:
-            pytest.skip("the PostgreSQL server cannot be stopped and started here (docker)")
-        return server.down()
-    return make
+# both engines: these fixtures override conftest's ``sidecar_factory`` (tests.support.engines)
+sidecar_factory = engines.sidecar_factory
+outage = engines.outage
 
 
 def skip_if_external() -> None:
