@@ -434,9 +434,6 @@ def _check(config: Config, source: str) -> None:
         raise ConfigError("must be at least 5s (Home Assistant state updates)", source=source,
                           key="homeassistant.interval")
     compile_projections(config.projections, source=source)
-    if config.projections and config.database.url.startswith(("postgresql:", "postgres:")):
-        raise ConfigError("projections are not available on PostgreSQL yet (SQLite only)",
-                          source=source, key="projections[0]")
     _check_shared_group(config, source)
 
 
@@ -474,14 +471,9 @@ def _check_shared_group(config: Config, source: str) -> None:
 
 
 def _check_paths(config: Config, source: str) -> None:
-    """``[indexes] paths`` and ``keep_latest``: JSON paths in the grammar ``where`` takes
-    (SQLite expression indexes: not on PostgreSQL yet)."""
+    """``[indexes] paths`` and ``keep_latest``: JSON paths in the grammar ``where`` takes."""
     seen: set[str] = set()
-    postgres = config.database.url.startswith(("postgresql:", "postgres:"))
     for i, key in enumerate(config.indexes.paths):
-        if postgres:
-            raise ConfigError("path indexes are not available on PostgreSQL yet (SQLite only)",
-                              source=source, key=f"indexes.paths[{i}]")
         problem = paths.path_error(key)
         if problem:
             raise ConfigError(problem, source=source, key=f"indexes.paths[{i}]")
@@ -490,9 +482,6 @@ def _check_paths(config: Config, source: str) -> None:
         seen.add(key)
     for i, rule in enumerate(config.retention.rules):
         if rule.keep_latest is not None:
-            if postgres:
-                raise ConfigError("keep_latest is not available on PostgreSQL yet (SQLite only)",
-                                  source=source, key=f"retention.rules[{i}].keep_latest")
             problem = paths.path_error(rule.keep_latest)
             if problem:
                 raise ConfigError(problem, source=source,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from sidecar.config import LogConfig
 from sidecar.logs import configure_logging
 from tests.support.broker import Broker, start_broker
 from tests.support.postgres import Postgres, PostgresUnavailable, start_postgres
-from tests.support.stores import Store, make_store
+from tests.support.stores import Store, Target, make_store, target_count
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,16 +110,9 @@ def module_store(request: pytest.FixtureRequest,
         yield make_store(request.param, url)
 
 
-def count_rows(db_path: Path, table: str = "events") -> int:
-    if not db_path.exists():
-        return 0
-    con = sqlite3.connect(db_path, timeout=30)
-    try:
-        return con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
+def count_rows(db: Target, table: str = "events") -> int:
+    """Rows in ``table`` of an SQLite file or a PostgreSQL URL (``SidecarProcess.db``)."""
+    return target_count(db, table)
 
 
 class SidecarProcess:
@@ -145,6 +137,17 @@ class SidecarProcess:
             self.env["KAIRO_SIDECAR_" + key.upper()] = str(value)
         self.proc: subprocess.Popen[bytes] | None = None
         self.wrapper: list[str] = []  # a command the daemon runs under (e.g. strace ... --)
+
+    @property
+    def engine(self) -> str:
+        """``"sqlite"`` or ``"postgres"``, from ``[database] url``."""
+        return "sqlite" if self.env["KAIRO_SIDECAR_DATABASE__URL"].startswith("sqlite:") \
+            else "postgres"
+
+    @property
+    def db(self) -> Target:
+        """What the tests read: the SQLite file, or the PostgreSQL URL."""
+        return self.db_path if self.engine == "sqlite" else self.env["KAIRO_SIDECAR_DATABASE__URL"]
 
     def start(self, *, wait_ready: bool = True) -> SidecarProcess:
         offset = len(self.log_text())

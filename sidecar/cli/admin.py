@@ -381,6 +381,9 @@ def _cmd_copy(args: argparse.Namespace, config: Config) -> int:
     print(f"copied {result.events} events{resumed}: {result.inserted} new, "
           f"{result.events - result.inserted} already there; {result.dead_letters} dead letters; "
           f"{result.kv_written} key-value entries written")
+    if result.refused:
+        print(f"{result.refused} events refused by the target (they hold U+0000, which "
+              "PostgreSQL cannot store): kept there as dead letters (dead-letters list)")
     return 0
 
 

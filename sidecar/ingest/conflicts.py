@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from sidecar.core.events import DeadLetterRow, EventRow
@@ -31,10 +32,13 @@ _log = RateLimited(period=10.0, burst=10)
 
 
 def _same_json(a: str, b: str) -> bool:
+    """Equal JSON values, numbers compared exactly (``Decimal``): PostgreSQL returns a JSONB
+    number as its exact decimal (``1e999`` comes back as 1 and 999 zeros), which a float
+    would read as another value (``inf``)."""
     if a == b:
         return True
     try:
-        return bool(json.loads(a) == json.loads(b))
+        return bool(json.loads(a, parse_float=Decimal) == json.loads(b, parse_float=Decimal))
     except ValueError:
         return False
 

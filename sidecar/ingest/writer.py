@@ -111,6 +111,18 @@ def _insert_sql(model: type[peewee.Model], columns: Sequence[str], *, replace: b
     return sql
 
 
+def _inserted_seqs(cursor: Any, rows: list[EventRow]) -> tuple[list[int], list[EventRow]]:
+    """PostgreSQL: the seqs the batch's new rows got and their payloads as stored (JSONB's
+    text, what a rebuild folds), read back by id (the UNIQUE index, one query), in seq order.
+    The rows are new: their ids were looked up under the commit-order lock, so no other writer
+    stored one meanwhile (``EventInsert.run``)."""
+    cursor.execute("SELECT id, seq, payload FROM events WHERE id = ANY(%s)", ([r.id for r in rows],))
+    stored = {event_id: (seq, payload) for event_id, seq, payload in cursor.fetchall()}
+    mine = sorted((stored[r.id][0], i) for i, r in enumerate(rows) if r.id in stored)
+    return ([seq for seq, _ in mine],
+            [rows[i]._replace(payload=stored[rows[i].id][1]) for _, i in mine])
+
+
 class EventInsert:
     """Insert the events whose id is not stored yet, then the conflict check on the others:
     the one path by which events are stored (the writer's batches and ``letters`` re-ingest).
@@ -121,7 +133,7 @@ class EventInsert:
     each id not stored is inserted."""
 
     def __init__(self, dialect: dialects.Dialect = dialects.SQLITE,
-                 on_inserted: Callable[[int, list[EventRow]], None] | None = None) -> None:
+                 on_inserted: Callable[[list[int], list[EventRow]], None] | None = None) -> None:
         self._dialect = dialect
         sql = _insert_sql(Event, EVENT_COLUMNS)
         if dialect.fts_keys:
@@ -129,10 +141,7 @@ class EventInsert:
         else:  # the UNIQUE index on id decides: a row a concurrent writer stored is skipped
             sql = sql.replace("ON CONFLICT DO NOTHING", 'ON CONFLICT ("id") DO NOTHING')
             self._bulk = BulkInsert(sql, len(EVENT_COLUMNS), max_variables=32767, param="%s")
-            # projections read the new rows' seqs from SQLite's lastrowid (config refuses
-            # them on PostgreSQL for now)
-            on_inserted = None
-        self._on_inserted = on_inserted  # (seq of the first, the rows): still in the transaction
+        self._on_inserted = on_inserted  # (their seqs, the rows) in seq order: in the transaction
 
     def run(self, cursor: Any, events: Sequence[EventRow]) -> tuple[int, list[DeadLetterRow]]:
         """Insert ``events`` (all with an id) in the caller's transaction. Returns how many
@@ -146,10 +155,13 @@ class EventInsert:
         fresh = new_events(cursor, events)
         inserted = self._bulk.run(cursor, fresh)  # few calls, few GIL waits
         if self._on_inserted is not None and fresh:
-            if inserted == len(fresh):
+            if not self._dialect.fts_keys:
+                self._on_inserted(*_inserted_seqs(cursor, fresh))
+            elif inserted == len(fresh):
                 # one writer, AUTOINCREMENT: the rows of this insert got consecutive seqs, the
                 # last one is lastrowid (rows inserted by triggers do not change it)
-                self._on_inserted(cursor.lastrowid - inserted + 1, fresh)
+                first = cursor.lastrowid - inserted + 1
+                self._on_inserted(list(range(first, first + inserted)), fresh)
             else:  # cannot happen (fresh ids are not stored); never guess seqs
                 log.error("projection_not_folded", rows=len(fresh), inserted=inserted,
                           hint="run kairo-sidecar project rebuild")
@@ -687,15 +699,15 @@ class Writer:
         return _Written(len(events), inserted, conflicts, len(dead),
                         tuple(row.reason for row in dead) if dead else ())
 
-    def _fold(self, first_seq: int, rows: list[EventRow]) -> None:
+    def _fold(self, seqs: list[int], rows: list[EventRow]) -> None:
         """The projections, for the events this batch newly inserted (in its transaction, in
         seq order; a redelivery is not inserted, so never folded twice). A failure other than
         the database's rolls back the fold alone (a savepoint): the events are stored anyway."""
         folder = self._projections
         assert folder is not None
         matching = folder.matching
-        events = [Folded(first_seq + i, row.type, row.source, row.payload, row.received_at)
-                  for i, row in enumerate(rows) if matching(row.type)]
+        events = [Folded(seq, row.type, row.source, row.payload, row.received_at)
+                  for seq, row in zip(seqs, rows, strict=True) if matching(row.type)]
         if not events:
             return
         try:

@@ -10,10 +10,18 @@ point resumes after exactly what it committed, and an event whose id the target 
 their ``id`` the same way, then the key-value store (an entry is written unless the target holds
 the key at the same or a newer version). Copied events get the target's own ``seq`` values: to
 its replay cursors they are new.
+
+PostgreSQL holds no U+0000 (NUL) in text or JSONB, SQLite does: an event holding one (a JSON
+``\\u0000`` escape in its payload or metadata, a NUL in a text column) cannot be copied there.
+It becomes a dead letter of the target (reason ``storage refused the event: ...``, the payload
+the event as an export line, so ``import`` can bring it into an SQLite store), in the same
+transaction as its batch and the batch's place: counted once in ``refused``, never twice, and
+the copy goes on.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -23,14 +31,20 @@ import msgspec
 import peewee
 
 from sidecar.config import DatabaseConfig
-from sidecar.core.events import DEAD_LETTER_COLUMNS, now_ms
+from sidecar.core.events import DEAD_LETTER_COLUMNS, DeadLetterRow, now_ms
 from sidecar.errors import StorageError, UsageError
 from sidecar.logs import get_logger
 from sidecar.storage import dialect as dialects
 from sidecar.storage.reads import open_reader
 from sidecar.storage.sqlite_errors import retry_busy
 from sidecar.storage.startup import open_store
-from sidecar.storage.transfer import EXPORT_COLUMNS, ExportedKv, import_kv_entry, insert_exported
+from sidecar.storage.transfer import (
+    EXPORT_COLUMNS,
+    ExportedEvent,
+    ExportedKv,
+    import_kv_entry,
+    insert_exported,
+)
 
 log = get_logger("sidecar.copy")
 
@@ -50,6 +64,7 @@ class CopyResult(NamedTuple):
     kv_written: int
     resumed_after: int  # the source seq this run started after (0: from the start)
     seconds: float
+    refused: int = 0  # source events the target cannot hold: dead letters there (see the module)
 
 
 def copy_store(source: DatabaseConfig, target: DatabaseConfig, *, batch_size: int = 2000,
@@ -67,7 +82,8 @@ def copy_store(source: DatabaseConfig, target: DatabaseConfig, *, batch_size: in
         after = _progress(dst, name, "events")
         total = _scalar(src, "SELECT count(*) FROM events")
         done = _scalar(src, f"SELECT count(*) FROM events WHERE seq <= {src.param}", (after,))
-        events = inserted = 0
+        events = inserted = refused = 0
+        holds_nul = dialects.of(dst).holds_nul
         sql = (f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE seq > {src.param} "
                f"ORDER BY seq LIMIT {int(batch_size)}")
         last = after
@@ -75,9 +91,12 @@ def copy_store(source: DatabaseConfig, target: DatabaseConfig, *, batch_size: in
             rows = src.execute_sql(sql, (last,)).fetchall()
             if not rows:
                 break
-            batch = [tuple(row[1:]) for row in rows]
             last = rows[-1][0]
-            inserted += _write(dst, name, "events", last, partial(insert_exported, dst, batch))
+            letters = {} if holds_nul else _refused(rows)
+            batch = [tuple(row[1:]) for row in rows if not letters or row[0] not in letters]
+            inserted += _write(dst, name, "events", last,
+                               partial(_insert_events, dst, batch, list(letters.values())))
+            refused += len(letters)
             events += len(rows)
             if progress is not None:
                 progress(done + events, total)
@@ -87,11 +106,63 @@ def copy_store(source: DatabaseConfig, target: DatabaseConfig, *, batch_size: in
         src.close()
         dst.close()
     result = CopyResult(events, inserted, dead, kv_written, after,
-                        round(time.monotonic() - started, 2))
+                        round(time.monotonic() - started, 2), refused)
     log.info("copy_finished", source=name, target=dialects.masked_url(target.url),
-             events=events, inserted=inserted, dead_letters=dead, kv_written=kv_written,
-             resumed_after=after, seconds=result.seconds)
+             events=events, inserted=inserted, refused=refused, dead_letters=dead,
+             kv_written=kv_written, resumed_after=after, seconds=result.seconds)
     return result
+
+
+# a JSON \u0000 escape: after an even number of backslashes (``\\u0000`` is a backslash, then text)
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_TEXT_FIELDS = [(i, c) for i, c in enumerate(_EVENT_COLUMNS) if c not in ("seq", "created_at",
+                                                                       "received_at")]
+
+
+def nul_field(row: tuple[Any, ...]) -> str | None:
+    """The first field of an event row (``EXPORT_COLUMNS``) that holds U+0000, or ``None``."""
+    for i, column in _TEXT_FIELDS:
+        value = row[i]
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value or (column in ("payload", "metadata") and "\\u0000" in value
+                                and _JSON_NUL.search(value)):
+            return column
+    return None
+
+
+def _refused(rows: list[tuple[Any, ...]]) -> dict[int, tuple[Any, ...]]:
+    """The rows a PostgreSQL target cannot hold, by source seq, as dead-letter rows."""
+    letters: dict[int, tuple[Any, ...]] = {}
+    for row in rows:
+        column = nul_field(row)
+        if column is None:
+            continue
+        reason = (f"storage refused the event: the target cannot hold U+0000 (NUL), "
+                  f"found in {column} (copied from source seq {row[0]})")
+        event = ExportedEvent(**{c: v for c, v in zip(_EVENT_COLUMNS, row, strict=True)
+                                 if c not in ("payload", "metadata")},
+                              payload=msgspec.Raw(row[5].encode()),
+                              metadata=msgspec.Raw(row[6].encode()))
+        raw = msgspec.json.encode(event)
+        topic = row[2].replace("\x00", "\\u0000")
+        letters[row[0]] = tuple(DeadLetterRow(topic, raw, len(raw), reason, row[8]))
+        log.warning("copy_event_refused", seq=row[0], id=row[1].replace("\x00", "\\u0000"),
+                    field=column, reason="the target cannot hold U+0000")
+    return letters
+
+
+def _insert_events(dst: peewee.Database, batch: list[tuple[Any, ...]],
+                   letters: list[tuple[Any, ...]]) -> int:
+    """The batch's events, and the dead letters of the events the target refused."""
+    inserted = insert_exported(dst, batch) if batch else 0
+    if letters:
+        dst.cursor().executemany(_DEAD_INSERT.replace("?", dst.param), letters)
+    return inserted
+
+
+_DEAD_INSERT = (f"INSERT INTO dead_letters ({', '.join(DEAD_LETTER_COLUMNS)}) VALUES "
+                f"({', '.join(['?'] * len(DEAD_LETTER_COLUMNS))})")
 
 
 def _same(a: str, b: str) -> bool:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 
-from sidecar.core import topics
+from sidecar.core import paths, topics
 
 
 class Dialect:
@@ -36,6 +36,7 @@ class Dialect:
     name = ""
     fts_keys = False  # ids and types found through event_keys (FTS5)
     files = False  # a database file: WAL, checkpoints, vacuum, disk guard, integrity, backup
+    holds_nul = False  # text and JSON may hold U+0000 (PostgreSQL's text and JSONB cannot)
 
     # --------------------------------------------------------------- query terms
     def glob(self, column: peewee.Node, pattern: str) -> peewee.Node:
@@ -51,6 +52,38 @@ class Dialect:
         """``needle`` occurs in ``text`` (no pattern characters)."""
         raise NotImplementedError
 
+    # --------------------------------------------------------------- JSON paths
+    # One spelling per engine for the value at a path, shared by ``where``, ``latest``,
+    # ``[indexes] paths`` and ``keep_latest``: an expression index serves a query only when
+    # the query spells the expression as the index does (the path inlined, never a parameter).
+    def path_sql(self, column: str, path: paths.JsonPath) -> str:
+        """The value at ``path`` of ``column`` as SQL text (index definitions, purge)."""
+        raise NotImplementedError
+
+    def path_value(self, column: peewee.Node, path: paths.JsonPath) -> peewee.Node:
+        """The value at ``path`` as a query term."""
+        raise NotImplementedError
+
+    def present_sql(self, expr: str) -> str:
+        """SQL: a value (not JSON ``null``) is at the path ``expr`` (a ``path_sql``) names."""
+        return f"{expr} IS NOT NULL"  # json_extract gives SQL NULL for JSON null
+
+    def key_terms(self, value: peewee.Node) -> list[peewee.Node]:
+        """The terms that make ``value`` (a ``path_value``) a ``latest`` key."""
+        return [value.is_null(False)]  # type: ignore[attr-defined]
+
+    def key_value(self, key: Any) -> peewee.Node:
+        """A bound key (as ``key_arg`` gives it) comparable with a ``path_value``."""
+        return peewee.Value(key)
+
+    def key_arg(self, key: Any) -> Any:
+        """A ``latest`` key as the parameter ``key_value`` binds."""
+        return key
+
+    def key_read(self, value: Any) -> Any:
+        """A ``path_value`` as a row holds it -> the key (a string or a number)."""
+        return value
+
     # --------------------------------------------------------------- writers
     def order_commits(self, cursor: Any) -> None:
         """Called in a write transaction before it inserts events: makes the transactions
@@ -64,6 +97,7 @@ class _SQLite(Dialect):
     name = "sqlite"
     fts_keys = True
     files = True
+    holds_nul = True
 
     def contains(self, text: peewee.Node, needle: str) -> peewee.Node:
         return peewee.fn.instr(text, needle) > 0
@@ -83,6 +117,12 @@ class _SQLite(Dialect):
             kind = "null" if value is None else ("true" if value else "false")
             return peewee.fn.json_type(column, text) == kind
         return peewee.fn.json_extract(column, text) == value
+
+    def path_sql(self, column: str, path: paths.JsonPath) -> str:
+        return path.sql
+
+    def path_value(self, column: peewee.Node, path: paths.JsonPath) -> peewee.Node:
+        return peewee.fn.json_extract(column, peewee.SQL(f"'{path.path}'"))
 
 
 class _Postgres(Dialect):
@@ -115,10 +155,45 @@ class _Postgres(Dialect):
         as SQLite's ``json_extract``/``json_type`` terms."""
         if "\\u0000" in json.dumps(value):
             return peewee.SQL("1 = 0")  # JSONB cannot hold U+0000: no stored value equals it
-        # a text[] literal: the path's names are [A-Za-z0-9_-] (queries.json_path), no quoting
-        pointer = peewee.Cast(peewee.Value("{" + ",".join(f'"{p}"' for p in path) + "}"), "text[]")
         target = peewee.Cast(peewee.Value(json.dumps(value)), "jsonb")
-        return peewee.Expression(peewee.Expression(column, "#>", pointer), "=", target)
+        return peewee.Expression(peewee.Expression(column, "#>", _pointer(path)), "=", target)
+
+    def path_sql(self, column: str, path: paths.JsonPath) -> str:
+        return f"({column} #> {_pointer_sql(paths.parts(path))})"
+
+    def path_value(self, column: peewee.Node, path: paths.JsonPath) -> peewee.Node:
+        return peewee.Expression(column, "#>", _pointer(paths.parts(path)))
+
+    def present_sql(self, expr: str) -> str:
+        return f"{expr} IS NOT NULL AND {expr} <> 'null'::jsonb"
+
+    def key_terms(self, value: peewee.Node) -> list[peewee.Node]:
+        """JSON strings and numbers only: JSONB orders null < strings < numbers < booleans <
+        arrays < objects, so the two bounds keep a key range an index scans; a boolean, array
+        or object at the path is no key here (a ``latest`` cursor is a string or a number)."""
+        return [value.is_null(False),  # type: ignore[attr-defined]
+                peewee.Expression(value, ">", peewee.SQL("'null'::jsonb")),
+                peewee.Expression(value, "<", peewee.SQL("'false'::jsonb"))]
+
+    def key_value(self, key: Any) -> peewee.Node:
+        return peewee.Cast(peewee.Value(key), "jsonb")
+
+    def key_arg(self, key: Any) -> Any:
+        return json.dumps(key)
+
+    def key_read(self, value: Any) -> Any:
+        return json.loads(value)  # JSONB arrives as its text (storage.postgres keeps JSON text)
+
+
+def _pointer_sql(parts: Sequence[str | int]) -> str:
+    """A ``text[]`` literal, inlined so that an expression index matches the query's spelling;
+    each element double-quoted (a name ``null`` is no NULL); the names are ``[A-Za-z0-9_-]``
+    (``core.paths``), nothing to escape."""
+    return "'{" + ",".join(f'"{p}"' for p in parts) + "}'::text[]"
+
+
+def _pointer(parts: Sequence[str | int]) -> peewee.Node:
+    return peewee.SQL(_pointer_sql(parts))
 
 
 SQLITE: Dialect = _SQLite()

@@ -106,11 +106,12 @@ def apply(db: peewee.Database, write: KvWrite, *, topic_base: str,
     return KvEntry(write.key, write.value, version, at)
 
 
-_SQL: dict[str, str] = {}  # the fold's two statements, built once through Peewee
+_SQL: dict[tuple[str, str], str] = {}  # the fold's two statements per dialect, built once
 
 
 def _sql(db: peewee.Database, name: str) -> str:
-    sql = _SQL.get(name)
+    cached = (dialects.of(db).name, name)
+    sql = _SQL.get(cached)
     if sql is None:
         if name == "get":
             query: peewee.Query = KVStore.select(*_COLUMNS).where(KVStore.key == "")
@@ -118,7 +119,7 @@ def _sql(db: peewee.Database, name: str) -> str:
             query = KVStore.insert(key="", value="", version=0, updated_at=0, seq=0).on_conflict(
                 conflict_target=[KVStore.key],
                 preserve=[KVStore.value, KVStore.version, KVStore.updated_at, KVStore.seq])
-        sql = _SQL[name] = db.get_sql_context().sql(query).query()[0]
+        sql = _SQL[cached] = db.get_sql_context().sql(query).query()[0]
     return sql
 
 

@@ -1,8 +1,10 @@
 """``latest``: the newest event per distinct value of a JSON path (``payload.name``).
 
-Keyset-paged by the key value (SQLite's order: numbers before text), never by ``seq``: a page
-is the keys after ``after``, each with its newest matching event (largest ``seq``). Events
-without the path (or with JSON ``null`` there) have no key and are never answered.
+Keyset-paged by the key value, never by ``seq``: a page is the keys after ``after``, each with
+its newest matching event (largest ``seq``). Events without the path (or with JSON ``null``
+there) have no key and are never answered. The order is the engine's: SQLite's (numbers before
+text), JSONB's on PostgreSQL (strings before numbers; there only strings and numbers are keys,
+``Dialect.key_terms``).
 
 With a path index (``storage.indexes``) the page is a skip scan: the next key is one seek in the
 index, its newest matching event a walk down that key's entries from the top (one step when the
@@ -18,6 +20,7 @@ import peewee
 
 from models import Event
 from sidecar.core import paths
+from sidecar.storage import dialect as dialects
 from sidecar.storage.queries import Conditions, path_value
 
 Key = str | int | float
@@ -55,24 +58,27 @@ def _prepared(db: peewee.Database, query: peewee.Query) -> tuple[str, list[Any],
 
 def _run(db: peewee.Database, prepared: tuple[str, list[Any], int], key: Key) -> Any:
     sql, params, at = prepared
-    params[at] = key
+    params[at] = dialects.of(db).key_arg(key)
     return db.execute_sql(sql, params).fetchone()
 
 
 def _skip_scan(db: peewee.Database, cond: Conditions, path: paths.JsonPath, *, limit: int,
                after: Key | None) -> list[tuple[Key, int]]:
     value = path_value(path)
-    following = _prepared(db, Event.select(value).where(value > _KEY).order_by(value).limit(1))
-    newest = _prepared(db, Event.select(Event.seq).where(value == _KEY, *cond.terms)
+    dialect = dialects.of(db)
+    bound = dialect.key_value(_KEY)
+    following = _prepared(db, Event.select(value).where(value > bound, *dialect.key_terms(value))
+                          .order_by(value).limit(1))
+    newest = _prepared(db, Event.select(Event.seq).where(value == bound, *cond.terms)
                        .order_by(Event.seq.desc()).limit(1))
     found: list[tuple[Key, int]] = []
     if after is None:
-        row = db.execute(Event.select(value).where(value.is_null(False)).order_by(value)
+        row = db.execute(Event.select(value).where(*dialect.key_terms(value)).order_by(value)
                          .limit(1).tuples()).fetchone()
     else:
         row = _run(db, following, after)
     while row is not None and len(found) < limit:
-        key = row[0]
+        key = dialect.key_read(row[0])
         hit = _run(db, newest, key)
         if hit is not None:
             found.append((key, hit[0]))
@@ -83,9 +89,10 @@ def _skip_scan(db: peewee.Database, cond: Conditions, path: paths.JsonPath, *, l
 def _grouped(db: peewee.Database, cond: Conditions, path: paths.JsonPath, *, limit: int,
              after: Key | None) -> list[tuple[Key, int]]:
     value = path_value(path)
-    terms: list[Any] = [value.is_null(False), *cond.terms]
+    dialect = dialects.of(db)
+    terms: list[Any] = [*dialect.key_terms(value), *cond.terms]
     if after is not None:
-        terms.append(value > after)
+        terms.append(value > dialect.key_value(dialect.key_arg(after)))
     query = (Event.select(value, peewee.fn.MAX(Event.seq)).where(*terms)
              .group_by(value).order_by(value).limit(limit).tuples())
-    return [(key, seq) for key, seq in db.execute(query).fetchall()]
+    return [(dialect.key_read(key), seq) for key, seq in db.execute(query).fetchall()]

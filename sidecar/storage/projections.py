@@ -26,6 +26,7 @@ import peewee
 from models import Event
 from sidecar.core.kv import KvEntry
 from sidecar.core.projections import Projection, Skip
+from sidecar.storage import dialect as dialects
 from sidecar.storage import kv, queries
 
 REBUILD_CHUNK = 2000  # events read per step of a rebuild
@@ -184,7 +185,8 @@ class RebuildReport(NamedTuple):
 
 def _read(db: peewee.Database, cond: queries.Conditions, *, after: int, upto: int,
           limit: int) -> list[Folded]:
-    rows = db.execute(queries.page(cond, limit=limit, after=after)).fetchall()
+    rows = db.execute(queries.page(cond, limit=limit, after=after,
+                                   dialect=dialects.of(db))).fetchall()
     # StoredEvent order: seq, id, topic, type, source, payload, metadata, created_at, received_at
     return [Folded(r[0], r[3], r[4], r[5], r[8]) for r in rows if r[0] <= upto]
 
@@ -206,7 +208,8 @@ def rebuild(db: peewee.Database, folder: Folder, rule: Projection, *,
     skipped: list[Skip] = []
     cursor = events = 0
     while cursor < top:
-        found = db.execute(queries.page(cond, limit=chunk, after=cursor)).fetchall()
+        found = db.execute(queries.page(cond, limit=chunk, after=cursor,
+                                        dialect=dialects.of(db))).fetchall()
         batch = [Folded(r[0], r[3], r[4], r[5], r[8]) for r in found if r[0] <= top]
         skipped.extend(folder.fold_into(state, batch, only=rule).get(rule.name, []))
         events += len(batch)

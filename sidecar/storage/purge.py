@@ -107,7 +107,8 @@ def distinct_types(db: peewee.Database) -> list[str]:
     return [row[0] for row in _run(db, "SELECT type FROM event_types ORDER BY type")]
 
 
-def kept_select(policy: Policy, types: Sequence[str]) -> tuple[str, tuple[str, ...]] | None:
+def kept_select(policy: Policy, types: Sequence[str], dialect: dialects.Dialect = dialects.SQLITE
+                ) -> tuple[str, tuple[str, ...]] | None:
     """The SELECT of the seq of the newest event per key of every ``keep_latest`` rule (per
     path, among the types whose first matching rule names it) and its parameters; None when no
     rule keeps any."""
@@ -119,10 +120,11 @@ def kept_select(policy: Policy, types: Sequence[str]) -> tuple[str, tuple[str, .
     selects: list[str] = []
     params: list[str] = []
     for key, group in sorted(groups.items()):
-        expr = paths.parse(key).sql
+        path = paths.parse(key)
+        expr = dialect.path_sql(path.column, path)
         for chunk in _chunks(group):
             selects.append(f"SELECT max(seq) FROM events WHERE type IN ({_marks(len(chunk))}) "
-                           f"AND {expr} IS NOT NULL GROUP BY {expr}")
+                           f"AND {dialect.present_sql(expr)} GROUP BY {expr}")
             params.extend(chunk)
     return (" UNION ALL ".join(selects), tuple(params)) if selects else None
 
@@ -130,16 +132,23 @@ def kept_select(policy: Policy, types: Sequence[str]) -> tuple[str, tuple[str, .
 def keep_latest(db: peewee.Database, policy: Policy, types: Sequence[str], *, table: str) -> str:
     """Fill the temporary ``table`` with the seqs ``kept_select`` names (read once, at the
     start of a run) and return the SQL term that spares them (``""`` when no rule keeps any)."""
-    kept = kept_select(policy, types)
+    dialect = dialects.of(db)
+    kept = kept_select(policy, types, dialect)
     if kept is None:
         return ""
     started = time.monotonic()
-    db.execute_sql(f"CREATE TEMP TABLE IF NOT EXISTS {table} (seq INTEGER PRIMARY KEY)")
-    db.execute_sql(f"DELETE FROM temp.{table}")
-    db.execute_sql(f"INSERT OR IGNORE INTO temp.{table} {kept[0]}", kept[1])
-    (count,) = db.execute_sql(f"SELECT count(*) FROM temp.{table}").fetchone()
+    db.execute_sql(f"CREATE TEMP TABLE IF NOT EXISTS {table} (seq BIGINT PRIMARY KEY)")
+    if dialect.files:
+        temp = f"temp.{table}"
+        db.execute_sql(f"DELETE FROM {temp}")
+        db.execute_sql(f"INSERT OR IGNORE INTO {temp} {kept[0]}", kept[1])
+    else:  # PostgreSQL: the session's temporary schema; a seq kept by two rules is kept once
+        temp = f"pg_temp.{table}"
+        db.execute_sql(f"DELETE FROM {temp}")
+        _run(db, f"INSERT INTO {temp} {kept[0]} ON CONFLICT DO NOTHING", kept[1])
+    (count,) = db.execute_sql(f"SELECT count(*) FROM {temp}").fetchone()
     log.info("retention_keep_latest", kept=count, ms=round((time.monotonic() - started) * 1000, 1))
-    return f" AND seq NOT IN (SELECT seq FROM temp.{table})"
+    return f" AND seq NOT IN (SELECT seq FROM {temp})"
 
 
 def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]]:
@@ -337,7 +346,7 @@ def plan(db: peewee.Database, policy: Policy, now_ms: int) -> list[PlanLine]:
     an estimate: how many of the oldest events hold the bytes over the limit."""
     lines: list[PlanLine] = []
     types = distinct_types(db)
-    kept = kept_select(policy, types)  # inline: a dry run reads on a query_only connection
+    kept = kept_select(policy, types, dialects.of(db))  # inline: a dry run reads only
     spare, spare_params = (f" AND seq NOT IN ({kept[0]})", kept[1]) if kept else ("", ())
     for cutoff, group in age_groups(policy, types, now_ms):
         rows, oldest, newest = 0, None, None

@@ -302,9 +302,10 @@ def json_path(key: str, *, field: str | None = None) -> paths.JsonPath:
 
 
 def path_value(path: paths.JsonPath) -> peewee.ColumnBase:
-    """The value at ``path`` as SQL, spelled as the path index spells it (the path inlined)."""
+    """The value at ``path`` as SQL, spelled as the path index spells it (the path inlined),
+    in the dialect of the database that runs the query."""
     column = Event.payload if path.column == "payload" else Event.metadata
-    return peewee.fn.json_extract(column, peewee.SQL(f"'{path.path}'"))
+    return Rendered(lambda dialect: dialect.path_value(column, path))
 
 
 def _where_term(key: str, value: Any) -> peewee.ColumnBase:

@@ -26,7 +26,7 @@ from sidecar.config import DatabaseConfig
 from sidecar.core import paths
 from sidecar.core.events import StoredEvent, event_size
 from sidecar.core.kv import KvEntry
-from sidecar.errors import FilterError, StorageError
+from sidecar.errors import StorageError
 from sidecar.storage import dialect as dialects
 from sidecar.storage import indexes, kv, latest, search
 from sidecar.storage.cipher import database_key
@@ -252,9 +252,6 @@ class Reader:
         """The newest event per key of ``path`` among the events ``cond`` matches, ``limit``
         keys after ``after`` at most and no more than fit in ``max_bytes`` (always one), read
         in one snapshot."""
-        if not isinstance(self.db, peewee.SqliteDatabase):
-            raise FilterError("key: latest is not available on PostgreSQL yet (SQLite only)",
-                              field="key")
         try:
             with self.db.atomic():
                 indexed = path.index_name in indexes.existing(self.db)

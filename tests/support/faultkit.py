@@ -22,6 +22,7 @@ from typing import Any
 
 from tests.conftest import SidecarProcess, count_rows, wait_until
 from tests.support.publisher import Message, Publisher
+from tests.support.stores import Target, target_rows
 
 # paho numbers QoS 1 messages 1..65535 per client: one Publisher per chunk of this many.
 CHUNK = 60_000
@@ -35,28 +36,23 @@ def skip_reason_external() -> str | None:
     return None
 
 
-def stored_ids(db_path: Path, *, prefix: str | None = None) -> tuple[int, int, set[str]]:
-    """(count(*), count(DISTINCT id), the set of ids) of ``events`` (ids starting ``prefix``)."""
+def stored_ids(db: Target, *, prefix: str | None = None) -> tuple[int, int, set[str]]:
+    """(count(*), count(DISTINCT id), the set of ids) of ``events`` (ids starting ``prefix``),
+    in an SQLite file or a PostgreSQL database (``SidecarProcess.db``)."""
     where, args = ("WHERE id >= ? AND id < ?", (prefix, prefix + "\U0010ffff")) if prefix else ("", ())
-    con = sqlite3.connect(db_path, timeout=30)
-    try:
-        total, distinct = con.execute(f"SELECT count(*), count(DISTINCT id) FROM events {where}",
-                                      args).fetchone()
-        ids = {row[0] for row in con.execute(f"SELECT id FROM events {where}", args)}
-    finally:
-        con.close()
-    return total, distinct, ids
+    ids = [row[0] for row in target_rows(db, f"SELECT id FROM events {where}", args)]
+    return len(ids), len(set(ids)), set(ids)
 
 
-def assert_exactly(db_path: Path, expected: set[str], *, prefix: str | None = None) -> None:
+def assert_exactly(db: Target, expected: set[str], *, prefix: str | None = None) -> None:
     """Every expected id stored once, nothing else (among the ids starting with ``prefix``)."""
-    total, distinct, ids = stored_ids(db_path, prefix=prefix)
+    total, distinct, ids = stored_ids(db, prefix=prefix)
     assert total == distinct == len(expected), (total, distinct, len(expected))
     assert ids == expected, (f"missing {sorted(expected - ids)[:10]}, "
                              f"unexpected {sorted(ids - expected)[:10]}")
 
 
-def wait_rows(db_path: Path, n: int, timeout: float, table: str = "events",
+def wait_rows(db_path: Target, n: int, timeout: float, table: str = "events",
               sidecar: SidecarProcess | None = None) -> None:
     """Wait until ``table`` has ``n`` rows; fail early if the sidecar process exits."""
     def reached() -> bool:
@@ -98,7 +94,7 @@ class Outcome:
         return self
 
 
-def outcome(name: str, db_path: Path, accepted: set[str], *, prefix: str,
+def outcome(name: str, db_path: Target, accepted: set[str], *, prefix: str,
             **extra: Any) -> Outcome:
     """Compare the stored ids starting with ``prefix`` with the ``accepted`` ones."""
     total, distinct, ids = stored_ids(db_path, prefix=prefix)

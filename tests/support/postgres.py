@@ -18,6 +18,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,8 @@ class Postgres:
     admin_db: str = "postgres"
     _stop: Any = None
     _restart: Any = None
+    _halt: Any = None
+    _resume: Any = None
     _names: itertools.count = field(default_factory=itertools.count)
 
     def restart(self) -> None:
@@ -65,6 +69,18 @@ class Postgres:
         if self._restart is None:
             raise PostgresUnavailable("this server cannot be restarted (docker)")
         self._restart()
+
+    @contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped (``pg_ctl stop -m fast``: every connection cut, connecting
+        refused) until the block ends, then started again on the same port (local only)."""
+        if self._halt is None:
+            raise PostgresUnavailable("this server cannot be stopped and started (docker)")
+        self._halt()
+        try:
+            yield
+        finally:
+            self._resume()
 
     def url(self, database: str) -> str:
         auth = self.user if self.password is None else f"{self.user}:{self.password}"
@@ -78,13 +94,16 @@ class Postgres:
         con.autocommit = True
         return con
 
-    def fresh_database(self) -> str:
-        """A new empty database; its URL."""
+    def fresh_database(self, *, icu_locale: str | None = None) -> str:
+        """A new empty database; its URL. ``icu_locale`` (e.g. ``"en-US"``) makes a language's
+        ICU collation the database default, as on most servers (the test server's is C)."""
         name = f"kairo_test_{os.getpid()}_{next(self._names)}"
+        locale = "" if icu_locale is None else \
+            f" LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}' LOCALE 'C'"
         con = self._admin()
         try:
             with con.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+                cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0{locale}')
         finally:
             con.close()
         return self.url(name)
@@ -163,7 +182,18 @@ def start_local(base: Path | None = None) -> Postgres:
                                         "-o", options, "-m", "fast", "-w", "-t", "60",
                                         "restart"]), **run)  # type: ignore[call-overload]
 
-    return Postgres(host="127.0.0.1", port=port, user=user, _stop=stop, _restart=restart)
+    def halt() -> None:
+        subprocess.run(_as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
+                                        "-w", "-t", "60", "stop"]),
+                       **run)  # type: ignore[call-overload]
+
+    def resume() -> None:
+        subprocess.run(_as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log),
+                                        "-o", options, "-w", "-t", "60", "start"]),
+                       **run)  # type: ignore[call-overload]
+
+    return Postgres(host="127.0.0.1", port=port, user=user, _stop=stop, _restart=restart,
+                    _halt=halt, _resume=resume)
 
 
 def _has_user(name: str) -> bool:

@@ -32,6 +32,7 @@ from tests.support.faultkit import (
 )
 from tests.support.netproxy import NetworkProxy
 from tests.support.publisher import Message, event_messages
+from tests.support.stores import target_rows
 
 
 def _alive(sidecar: SidecarProcess) -> bool:
@@ -55,7 +56,7 @@ def _finish(name: str, sidecar: SidecarProcess, stream: Stream | list[Stream], *
     for one in stream if isinstance(stream, list) else [stream]:
         accepted |= one.wait(timeout=timeout)
     _wait_for(sidecar, prefix, len(accepted), timeout=timeout)
-    result = outcome(name, sidecar.db_path, accepted, prefix=prefix, **extra)
+    result = outcome(name, sidecar.db, accepted, prefix=prefix, **extra)
     result.seconds = round(time.monotonic() - started, 1)
     return result
 
@@ -65,12 +66,13 @@ def _wait_for(sidecar: SidecarProcess, prefix: str, n: int, *, timeout: float,
     """Wait until ``n`` events with ids starting ``prefix`` are stored, or nothing has changed for
     ``quiet`` seconds (then the outcome shows the shortfall)."""
     def count() -> int:
-        con = sqlite3.connect(sidecar.db_path, timeout=30)
         try:
-            return int(con.execute("SELECT count(*) FROM events WHERE id >= ? AND id < ?",
-                                   (prefix, prefix + "\U0010ffff")).fetchone()[0])
-        finally:
-            con.close()
+            return int(target_rows(sidecar.db, "SELECT count(*) FROM events WHERE id >= ? "
+                                   "AND id < ?", (prefix, prefix + "\U0010ffff"))[0][0])
+        except Exception as exc:  # not migrated yet
+            if "no such table" in str(exc) or "does not exist" in str(exc):
+                return 0
+            raise
 
     deadline = time.monotonic() + timeout
     last, changed = -1, time.monotonic()
@@ -278,7 +280,7 @@ def sigterm_under_load(broker: Broker, sidecar: SidecarProcess, *, events: int,
     started = time.monotonic()
     stream = _stream(broker, events, prefix, None)
     stream.wait_accepted(events // 3, timeout=600)
-    wait_until(lambda: _alive(sidecar) and count_rows(sidecar.db_path) > 0, timeout=60,
+    wait_until(lambda: _alive(sidecar) and count_rows(sidecar.db) > 0, timeout=60,
                message="the sidecar committing under load")
     assert sidecar.proc is not None
     sent = time.monotonic()
@@ -310,6 +312,10 @@ def bad_input(broker: Broker, sidecar: SidecarProcess, *, seed: int, malformed: 
                               max_payload_bytes=max_payload_bytes)
     want_events = sum(c.expect == fuzzcorpus.EVENT for c in cases)
     want_dead = sum(c.expect == fuzzcorpus.DEAD for c in cases)
+    if sidecar.engine == "postgres":  # an event holding U+0000 is a dead letter there
+        refused = sum(c.expect == fuzzcorpus.EVENT and c.oracle is not None
+                      and fuzzcorpus.holds_nul(c.oracle) for c in cases)
+        want_events, want_dead = want_events - refused, want_dead + refused
     stream = Stream(broker.host, broker.port,
                     [Message(c.topic, c.topic, c.payload) for c in cases]).start()
     accepted = stream.wait(timeout=600)
@@ -317,13 +323,13 @@ def bad_input(broker: Broker, sidecar: SidecarProcess, *, seed: int, malformed: 
 
     def landed() -> bool:
         _alive(sidecar)
-        return (count_rows(sidecar.db_path) >= want_events
-                and count_rows(sidecar.db_path, "dead_letters") >= want_dead)
+        return (count_rows(sidecar.db) >= want_events
+                and count_rows(sidecar.db, "dead_letters") >= want_dead)
 
     with contextlib.suppress(AssertionError):  # a shortfall is reported by verify below
         wait_until(landed, timeout=300, interval=0.2, message="every case stored or dead-lettered")
     _alive(sidecar)
-    problems = fuzzcorpus.verify(sidecar.db_path, cases, dead_letter_max_bytes=dead_letter_max_bytes)
+    problems = fuzzcorpus.verify(sidecar.db, cases, dead_letter_max_bytes=dead_letter_max_bytes)
     missing = sum("expected one event, got 0" in p for p in problems)
     doubled = sum("expected one event, got 2" in p or "expected one dead letter, got 2" in p
                   for p in problems)

@@ -88,6 +88,37 @@ class Store:
         return int(self.execute(f'SELECT count(*) FROM "{table}"')[0][0])
 
 
+# A database a test reads: an SQLite file, or the URL of a PostgreSQL database (what
+# ``SidecarProcess.db`` gives), so the fault suites count and compare rows on either engine.
+Target = Path | str
+
+
+def target_rows(target: Target, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """One read (``?`` placeholders) on ``target``, in a connection of its own."""
+    if isinstance(target, str) and not target.startswith("sqlite:"):
+        return Store("postgres", DatabaseConfig(url=target)).execute(sql, params)
+    path = sqlite_path(target) if isinstance(target, str) else target
+    import sqlite3
+
+    con = sqlite3.connect(path, timeout=30)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+def target_count(target: Target, table: str = "events") -> int:
+    """``count(*)`` of ``table``; 0 while there is no such table (or file) yet."""
+    if isinstance(target, Path) and not target.exists():
+        return 0
+    try:
+        return int(target_rows(target, f'SELECT count(*) FROM "{table}"')[0][0])
+    except Exception as exc:  # not migrated yet: sqlite3.OperationalError, psycopg2's UndefinedTable
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            return 0
+        raise
+
+
 def make_store(engine: str, url: str) -> Store:
     """Migrate the database at ``url`` (created if SQLite) and describe it."""
     config = DatabaseConfig(url=url)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sidecar.config import DatabaseConfig
 from sidecar.storage.copying import copy_store
 from tests.conftest import ROOT, wait_until
@@ -115,3 +117,41 @@ def test_copy_refuses_what_is_not_a_database_url(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "sidecar", "copy", "--from", source, "--to",
                            source], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "the same database" in done.stderr
+
+
+class _Interrupted(Exception):
+    """Stands for a Ctrl-C after the first committed batch."""
+
+
+def test_copy_to_postgres_dead_letters_events_holding_nul_and_resumes_idempotently(
+        pg_server: Postgres, tmp_path: Path) -> None:
+    """Events holding U+0000 (a JSON \\u0000 escape, a NUL in a text column) become dead letters
+    of the PostgreSQL target, counted as refused; the copy goes on, an interrupted run resumes
+    and a third run adds nothing: each refused event is one dead letter, every other event once."""
+    pi = make_store("sqlite", f"sqlite:///{tmp_path / 'pi.db'}")
+    _seed(pi, 100)
+    pi.execute("UPDATE events SET payload = ? WHERE id = 'c-000005'", ('{"s": "a\\u0000b"}',))
+    pi.execute("UPDATE events SET source = ? WHERE id = 'c-000070'", ("s\x00x",))
+    # an escaped backslash before u0000 is text, not a NUL: copied
+    pi.execute("UPDATE events SET payload = ? WHERE id = 'c-000071'", ('{"s": "\\\\u0000"}',))
+    central = Store("postgres", DatabaseConfig(url=pg_server.fresh_database()))
+
+    def stop_after_first_batch(done: int, total: int) -> None:
+        raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        copy_store(pi.config, central.config, batch_size=30, progress=stop_after_first_batch)
+    assert central.count() == 29 and central.count("dead_letters") == 1
+    rest = copy_store(pi.config, central.config, batch_size=30)
+    assert (rest.resumed_after, rest.events, rest.inserted, rest.refused) == (30, 70, 69, 1)
+    again = copy_store(pi.config, central.config, batch_size=30)
+    assert (again.events, again.inserted, again.refused) == (0, 0, 0)
+
+    ids = [r[0] for r in central.execute("SELECT id FROM events ORDER BY seq")]
+    assert ids == [f"c-{i:06d}" for i in range(100) if i not in (5, 70)]
+    letters = central.execute("SELECT topic, payload, reason FROM dead_letters ORDER BY id")
+    assert [json.loads(bytes(p))["id"] for _, p, _ in letters] == ["c-000005", "c-000070"]
+    assert all(r.startswith("storage refused the event: ") and "U+0000" in r
+               for _, _, r in letters)
+    assert "found in payload" in letters[0][2] and "found in source" in letters[1][2]
+    assert json.loads(bytes(letters[0][1]))["payload"] == {"s": "a\x00b"}

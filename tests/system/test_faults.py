@@ -1,5 +1,9 @@
-"""Fault injection against the real daemon: SIGKILL, broker restarts, SIGTERM, a locked database,
-malformed input, QoS 0 and MQTT 3.1.1.
+"""Fault injection against the real daemon: SIGKILL, broker restarts, SIGTERM, a database that
+cannot be written (SQLite locked by another process, the PostgreSQL server stopped), malformed
+input, QoS 0 and MQTT 3.1.1.
+
+Every test runs on both engines (``tests.support.engines.sidecar_factory`` stores into an SQLite
+file or a fresh PostgreSQL database); a test marked ``sqlite_only`` or ``postgres_only`` says why.
 
 Every wait is a condition with a deadline (``wait_until``); nothing here relies on timing for
 correctness. Evidence for a failure is in ``tmp_path/sidecar.log`` and
@@ -17,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SidecarProcess, count_rows, wait_until
-from tests.support import scenarios
+from tests.conftest import count_rows, wait_until
+from tests.support import engines, scenarios
 from tests.support.broker import Broker
+from tests.support.engines import Outage, SidecarFactory
 from tests.support.faultkit import (
     assert_exactly,
-    exclusive_lock,
     last_event,
     log_events,
     probe,
@@ -33,10 +37,13 @@ from tests.support.faultkit import (
     wait_rows,
 )
 from tests.support.publisher import Message, Publisher, encode, event_messages, make_event, publish_all
+from tests.support.stores import target_rows
 
 pytestmark = pytest.mark.slow
 
-SidecarFactory = Callable[..., SidecarProcess]
+# both engines: these fixtures override conftest's ``sidecar_factory`` (tests.support.engines)
+sidecar_factory = engines.sidecar_factory
+outage = engines.outage
 
 
 def skip_if_external() -> None:
@@ -59,7 +66,7 @@ def test_sigkill_during_stream_loses_and_duplicates_nothing(
 
     def kill_and_restart(point: str, *, wait_ready: bool = True) -> int:
         sidecar.kill()
-        kills.append(f"{point}: accepted={pub.accepted_count} rows={count_rows(sidecar.db_path)}")
+        kills.append(f"{point}: accepted={pub.accepted_count} rows={count_rows(sidecar.db)}")
         offset = len(sidecar.log_text())
         sidecar.start(wait_ready=wait_ready)
         return offset
@@ -71,8 +78,8 @@ def test_sigkill_during_stream_loses_and_duplicates_nothing(
         wait_until(lambda: pub.accepted_count >= 1500, timeout=30, message="1,500 PUBACKs")
         kill_and_restart("mid-stream")
         # 2: right after coming back, while the broker re-sends the backlog.
-        rows = count_rows(sidecar.db_path)
-        wait_until(lambda: count_rows(sidecar.db_path) > rows, timeout=30, interval=0.01,
+        rows = count_rows(sidecar.db)
+        wait_until(lambda: count_rows(sidecar.db) > rows, timeout=30, interval=0.01,
                    message="the restarted sidecar committing its first batch")
         kill_and_restart("draining the backlog")
         # 3: later in the stream; restart without waiting for ready (kill 4 hits the start-up).
@@ -87,8 +94,8 @@ def test_sigkill_during_stream_loses_and_duplicates_nothing(
         accepted = pub.wait_all(timeout=60)
     assert accepted == {m.key for m in messages}
 
-    wait_rows(sidecar.db_path, n, timeout=60, sidecar=sidecar)
-    assert_exactly(sidecar.db_path, accepted)
+    wait_rows(sidecar.db, n, timeout=60, sidecar=sidecar)
+    assert_exactly(sidecar.db, accepted)
     assert sidecar.terminate() == 0
     assert len(kills) == 4, kills
     print("kills:", *kills, sep="\n  ")
@@ -119,6 +126,7 @@ def _keys_state(db_path: Any) -> tuple[int, int]:
         con.close()
 
 
+@pytest.mark.sqlite_only("event_keys is SQLite's FTS5 table; PostgreSQL indexes ids with B-trees")
 def test_sigkill_with_unindexed_keys_then_restart_indexes_them_and_dedupes(
         persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
     """SIGKILL while stored events wait for their keys: the restart indexes them (start-up
@@ -129,7 +137,7 @@ def test_sigkill_with_unindexed_keys_then_restart_indexes_them_and_dedupes(
     with Publisher(persistent_broker.host, persistent_broker.port) as pub:
         pub.publish(first, rate=1000)
         pub.wait_all(timeout=60)
-        wait_rows(sidecar.db_path, 600, timeout=60, sidecar=sidecar)
+        wait_rows(sidecar.db, 600, timeout=60, sidecar=sidecar)
         assert _keys_state(sidecar.db_path) == (0, 600)
         sidecar.kill()
         offset = len(sidecar.log_text())
@@ -139,9 +147,9 @@ def test_sigkill_with_unindexed_keys_then_restart_indexes_them_and_dedupes(
         pub.publish(messages, rate=1000)  # the first 600 again: redeliveries, now indexed
         accepted = pub.wait_all(timeout=60)
     assert accepted == {m.key for m in messages}
-    wait_rows(sidecar.db_path, 800, timeout=60, sidecar=sidecar)
+    wait_rows(sidecar.db, 800, timeout=60, sidecar=sidecar)
     assert sidecar.terminate() == 0
-    assert_exactly(sidecar.db_path, accepted)
+    assert_exactly(sidecar.db, accepted)
     assert _keys_state(sidecar.db_path) == (800, 800)  # the clean stop indexed the last 200
     con = sqlite3.connect(sidecar.db_path)
     try:
@@ -182,7 +190,7 @@ def test_broker_restart_mid_stream_loses_nothing(
     with Publisher(persistent_broker.host, persistent_broker.port) as pub:
         pub.publish_in_background(first, rate=1500)
         wait_until(lambda: pub.accepted_count >= 2000
-                   and pub.accepted_count - count_rows(sidecar.db_path) >= 200,
+                   and pub.accepted_count - count_rows(sidecar.db) >= 200,
                    timeout=30, message="2,000 PUBACKs and a backlog of 200 in the sidecar")
         persistent_broker.restart(down_for=1.0)
         pub.join()
@@ -191,8 +199,8 @@ def test_broker_restart_mid_stream_loses_nothing(
     assert accepted == {m.key for m in messages}
     assert pub.disconnects >= 1
 
-    wait_rows(sidecar.db_path, n, timeout=60, sidecar=sidecar)
-    assert_exactly(sidecar.db_path, accepted)
+    wait_rows(sidecar.db, n, timeout=60, sidecar=sidecar)
+    assert_exactly(sidecar.db, accepted)
     log = sidecar.log_text()
     assert "mqtt_session_lost" not in log
     reconnects = [e for e in log_events(log) if e.get("event") == "mqtt_connected"]
@@ -221,8 +229,8 @@ def test_sidecar_killed_while_broker_down_loses_nothing(
         accepted = pub.wait_all(timeout=60)
     assert accepted == {m.key for m in messages}
 
-    wait_rows(sidecar.db_path, n, timeout=60, sidecar=sidecar)
-    assert_exactly(sidecar.db_path, accepted)
+    wait_rows(sidecar.db, n, timeout=60, sidecar=sidecar)
+    assert_exactly(sidecar.db, accepted)
     assert "mqtt_session_lost" not in sidecar.log_text()
     assert last_event(sidecar.log_text(), "mqtt_connected")["session_present"] is True
     assert sidecar.terminate() == 0
@@ -246,13 +254,13 @@ def test_sigterm_drains_queue_and_acks(
     assert accepted == {m.key for m in messages} | {"probe-before-sigterm"}
     wait_probe_handled(sidecar, "before-sigterm", after=offset)
     if time.monotonic() - started < 50:  # else the 60 s flush may legitimately have fired
-        assert count_rows(sidecar.db_path) == 0, "a batch committed before SIGTERM"
+        assert count_rows(sidecar.db) == 0, "a batch committed before SIGTERM"
 
     t0 = time.monotonic()
     assert sidecar.terminate(timeout=shutdown_timeout + 5) == 0
     elapsed = time.monotonic() - t0
-    assert_exactly(sidecar.db_path, {m.key for m in messages})
-    assert count_rows(sidecar.db_path, "dead_letters") == 1
+    assert_exactly(sidecar.db, {m.key for m in messages})
+    assert count_rows(sidecar.db, "dead_letters") == 1
     stopped = last_event(sidecar.log_text(), "sidecar_stopped")
     assert stopped["drained"] is True and stopped["events_stored"] == n, stopped
     assert elapsed < shutdown_timeout, elapsed
@@ -264,13 +272,13 @@ def test_sigterm_drains_queue_and_acks(
     sidecar.start()
     publish_all(persistent_broker.host, persistent_broker.port,
                 [Message("evt-after", "kairo/test/after", encode(make_event(999_999)))])
-    wait_rows(sidecar.db_path, n + 1, timeout=30, sidecar=sidecar)
+    wait_rows(sidecar.db, n + 1, timeout=30, sidecar=sidecar)
     assert sidecar.terminate() == 0
     second = last_event(sidecar.log_text()[offset:], "sidecar_stopped")
     assert (second["events_stored"], second["duplicates"], second["dead_letters"]) == (1, 0, 0), \
         second
-    assert count_rows(sidecar.db_path) == n + 1
-    assert count_rows(sidecar.db_path, "dead_letters") == 1
+    assert count_rows(sidecar.db) == n + 1
+    assert count_rows(sidecar.db, "dead_letters") == 1
 
 
 def test_sigterm_mid_stream_then_restart_loses_nothing(
@@ -291,8 +299,8 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(
         pub.publish(rest, rate=1000)
         accepted = pub.wait_all(timeout=60)
     assert accepted == {m.key for m in messages}
-    wait_rows(sidecar.db_path, n, timeout=60, sidecar=sidecar)
-    assert_exactly(sidecar.db_path, accepted)
+    wait_rows(sidecar.db, n, timeout=60, sidecar=sidecar)
+    assert_exactly(sidecar.db, accepted)
     assert sidecar.terminate() == 0
 
 
@@ -316,6 +324,8 @@ def test_sigterm_under_full_load_exits_in_time_with_everything_acked(
     assert notes["stored_before_exit"] > 0 and notes["duplicates_after_restart"] == 0, notes
 
 
+@pytest.mark.sqlite_only("SQLite's write lock and busy timeout; on PostgreSQL see "
+                         "test_server_stopped_mid_stream_then_sidecar_killed_loses_nothing")
 def test_database_locked_past_busy_timeout_mid_stream(
         persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
     """Write lock held past the busy timeout mid-stream, then SIGKILL: nothing acked, nothing lost.
@@ -333,9 +343,39 @@ def test_database_locked_past_busy_timeout_mid_stream(
     assert sidecar.terminate() == 0
 
 
+@pytest.mark.postgres_only("a server to stop; on SQLite see "
+                           "test_database_locked_past_busy_timeout_mid_stream")
+def test_server_stopped_mid_stream_then_sidecar_killed_loses_nothing(
+        persistent_broker: Broker, sidecar_factory: SidecarFactory, outage: Outage) -> None:
+    """PostgreSQL stopped mid-stream, the sidecar SIGKILLed before it is back: nothing acked is
+    lost, nothing doubled (3,000 events exactly once after both restart)."""
+    n = 3000
+    sidecar = sidecar_factory(persistent_broker, **sidecar_env(writer__retry_max_delay=0.5)).start()
+    messages = event_messages(n)
+    first, rest = messages[:2000], messages[2000:]
+    with Publisher(persistent_broker.host, persistent_broker.port) as pub:
+        pub.publish_in_background(first, rate=800)
+        wait_until(lambda: pub.accepted_count >= 600 and count_rows(sidecar.db) > 0, timeout=30,
+                   message="600 PUBACKs and a committed batch")
+        offset = len(sidecar.log_text())
+        with outage(sidecar):
+            sidecar.wait_log("batch_write_failed", after=offset, timeout=20)
+            sidecar.kill()
+        stored_while_up = count_rows(sidecar.db)
+        sidecar.start()
+        pub.join()
+        pub.publish(rest, rate=800)
+        accepted = pub.wait_all(timeout=60)
+    assert accepted == {m.key for m in messages}
+    assert stored_while_up < n
+    wait_rows(sidecar.db, n, timeout=60, sidecar=sidecar)
+    assert_exactly(sidecar.db, accepted)
+    assert sidecar.terminate() == 0
+
+
 def test_sigterm_with_locked_database_acks_nothing(
-        persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
-    """SIGTERM while the database stays locked: non-zero exit at the deadline, nothing lost."""
+        persistent_broker: Broker, sidecar_factory: SidecarFactory, outage: Outage) -> None:
+    """SIGTERM while the database stays unwritable: non-zero exit at the deadline, nothing lost."""
     n = 100
     shutdown_timeout = 2
     sidecar = sidecar_factory(persistent_broker, **sidecar_env(
@@ -343,66 +383,71 @@ def test_sigterm_with_locked_database_acks_nothing(
         writer__shutdown_timeout=shutdown_timeout)).start()
     offset = len(sidecar.log_text())
     messages = event_messages(n)
-    with exclusive_lock(sidecar.db_path):
+    with outage(sidecar):
         publish_all(persistent_broker.host, persistent_broker.port, [*messages, probe("locked")])
         wait_probe_handled(sidecar, "locked", after=offset)
         sidecar.wait_log("batch_write_failed", after=offset, timeout=20)
         code = sidecar.terminate(timeout=shutdown_timeout + 15)
-        assert count_rows(sidecar.db_path) == 0
+    assert count_rows(sidecar.db) == 0
     assert code != 0, "a shutdown that could not write must not report success"
     assert "batch_abandoned_at_shutdown" in sidecar.log_text()[offset:]
 
     sidecar.start()
-    wait_rows(sidecar.db_path, n, timeout=30, sidecar=sidecar)
-    wait_rows(sidecar.db_path, 1, timeout=30, table="dead_letters", sidecar=sidecar)
-    assert_exactly(sidecar.db_path, {m.key for m in messages})
+    wait_rows(sidecar.db, n, timeout=30, sidecar=sidecar)
+    wait_rows(sidecar.db, 1, timeout=30, table="dead_letters", sidecar=sidecar)
+    assert_exactly(sidecar.db, {m.key for m in messages})
     assert sidecar.terminate() == 0
 
 
 # ---------------------------------------------------------------------------- 4. ack after commit
 def test_nothing_acked_while_database_locked(
-        persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
-    """Writes fail on a locked database, sidecar SIGKILLed, lock released: all 100 rows arrive."""
+        persistent_broker: Broker, sidecar_factory: SidecarFactory, outage: Outage) -> None:
+    """Writes fail (SQLite locked, PostgreSQL stopped), sidecar SIGKILLed, the database back:
+    all 100 rows arrive."""
     n = 100
     sidecar = sidecar_factory(persistent_broker, **sidecar_env(
         database__busy_timeout_ms=100, writer__retry_max_delay=0.5)).start()
     offset = len(sidecar.log_text())
     messages = event_messages(n)
-    with exclusive_lock(sidecar.db_path):
+    with outage(sidecar):
         accepted = publish_all(persistent_broker.host, persistent_broker.port,
                                [*messages, probe("locked")])
         assert len(accepted) == n + 1
         wait_probe_handled(sidecar, "locked", after=offset)
         sidecar.wait_log("batch_write_failed", after=offset, timeout=20)
-        assert count_rows(sidecar.db_path) == 0
         sidecar.kill()
+    assert count_rows(sidecar.db) == 0
     failed = [e for e in log_events(sidecar.log_text()[offset:])
               if e.get("event") == "batch_write_failed"]
-    assert failed and "locked" in failed[0]["error"], failed[:1]
+    assert failed, "no batch_write_failed"
+    if sidecar.engine == "sqlite":
+        assert "locked" in failed[0]["error"], failed[:1]
 
     sidecar.start()
-    wait_rows(sidecar.db_path, n, timeout=30, sidecar=sidecar)
-    wait_rows(sidecar.db_path, 1, timeout=30, table="dead_letters", sidecar=sidecar)
-    assert_exactly(sidecar.db_path, {m.key for m in messages})
+    wait_rows(sidecar.db, n, timeout=30, sidecar=sidecar)
+    wait_rows(sidecar.db, 1, timeout=30, table="dead_letters", sidecar=sidecar)
+    assert_exactly(sidecar.db, {m.key for m in messages})
     assert sidecar.terminate() == 0
-    assert count_rows(sidecar.db_path, "dead_letters") == 1
+    assert count_rows(sidecar.db, "dead_letters") == 1
 
 
 def test_writer_recovers_when_database_unlocked(
-        persistent_broker: Broker, sidecar_factory: SidecarFactory) -> None:
-    """Writes fail on a locked database and succeed once it is released, without a restart."""
+        persistent_broker: Broker, sidecar_factory: SidecarFactory, outage: Outage) -> None:
+    """Writes fail (SQLite locked, PostgreSQL stopped) and succeed once the database is back,
+    without a restart."""
     n = 100
     sidecar = sidecar_factory(persistent_broker, **sidecar_env(
         database__busy_timeout_ms=100, writer__retry_max_delay=0.5)).start()
     offset = len(sidecar.log_text())
     messages = event_messages(n)
-    with exclusive_lock(sidecar.db_path):
+    with outage(sidecar):
         publish_all(persistent_broker.host, persistent_broker.port, messages)
         sidecar.wait_log("batch_write_failed", after=offset, timeout=20)
-        assert count_rows(sidecar.db_path) == 0
-    wait_rows(sidecar.db_path, n, timeout=30, sidecar=sidecar)
+        if sidecar.engine == "sqlite":  # (a stopped server cannot be counted)
+            assert count_rows(sidecar.db) == 0
+    wait_rows(sidecar.db, n, timeout=30, sidecar=sidecar)
     sidecar.wait_log("batch_write_recovered", after=offset, timeout=10)
-    assert_exactly(sidecar.db_path, {m.key for m in messages})
+    assert_exactly(sidecar.db, {m.key for m in messages})
     assert sidecar.proc is not None and sidecar.proc.poll() is None
     assert sidecar.terminate() == 0
 
@@ -459,16 +504,12 @@ def test_malformed_messages_are_dead_lettered(
     accepted = publish_all(persistent_broker.host, persistent_broker.port, interleaved)
     assert len(accepted) == 2 * n
 
-    wait_rows(sidecar.db_path, n, timeout=30, sidecar=sidecar)
-    wait_rows(sidecar.db_path, n, timeout=30, table="dead_letters", sidecar=sidecar)
+    wait_rows(sidecar.db, n, timeout=30, sidecar=sidecar)
+    wait_rows(sidecar.db, n, timeout=30, table="dead_letters", sidecar=sidecar)
     assert sidecar.proc is not None and sidecar.proc.poll() is None
-    assert_exactly(sidecar.db_path, {m.key for m in valid})
+    assert_exactly(sidecar.db, {m.key for m in valid})
 
-    con = sqlite3.connect(sidecar.db_path, timeout=30)
-    try:
-        rows = con.execute("SELECT topic, payload, payload_size, reason FROM dead_letters").fetchall()
-    finally:
-        con.close()
+    rows = target_rows(sidecar.db, "SELECT topic, payload, payload_size, reason FROM dead_letters")
     assert len(rows) == n
     assert all(reason and reason.strip() for _, _, _, reason in rows), \
         [r for r in rows if not (r[3] and r[3].strip())][:5]
@@ -499,12 +540,8 @@ def test_invalid_utf8_is_a_payload_error(
     ]
     publish_all(persistent_broker.host, persistent_broker.port,
                 [Message(f"u{i}", f"kairo/test/utf8/{i}", p) for i, p in enumerate(payloads)])
-    wait_rows(sidecar.db_path, len(payloads), timeout=30, table="dead_letters", sidecar=sidecar)
-    con = sqlite3.connect(sidecar.db_path, timeout=30)
-    try:
-        reasons = [r for (r,) in con.execute("SELECT reason FROM dead_letters ORDER BY id")]
-    finally:
-        con.close()
+    wait_rows(sidecar.db, len(payloads), timeout=30, table="dead_letters", sidecar=sidecar)
+    reasons = [r for (r,) in target_rows(sidecar.db, "SELECT reason FROM dead_letters ORDER BY id")]
     assert sidecar.terminate() == 0
     assert "message_handling_failed" not in sidecar.log_text()
     assert not [r for r in reasons if r.startswith("internal error")], reasons
@@ -519,8 +556,8 @@ def test_qos0_events_are_stored(
     messages = [Message(m.key, m.topic, m.payload, qos=0) for m in event_messages(n)]
     with Publisher(persistent_broker.host, persistent_broker.port) as pub:
         pub.publish(messages, rate=200)
-        wait_rows(sidecar.db_path, n, timeout=30, sidecar=sidecar)
-    assert_exactly(sidecar.db_path, {m.key for m in messages})
+        wait_rows(sidecar.db, n, timeout=30, sidecar=sidecar)
+    assert_exactly(sidecar.db, {m.key for m in messages})
     assert sidecar.terminate() == 0
     stopped = last_event(sidecar.log_text(), "sidecar_stopped")
     assert stopped["qos0_dropped"] == 0 and stopped["events_stored"] == n, stopped
@@ -542,7 +579,7 @@ def test_mqtt311_sigkill_exactly_once(
     t0 = time.monotonic()
     with Publisher(persistent_broker.host, persistent_broker.port, protocol="3.1.1") as pub:
         pub.publish_in_background(messages, rate=1000)
-        wait_until(lambda: count_rows(sidecar.db_path) >= 1000, timeout=30,
+        wait_until(lambda: count_rows(sidecar.db) >= 1000, timeout=30,
                    message="1,000 rows before the kill")
         sidecar.kill()
         sidecar.start()
@@ -550,9 +587,9 @@ def test_mqtt311_sigkill_exactly_once(
     assert accepted == {m.key for m in messages}
     # Window-paced this takes seconds (one 5 s flush for the tail); flush-paced it would take
     # minutes, far beyond this deadline.
-    wait_rows(sidecar.db_path, n, timeout=45, sidecar=sidecar)
+    wait_rows(sidecar.db, n, timeout=45, sidecar=sidecar)
     print(f"3.1.1: {n} events with one SIGKILL stored in {time.monotonic() - t0:.1f}s")
-    assert_exactly(sidecar.db_path, accepted)
+    assert_exactly(sidecar.db, accepted)
     assert sidecar.terminate() == 0
 
 
@@ -575,8 +612,8 @@ def test_full_receive_window_commits_without_waiting_for_flush(
     sidecar = sidecar_factory(persistent_broker, **sidecar_env(**overrides)).start()
     messages = event_messages(window)
     publish_all(persistent_broker.host, persistent_broker.port, messages)
-    wait_rows(sidecar.db_path, window, timeout=30, sidecar=sidecar)
-    assert_exactly(sidecar.db_path, {m.key for m in messages})
+    wait_rows(sidecar.db, window, timeout=30, sidecar=sidecar)
+    assert_exactly(sidecar.db, {m.key for m in messages})
     assert sidecar.terminate() == 0
 
 
@@ -590,14 +627,14 @@ def test_identical_idless_events_are_distinct_events(
     """Two publishes of the same id-less event are two rows (control for the next test)."""
     sidecar = sidecar_factory(persistent_broker, **sidecar_env(writer__flush_interval=0.2)).start()
     publish_all(persistent_broker.host, persistent_broker.port, [DOOR, DOOR])
-    wait_rows(sidecar.db_path, 2, timeout=30, sidecar=sidecar)
+    wait_rows(sidecar.db, 2, timeout=30, sidecar=sidecar)
     assert sidecar.terminate() == 0
-    total, distinct, _ = stored_ids(sidecar.db_path)
+    total, distinct, _ = stored_ids(sidecar.db)
     assert total == distinct == 2
 
 
 def test_identical_idless_events_after_session_reset_are_both_stored(
-        broker: Broker, sidecar_factory: SidecarFactory) -> None:
+        broker: Broker, sidecar_factory: SidecarFactory, outage: Outage) -> None:
     """Two identical id-less events, the second redelivered (DUP) after a crash, are two rows."""
     skip_if_external()
     # The broker has no persistence: its restart drops the sidecar's session, so packet ids
@@ -605,7 +642,7 @@ def test_identical_idless_events_after_session_reset_are_both_stored(
     sidecar = sidecar_factory(broker, **sidecar_env(
         database__busy_timeout_ms=100, writer__retry_max_delay=0.5, log__level="debug")).start()
     publish_all(broker.host, broker.port, [DOOR])  # event 1: packet id 1, committed and acked
-    wait_rows(sidecar.db_path, 1, timeout=30, sidecar=sidecar)
+    wait_rows(sidecar.db, 1, timeout=30, sidecar=sidecar)
 
     offset = len(sidecar.log_text())
     broker.restart()
@@ -613,7 +650,7 @@ def test_identical_idless_events_after_session_reset_are_both_stored(
     assert "mqtt_session_lost" in sidecar.log_text()[offset:]
 
     offset = len(sidecar.log_text())
-    with exclusive_lock(sidecar.db_path):
+    with outage(sidecar):
         # event 2, same bytes: packet id 1 again on the new session; it cannot be committed.
         publish_all(broker.host, broker.port, [DOOR, probe("idless")])
         wait_probe_handled(sidecar, "idless", after=offset)
@@ -621,11 +658,7 @@ def test_identical_idless_events_after_session_reset_are_both_stored(
         sidecar.kill()
 
     sidecar.start()  # the broker re-sends event 2 with DUP set and packet id 1
-    wait_rows(sidecar.db_path, 1, timeout=30, table="dead_letters", sidecar=sidecar)
+    wait_rows(sidecar.db, 1, timeout=30, table="dead_letters", sidecar=sidecar)
     assert sidecar.terminate() == 0
-    con = sqlite3.connect(sidecar.db_path, timeout=30)
-    try:
-        ids = [r[0] for r in con.execute("SELECT id FROM events ORDER BY seq")]
-    finally:
-        con.close()
+    ids = [r[0] for r in target_rows(sidecar.db, "SELECT id FROM events ORDER BY seq")]
     assert len(ids) == 2, f"event 2 was merged into event 1 ({ids})"

@@ -1,13 +1,15 @@
 """Bad input through the real daemon, seeded and reproducible: 10,000 malformed payloads
 interleaved with valid events, MQTT 5 content types and user properties, and topic edge cases.
 The daemon stays up, every valid event is stored once, every invalid message is one dead letter
-with a reason, and nothing is an internal error."""
+with a reason, and nothing is an internal error. On SQLite and on PostgreSQL
+(``tests.support.engines``), where an event holding U+0000 is a dead letter
+(``storage refused the event``) and payloads compare as JSON values."""
 
 from __future__ import annotations
 
+import json
 import random
 import socket
-import sqlite3
 import struct
 from collections.abc import Callable
 
@@ -22,14 +24,17 @@ from sidecar.client import SidecarClient
 from sidecar.errors import PayloadError
 from sidecar.ingest.decode import decode_message
 from tests.conftest import SidecarProcess, count_rows, wait_until
-from tests.support import scenarios
+from tests.support import engines, scenarios
 from tests.support.broker import Broker
 from tests.support.faultkit import sidecar_env, wait_rows
 from tests.support.publisher import Message, publish_all
+from tests.support.stores import target_rows
 
 pytestmark = pytest.mark.slow
 
 SidecarFactory = Callable[..., SidecarProcess]
+# both engines: this fixture overrides conftest's ``sidecar_factory`` (tests.support.engines)
+sidecar_factory = engines.sidecar_factory
 MAX_PAYLOAD = 8192
 DEAD_LETTER_CAP = 4096
 
@@ -118,15 +123,11 @@ def test_mqtt5_content_types_and_user_properties(
         client.disconnect()
         client.loop_stop()
     stored = sum(expected.values())
-    wait_rows(sidecar.db_path, stored, timeout=60, sidecar=sidecar)
-    wait_rows(sidecar.db_path, len(cases) - stored, timeout=60, table="dead_letters",
+    wait_rows(sidecar.db, stored, timeout=60, sidecar=sidecar)
+    wait_rows(sidecar.db, len(cases) - stored, timeout=60, table="dead_letters",
               sidecar=sidecar)
-    con = sqlite3.connect(sidecar.db_path, timeout=30)
-    try:
-        in_events = {t for (t,) in con.execute("SELECT topic FROM events")}
-        dead = dict(con.execute("SELECT topic, reason FROM dead_letters"))
-    finally:
-        con.close()
+    in_events = {t for (t,) in target_rows(sidecar.db, "SELECT topic FROM events")}
+    dead = dict(target_rows(sidecar.db, "SELECT topic, reason FROM dead_letters"))
     wrong = [t for t, ok in expected.items() if ok != (t in in_events) or ok == (t in dead)]
     assert not wrong, [(t, dead.get(t)) for t in wrong[:10]]
     assert not [r for r in dead.values() if r.startswith(("internal error", "storage refused"))]
@@ -186,15 +187,13 @@ def test_topic_edge_cases(persistent_broker: Broker, sidecar_factory: SidecarFac
     messages = [Message(str(i), topic, b'{"payload": {"i": %d}}' % i)
                 for i, topic in enumerate(ACCEPTED_TOPICS)]
     publish_all(persistent_broker.host, persistent_broker.port, messages)
-    wait_rows(sidecar.db_path, len(messages), timeout=30, sidecar=sidecar)
-    con = sqlite3.connect(sidecar.db_path, timeout=30)
-    try:
-        rows = con.execute("SELECT topic, type, source, payload FROM events").fetchall()
-    finally:
-        con.close()
-    assert sorted(rows) == sorted(
-        (t, t.replace("/", "."), t, f'{{"i": {i}}}') for i, t in enumerate(ACCEPTED_TOPICS))
-    assert count_rows(sidecar.db_path, "dead_letters") == 0
+    wait_rows(sidecar.db, len(messages), timeout=30, sidecar=sidecar)
+    rows = [(t, ty, so, p if isinstance(p, dict) else json.loads(p)) for t, ty, so, p in
+            target_rows(sidecar.db, "SELECT topic, type, source, payload FROM events")]
+    assert sorted(rows, key=lambda r: r[0]) == sorted(
+        ((t, t.replace("/", "."), t, {"i": i}) for i, t in enumerate(ACCEPTED_TOPICS)),
+        key=lambda r: r[0])
+    assert count_rows(sidecar.db, "dead_letters") == 0
     with SidecarClient(persistent_broker.host, persistent_broker.port, timeout=30) as client:
         def topics_for(topic_filter: str) -> set[str]:
             return {e["topic"] for e in client.query_all(topic=topic_filter, limit=100)}

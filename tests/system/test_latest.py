@@ -1,6 +1,7 @@
 """``latest``, path indexes and ``unindexed_where`` end to end: a real Mosquitto, an in-process
-sidecar with ``[indexes] paths = ["payload.name"]``, a real SQLite file; asked over MQTT 5 and
-3.1.1, through ``SidecarClient`` (JSON and MessagePack) and the CLI (broker and ``--db``)."""
+sidecar with ``[indexes] paths = ["payload.name"]``, on a real SQLite file and on a real
+PostgreSQL; asked over MQTT 5 and 3.1.1, through ``SidecarClient`` (JSON and MessagePack) and
+the CLI (broker and ``--db``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from sidecar.client import SidecarClient
 from sidecar.core import paths
 from sidecar.errors import RequestError
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ENGINES, ROOT, engine_database, wait_until
 from tests.support.broker import Broker, start_broker
 from tests.support.publisher import Message, publish_all
 from tests.system.test_subscriber import Running, start_inprocess
@@ -24,17 +25,40 @@ from tests.system.test_subscriber import Running, start_inprocess
 PLUGIN = "kairo.plugin.state"
 
 
-@pytest.fixture(scope="module")
-def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Running]]:
+@pytest.fixture(scope="module", params=ENGINES)
+def sidecar(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Running]]:
+    """The sidecar on each engine (every test of the module runs on both)."""
     tmp = tmp_path_factory.mktemp("latest")
-    broker = start_broker(tmp / "broker")
-    run = start_inprocess(tmp, broker, INDEXES__PATHS='["payload.name"]')
-    try:
-        yield broker, run
-    finally:
-        run.sidecar.request_stop()
-        run.thread.join(15)
-        broker.close()
+    for url in engine_database(request, request.param, tmp):
+        broker = start_broker(tmp / "broker")
+        run = start_inprocess(tmp, broker, url=url, INDEXES__PATHS='["payload.name"]')
+        try:
+            yield broker, run
+        finally:
+            run.sidecar.request_stop()
+            run.thread.join(15)
+            broker.close()
+
+
+def path_indexes(run: Running) -> set[str]:
+    """The names of the path indexes of the sidecar's database."""
+    if run.url is not None and not run.url.startswith("sqlite:"):
+        sql = "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'events_path_%%'"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE name LIKE 'events_path_%'"
+    return {r[0] for r in run.rows(sql)}
+
+
+def newest_per_name(run: Running, event_type: str) -> dict[str, str]:
+    """The newest event id per ``payload.name`` of ``event_type``, folded in Python."""
+    newest: dict[str, str] = {}
+    for event_id, payload in run.rows("SELECT id, payload FROM events WHERE type = ? "
+                                      "ORDER BY seq", event_type):
+        body = payload if isinstance(payload, dict) else json.loads(payload)
+        if body.get("name") is not None:
+            newest[body["name"]] = event_id
+    return newest
 
 
 def plugin_states(n: int, *, seed: int) -> tuple[list[Message], dict[str, str]]:
@@ -102,8 +126,7 @@ def test_query_answer_names_the_where_keys_no_index_served(sidecar):
         assert caught.value.field == "limit"
     finally:
         client.close()
-    names = {r[0] for r in run.rows("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert paths.parse("payload.name").index_name in names
+    assert paths.parse("payload.name").index_name in path_indexes(run)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -118,11 +141,10 @@ def test_cli_latest_through_broker_and_db_and_where_hint(sidecar):
     msgs, _ = plugin_states(80, seed=3)
     assert len(publish_all(broker.host, broker.port, msgs)) == len(msgs)
     wait_until(lambda: run.rows("SELECT count(*) FROM events WHERE id = 'ps-3-00079'")[0][0] == 1)
-    expected = {r[0]: r[1] for r in run.rows(
-        "SELECT json_extract(payload, '$.name'), id FROM events WHERE seq IN (SELECT max(seq) "
-        "FROM events WHERE type = ? GROUP BY json_extract(payload, '$.name'))", PLUGIN)}
+    expected = newest_per_name(run, PLUGIN)
     on_broker = ["--host", broker.host, "--port", str(broker.port)]
-    for where in (on_broker, ["--db", str(run.db_path)]):
+    db = run.url or str(run.db_path)
+    for where in (on_broker, ["--db", db]):
         done = cli("latest", "payload.name", "--type", PLUGIN, "--limit", "9", "--all", *where)
         assert done.returncode == 0, done.stderr
         lines = [json.loads(line) for line in done.stdout.splitlines()]
@@ -130,21 +152,22 @@ def test_cli_latest_through_broker_and_db_and_where_hint(sidecar):
         assert "hint" not in done.stderr
     done = cli("query", "--where", "payload.fingerprint=fp-0", *on_broker)
     assert done.returncode == 0 and "without an index" in done.stderr
-    done = cli("latest", "payload.fingerprint", "--limit", "3", "--db", str(run.db_path))
+    done = cli("latest", "payload.fingerprint", "--limit", "3", "--db", db)
     assert done.returncode == 0 and "has no index" in done.stderr and "next:" in done.stderr
     done = cli("latest", "nope", *on_broker)
     assert done.returncode == 2 and "key" in done.stderr
 
 
-def test_restart_with_a_path_removed_drops_its_index(tmp_path: Path, broker: Broker):
+def test_restart_with_a_path_removed_drops_its_index(tmp_path: Path, broker: Broker,
+                                                     engine_url: str):
     """Listed paths get their index at start; started again without them, the index is gone."""
-    run = start_inprocess(tmp_path, broker, INDEXES__PATHS='["payload.a", "metadata.b[0]"]')
+    run = start_inprocess(tmp_path, broker, url=engine_url,
+                          INDEXES__PATHS='["payload.a", "metadata.b[0]"]')
     run.sidecar.request_stop()
     run.thread.join(15)
-    names = {r[0] for r in run.rows("SELECT name FROM sqlite_master WHERE name LIKE 'events_path_%'")}
-    assert names == {paths.parse("payload.a").index_name, paths.parse("metadata.b[0]").index_name}
-    run = start_inprocess(tmp_path, broker, INDEXES__PATHS='["payload.a"]')
+    assert path_indexes(run) == {paths.parse("payload.a").index_name,
+                                 paths.parse("metadata.b[0]").index_name}
+    run = start_inprocess(tmp_path, broker, url=engine_url, INDEXES__PATHS='["payload.a"]')
     run.sidecar.request_stop()
     run.thread.join(15)
-    names = {r[0] for r in run.rows("SELECT name FROM sqlite_master WHERE name LIKE 'events_path_%'")}
-    assert names == {paths.parse("payload.a").index_name}
+    assert path_indexes(run) == {paths.parse("payload.a").index_name}

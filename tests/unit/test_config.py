@@ -523,15 +523,21 @@ def test_synchronous_off_with_durable_acks_is_refused(tmp_path: Path, durability
     assert info.value.key == "database.synchronous"
 
 
-def test_indexes_and_keep_latest_paths_are_read(tmp_path: Path) -> None:
-    """``[indexes] paths`` and a rule's ``keep_latest`` come through as written."""
+@pytest.mark.parametrize("url", ["sqlite:///kairo.db", "postgresql://kairo@db/kairo"])
+def test_indexes_and_keep_latest_paths_are_read(tmp_path: Path, url: str) -> None:
+    """``[indexes] paths``, a rule's ``keep_latest`` and ``[[projections]]`` come through as
+    written, on either engine (PostgreSQL refused them before)."""
     path = tmp_path / "sidecar.toml"
-    path.write_text('[indexes]\npaths = ["payload.fingerprint", "metadata.a[0]"]\n'
+    path.write_text(f'[database]\nurl = "{url}"\n'
+                    '[indexes]\npaths = ["payload.fingerprint", "metadata.a[0]"]\n'
                     '[retention]\nrules = [{ type = "kairo.plugin.*", max_age = "7d", '
-                    'keep_latest = "payload.name" }]\n')
+                    'keep_latest = "payload.name" }]\n'
+                    '[[projections]]\nname = "plugins"\ntype = "kairo.plugin.*"\n'
+                    'key = "plugin/{payload.name}"\n')
     config = load_config(path, environ={})
     assert config.indexes.paths == ["payload.fingerprint", "metadata.a[0]"]
     assert config.retention.rules[0].keep_latest == "payload.name"
+    assert [p.name for p in config.projections] == ["plugins"]
 
 
 def test_search_section_is_read(tmp_path: Path) -> None:

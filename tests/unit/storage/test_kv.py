@@ -32,7 +32,8 @@ def test_migration_006_keeps_rows_at_version_1(tmp_path: Path) -> None:
                    "'{\"facts\": [1, 2]}', 1700000000000)")
     assert migrate(db) == ["006_kv_versions", "007_kv_projected_seq", "009_deferred_keys",
                            "010_keys_automerge",
-                           "011_event_search"]
+                           "011_event_search",
+                           "012_kv_key_byte_order"]
     entry = kv.get(db, "agent/memory")
     assert entry == kv.KvEntry("agent/memory", '{"facts": [1, 2]}', 1, 1700000000000)
     assert kv.apply_now(db, KvWrite(op="put", key="agent/memory", value="3", if_version=1),
@@ -174,3 +175,35 @@ def test_kv_store_works_on_both_engines(any_store) -> None:
         db.close()
     rows = any_store.execute("SELECT type FROM events ORDER BY seq")
     assert [r[0] for r in rows] == ["kairo.kv.put"] * 3 + ["kairo.kv.delete"]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_list_pages_keys_in_byte_order_whatever_the_collation(
+        engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """kv/list pages keys in byte (code point) order on both engines, also on a PostgreSQL
+    database whose default collation is a language's (ICU en-US: ``a/b`` before ``a/B``)."""
+    from sidecar.storage.startup import open_store
+
+    if engine == "sqlite":
+        url = f"sqlite:///{tmp_path / 'k.db'}"
+    else:
+        server = request.getfixturevalue("pg_server")
+        url = server.fresh_database(icu_locale="en-US")
+        request.addfinalizer(lambda: server.drop_database(url))
+    keys = ["a/b", "a/B", "a/_", "a/-", "a/\u00e9", "a/e", "a/f", "a/\U0001f600", "a/Z", "a/1"]
+    db = open_store(DatabaseConfig(url=url), schema="migrate", shared=True)
+    try:
+        for k in keys:
+            kv.apply_now(db, KvWrite(op="put", key=k, value="1"), topic_base="kb")
+        listed: list[str] = []
+        after = None
+        while True:  # pages of 3: each page starts after the last key of the one before
+            page = kv.page(db, prefix="a/", after=after, limit=3)
+            listed += [e.key for e in page.entries]
+            if page.next is None:
+                break
+            after = page.next
+    finally:
+        db.close()
+    assert listed == sorted(keys, key=lambda k: k.encode())
+    assert listed[:4] == ["a/-", "a/1", "a/B", "a/Z"]

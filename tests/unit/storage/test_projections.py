@@ -1,13 +1,13 @@
-"""Projections folded by the writer in its transaction, and rebuilt from the event log."""
+"""Projections folded by the writer in its transaction, and rebuilt from the event log, on
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from sidecar.config import DatabaseConfig, WriterConfig
+from sidecar.config import WriterConfig
 from sidecar.core.events import EventRow, now_ms
 from sidecar.core.kv import KvWrite
 from sidecar.core.projections import Projection
@@ -15,8 +15,9 @@ from sidecar.core.stats import Stats
 from sidecar.ingest.decode import decode_message
 from sidecar.ingest.writer import Delivery, Writer
 from sidecar.storage import kv, projections
-from sidecar.storage.db import migrate, open_database
+from sidecar.storage.startup import open_store
 from tests.conftest import wait_until
+from tests.support.stores import Store
 
 RULES = [Projection("plugins", "kairo.plugin.state", "plugin/{payload.name}"),
          Projection("alerts", "kairo.alert.*", "alert/{payload.fingerprint}", mode="merge")]
@@ -29,9 +30,9 @@ def _event(i: int, event_type: str, payload: dict[str, object]) -> EventRow:
 
 
 @pytest.fixture
-def db(tmp_path: Path):
-    database = open_database(DatabaseConfig(url=f"sqlite:///{tmp_path / 'p.db'}"))
-    migrate(database)
+def db(any_store: Store):
+    """The store on each engine, opened for writing (every test here runs on both)."""
+    database = open_store(any_store.config, schema="migrate", shared=True)
     yield database
     database.close()
 
@@ -97,8 +98,8 @@ def test_writer_folds_new_events_once_in_seq_order(db) -> None:
     assert json.loads(alert[1]) == {"fingerprint": "f1", "raw": "x", "analysis": "y"}
     assert alert[2] == 2 and alert[4] == seq_of["e-101"]
     assert stats.projection_skipped == 2 and stats.events_stored == 45
-    assert db.execute_sql("SELECT count(*) FROM events WHERE type LIKE 'kairo.kv.%'"
-                          ).fetchone() == (0,)  # a projected write records no kv event
+    assert db.execute_sql(f"SELECT count(*) FROM events WHERE type LIKE {db.param}",
+                          ("kairo.kv.%",)).fetchone() == (0,)  # a projected write: no kv event
 
 
 def test_kv_put_after_a_projection_sees_its_version(db) -> None:
@@ -121,7 +122,7 @@ def test_rebuild_gives_the_live_state_and_touches_only_its_prefix(db) -> None:
     writer.kv(KvWrite(op="put", key="other/k", value="1"))
     writer.stop(5)
     live = _store(db)
-    db.execute_sql("DELETE FROM kv_store WHERE key LIKE 'plugin/%'")
+    db.execute_sql(f"DELETE FROM kv_store WHERE key LIKE {db.param}", ("plugin/%",))
     db.execute_sql("INSERT INTO kv_store (key, value, version, updated_at) VALUES "
                    "('plugin/stray', '1', 1, 1)")
     folder = projections.Folder(RULES, max_value_bytes=200)
