@@ -7,7 +7,10 @@
 events are looked up on every copy, interleaved, on read-only connections: get by id through
 ``keys.stored_events`` (as the writer's dedupe and ``get`` do) and a correlation id's rowids by
 MATCH. Prints p50 / p99 in ms and the rows of ``event_keys_idx`` (about one per leaf page of
-every segment). The bytes each setting writes: ``bench.commit_wear --setup``.
+every segment). Then the writer's throughput with 4 and 16 (``--throughput N``, default
+100,000; 0 skips it): N events at 500 per commit into a new store, the two settings
+interleaved, three rounds, medians (the writer's duplicate check looks every id of a batch up
+in every segment). The bytes each setting writes: ``bench.commit_wear --setup``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from sidecar.config import DatabaseConfig
 from sidecar.storage import keys
-from sidecar.storage.db import open_database
+from sidecar.storage.db import migrate, open_database
 
 from .commit_wear import push_through_writer
 from .events import make_messages, rows_for
@@ -51,13 +54,36 @@ def _prepare(base: Path, path: Path, sqls: list[str], events: int) -> None:
     db.close()
 
 
+def _throughput(directory: Path, events: int) -> None:
+    """The writer's events/s into a new store with automerge 4 and 16, interleaved."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = list(rows_for(make_messages(events, seed=5)))
+    rates: dict[int, list[float]] = {4: [], 16: []}
+    for _ in range(3):
+        for automerge in rates:
+            path = directory / f"throughput-{automerge}.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            db = open_database(DatabaseConfig(url=f"sqlite:///{path}"))
+            migrate(db)
+            db.execute_sql(_SET.format("automerge", automerge))
+            rates[automerge].append(events / push_through_writer(db, rows, 500).seconds)
+            db.close()
+    print(f"the writer, {events:,} events at 500 per commit into a new store, 3 rounds "
+          "interleaved, median events/s: " + ", ".join(
+              f"automerge {automerge} {sorted(values)[1]:,.0f}" for automerge, values in rates.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", help="a migrated, seeded store (copied, never changed)")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--lookups", type=int, default=3000)
     parser.add_argument("--dir", default="/tmp/kairo-keys-merge")
+    parser.add_argument("--throughput", type=int, default=100_000)
     args = parser.parse_args()
+    if args.throughput:
+        _throughput(Path(args.dir), args.throughput)
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
