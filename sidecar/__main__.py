@@ -2,6 +2,6 @@ from __future__ import annotations
 
 import sys
 
-from sidecar.cli.commands import main
+from sidecar.cli import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sidecar import __version__
-from sidecar.cli import admin, encryption, history, kv, project, search, top
+from sidecar.cli import admin, encryption, history, interrupts, kv, project, search, top
 from sidecar.cli import args as cliargs
 from sidecar.cli import inspection as inspect_cmds
 from sidecar.config import Config
@@ -142,6 +142,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"kairo-sidecar: error: {message}", file=sys.stderr)
         return CorruptDatabaseError.exit_code if damaged else StorageError.exit_code
     except KeyboardInterrupt:
+        interrupts.handled()
         return 130
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from sidecar.cli import interrupts
 from sidecar.cli.history import add_connection_options, connected
 from sidecar.config import Config
 from sidecar.core.units import format_size
@@ -182,6 +183,7 @@ def cmd_top(args: argparse.Namespace, config: Config) -> int:
                     if key(args.interval) in ("q", "Q"):
                         return 0
         except KeyboardInterrupt:
+            interrupts.handled()
             return 0
     return 0
 
