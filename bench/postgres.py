@@ -3,6 +3,10 @@ large size next to SQLite on the same machine (issue 13).
 
     flock /tmp/kairo-heavy.lock python -m bench.postgres [--events 30000] [--big 1000000]
                                                           [--rounds 2] [--reads 300]
+    flock /tmp/kairo-heavy.lock python -m bench.postgres queries [--events 10000000] ...
+
+``queries``: request latency over MQTT at 10,000,000 events on both engines
+(``bench.pg_queries``, its own options). Without it:
 
 Needs Debian's PostgreSQL server binaries and ``mosquitto`` (started as the tests start them:
 ``tests/support/postgres.py``, ``tests/support/broker.py``; the server runs with fsync=off,
@@ -24,6 +28,7 @@ import argparse
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +122,11 @@ def read_latency(config: DatabaseConfig, sample: dict[str, Any],
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["queries"]:
+        from .pg_queries import main as queries_main
+
+        queries_main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(prog="python -m bench.postgres")
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--big", type=int, default=1_000_000)
