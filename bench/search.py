@@ -24,6 +24,9 @@ commit (50: 10 ev/s at the 5 s flush window), ends with a TRUNCATE checkpoint an
 
 *merges* (``python -m bench.search merges --variants 0:16,0:64``): WAL frames per commit under
 FTS5 merge settings, to see what of the index's writes are merges (``merges``' docstring).
+
+*merge-latency* (``python -m bench.search merge-latency --variants 4:16,16:64``): what those
+settings cost searches after a run of small commits (``merge_latency``' docstring).
 """
 
 from __future__ import annotations
@@ -375,6 +378,62 @@ def merges(args: argparse.Namespace) -> None:
               f"| {sum(1 for n in sizes if n > 10 * mean)} | {slowest * 1000:.0f} |", flush=True)
 
 
+def merge_latency(args: argparse.Namespace) -> None:
+    """Search cost of FTS5 merge settings: a copy of the ``--events-base`` indexed store per
+    ``automerge:crisismerge`` variant, ``--events`` new events through the real ``Writer``
+    (``--batch`` per commit) under it, then ``search.matches`` in process (no MQTT), ``--rounds``
+    per kind, the copies interleaved; p50 / p99 ms."""
+    from sidecar.core.search_query import to_fts
+    from sidecar.storage.queries import Conditions
+
+    directory = Path(args.dir)
+    base = base_store(directory, args.base_events, indexed=True)
+    variants = args.variants.split(",")
+    words = vocabulary()
+    kinds = [("rare word, ranked", words[2500], "rank"),
+             ("middling word, ranked", words[300], "rank"), ("'boiler', ranked", "boiler", "rank"),
+             ("prefix 'boil*', ranked", "boil*", "rank"),
+             ("phrase, ranked", '"boiler pressure"', "rank"),
+             ("common word, newest first", words[5], "desc")]
+    rows = list(rows_for(make_text_messages(args.events, seed=23, start=10**7)))
+    dbs: dict[str, Any] = {}
+    for variant in variants:
+        work = directory / f"search-mergelat-{variant.replace(':', '_')}.db"
+        _fresh(work)
+        shutil.copyfile(base, work)
+        con = sqlite3.connect(work, isolation_level=None)
+        for option, value in zip(("automerge", "crisismerge"), variant.split(":"), strict=True):
+            con.execute("INSERT INTO event_search (event_search, rank) VALUES (?, ?)",
+                        (option, int(value)))
+        con.close()
+        db = open_database(DatabaseConfig(url=f"sqlite:///{work}"))
+        pushed = push_through_writer(db, rows, args.batch)
+        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        segments = db.execute_sql("SELECT count(DISTINCT segid) FROM event_search_idx").fetchone()[0]
+        print(f"{variant}: {args.events:,} events through the Writer in {pushed.seconds:.1f} s; "
+              f"{segments} segments", flush=True)
+        dbs[variant] = db
+    print("| search | " + " | ".join(f"{v} p50 / p99 ms" for v in variants) + " |")
+    print("|---|" + "---:|" * len(variants))
+    try:
+        for name, text, order in kinds:
+            fts = to_fts(text)
+            times: dict[str, list[float]] = {v: [] for v in variants}
+            for r in range(args.rounds + 1):  # the first round warms
+                for variant in variants:
+                    started = time.perf_counter()
+                    search.matches(dbs[variant], fts, Conditions((), None), order=order, limit=20,
+                                   after=None, rank_window=2000)
+                    if r:
+                        times[variant].append((time.perf_counter() - started) * 1000)
+            cells = ["{:.1f} / {:.1f}".format(*_percentiles(times[v])) for v in variants]
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        for variant, db in dbs.items():
+            db.close()
+            _fresh(directory / f"search-mergelat-{variant.replace(':', '_')}.db")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -405,6 +464,13 @@ def main() -> None:
     m.add_argument("--batch", type=int, default=50)
     m.add_argument("--variants", default="0:16,0:64,8:16", help="automerge:crisismerge,...")
     m.add_argument("--dir", default="/tmp/kairo-search")
+    ml = sub.add_parser("merge-latency")
+    ml.add_argument("--base-events", type=int, default=1_000_000)
+    ml.add_argument("--events", type=int, default=20_000)
+    ml.add_argument("--batch", type=int, default=50)
+    ml.add_argument("--rounds", type=int, default=40)
+    ml.add_argument("--variants", default="4:16,16:64", help="automerge:crisismerge,...")
+    ml.add_argument("--dir", default="/tmp/kairo-search")
     child = sub.add_parser("child")
     child.add_argument("path")
     child.add_argument("events", type=int)
@@ -418,6 +484,8 @@ def main() -> None:
         wear(args)
     elif args.what == "merges":
         merges(args)
+    elif args.what == "merge-latency":
+        merge_latency(args)
     else:
         print(json.dumps(measure(Path(args.path), args.events, args.batch, args.start)))
 
