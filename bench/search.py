@@ -3,6 +3,7 @@ bytes the index adds per event at small commits (index against no index, same ru
 
     python -m bench.search latency [--events 1000000] [--rounds 200] [--dir /tmp/kairo-search]
     python -m bench.search wear [--base-events 200000] [--events 3000] [--batch 50] [--rounds 2]
+        [--merge 16:64 ...]
 
 Events carry text: ``text`` of 4-14 words drawn (Zipf, s = 1.1) from a vocabulary of 5,000
 made-up words and a few real ones, a room, a status word, a number (``make_text_messages``).
@@ -23,6 +24,9 @@ commit (50: 10 ev/s at the 5 s flush window), ends with a TRUNCATE checkpoint an
 
 *merges* (``python -m bench.search merges --variants 0:16,0:64``): WAL frames per commit under
 FTS5 merge settings, to see what of the index's writes are merges (``merges``' docstring).
+
+*merge-latency* (``python -m bench.search merge-latency --variants 4:16,16:64``): what those
+settings cost searches after a run of small commits (``merge_latency``' docstring).
 """
 
 from __future__ import annotations
@@ -128,10 +132,12 @@ def _fresh(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def base_store(directory: Path, n: int, *, indexed: bool) -> Path:
+def base_store(directory: Path, n: int, *, indexed: bool, prefix: str = "") -> Path:
     """The ``n``-event text store for today's schema, search on and indexed or off (built
-    once, then reused); prints how long indexing took and what it added to the file."""
-    name = f"search-base-{n}-{'on' if indexed else 'off'}-{_schema_version()}.db"
+    once, then reused); prints how long indexing took and what it added to the file.
+    ``prefix``: ``event_search`` made with FTS5's ``prefix=`` option (e.g. ``'3 4'``)."""
+    tag = f"-prefix{prefix.replace(' ', '_')}" if prefix else ""
+    name = f"search-base-{n}-{'on' if indexed else 'off'}{tag}-{_schema_version()}.db"
     path = directory / name
     if path.exists():
         return path
@@ -149,6 +155,8 @@ def base_store(directory: Path, n: int, *, indexed: bool) -> Path:
         before = tmp.stat().st_size
         db = open_database(DatabaseConfig(url=f"sqlite:///{tmp}"))
         search.sync(db, SearchConfig(enabled=True))
+        if prefix:
+            _with_prefix(db, prefix)
         started = time.perf_counter()
         search.backfill_all(db, batch=50_000)
         seconds = time.perf_counter() - started
@@ -160,6 +168,19 @@ def base_store(directory: Path, n: int, *, indexed: bool) -> Path:
               "MB before)", flush=True)
     tmp.rename(path)
     return path
+
+
+def _with_prefix(db: Any, prefix: str) -> None:
+    """``event_search`` made again, empty, as ``search.sync`` makes it plus ``prefix=``."""
+    with db.atomic():
+        cursor = db.cursor()
+        sql = cursor.execute("SELECT sql FROM sqlite_master WHERE name = 'event_search'").fetchone()[0]
+        cursor.execute("DROP TABLE event_search")
+        cursor.execute(sql.replace("fts5(type, source, body, ",
+                                   f"fts5(type, source, body, prefix='{prefix}', "))
+        for option, value in search.MERGE:
+            cursor.execute("INSERT INTO event_search (event_search, rank) VALUES (?, ?)",
+                           (option, value))
 
 
 def _percentiles(values: list[float]) -> tuple[float, float]:
@@ -174,7 +195,7 @@ def latency(args: argparse.Namespace) -> None:
 
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
-    base = base_store(directory, args.events, indexed=True)
+    base = base_store(directory, args.events, indexed=True, prefix=args.prefix)
     words = vocabulary()
     counts = _document_counts(base, [words[5], words[300], words[2500], "boiler", "pressure"])
     env = {"KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{base}", "KAIRO_SIDECAR_SEARCH__ENABLED":
@@ -215,7 +236,10 @@ def latency(args: argparse.Namespace) -> None:
             print(f"{args.events:,} events, search on (unicode61), {args.rounds} round trips each "
                   f"over MQTT 5 (ms), 20 hits per answer, rank_window {args.rank_window}")
             print("| search | p50 | p99 |\n|---|---:|---:|")
+            only = [w for w in args.only.split(",") if w]
             for name, fn in cases:
+                if only and not any(w in name for w in only):
+                    continue
                 fn()  # warm
                 times = []
                 for _ in range(args.rounds):
@@ -258,19 +282,26 @@ def wear(args: argparse.Namespace) -> None:
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
     bases = {"off": base_store(directory, args.base_events, indexed=False),
-             "on": base_store(directory, args.base_events, indexed=True)}
-    results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+             "on": base_store(directory, args.base_events, indexed=True, prefix=args.prefix)}
+    variants = ["off", "on", *(f"on {m}" for m in args.merge)]
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     runs: list[str] = []
     order: list[str] = []
     for r in range(args.rounds):
-        order += ["off", "on"] if r % 2 == 0 else ["on", "off"]
+        order += variants if r % 2 == 0 else variants[::-1]
     for variant in order:
         work = directory / "search-wear-work.db"
         _fresh(work)
-        shutil.copyfile(bases[variant], work)
-        if variant == "on" and args.setup:
+        shutil.copyfile(bases[variant.split()[0]], work)
+        setup = list(args.setup) if variant.startswith("on") else []
+        if " " in variant:  # automerge:crisismerge of event_search
+            automerge, crisismerge = variant.split()[1].split(":")
+            setup += [f"INSERT INTO event_search (event_search, rank) VALUES ('automerge', "
+                      f"{int(automerge)})", "INSERT INTO event_search (event_search, rank) "
+                      f"VALUES ('crisismerge', {int(crisismerge)})"]
+        if setup:
             con = sqlite3.connect(work, isolation_level=None)
-            for sql in args.setup:
+            for sql in setup:
                 con.execute(sql)
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             con.close()
@@ -289,13 +320,15 @@ def wear(args: argparse.Namespace) -> None:
     print("| search | bytes written per event | x the event JSON | events/s (writer) |")
     print("|---|---:|---:|---:|")
     medians = {}
-    for variant in ("off", "on"):
+    for variant in variants:
         b = statistics.median(r["bytes_per_event"] for r in results[variant])
         rate = statistics.median(r["events_per_s"] for r in results[variant])
         medians[variant] = b
         print(f"| {variant} | {b:,.0f} | {b / json_size:.1f}x | {rate:,.0f} |")
-    print(f"index / no index: {medians['on'] / medians['off']:.2f}x bytes per event "
-          f"(+{medians['on'] - medians['off']:,.0f} B); each run in order: " + ", ".join(runs))
+    for variant in variants[1:]:
+        print(f"{variant} / off: {medians[variant] / medians['off']:.2f}x bytes per event "
+              f"(+{medians[variant] - medians['off']:,.0f} B)")
+    print("each run in order: " + ", ".join(runs))
 
 
 def merges(args: argparse.Namespace) -> None:
@@ -307,7 +340,8 @@ def merges(args: argparse.Namespace) -> None:
     rows = rows_for(make_text_messages(args.commits * args.batch, seed=23, start=10**7))
     head, values = insert_sql().split(" VALUES ")
     print(f"{args.base_events:,} text events indexed; {args.commits} commits of {args.batch}")
-    print("| FTS5 automerge, crisismerge | WAL frames per commit |\n|---|---:|")
+    print("| FTS5 automerge, crisismerge | WAL frames per commit | the largest commit (frames) "
+          "| commits over 10x the mean | the slowest commit ms |\n|---|---:|---:|---:|---:|")
     for variant in ["off", "4:16", *args.variants.split(",")]:
         work = directory / "search-merge-work.db"
         _fresh(work)
@@ -324,17 +358,80 @@ def merges(args: argparse.Namespace) -> None:
             con.execute("INSERT INTO event_search (event_search, rank) "
                         "VALUES ('crisismerge', ?)", (int(crisismerge),))
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        wal = Path(f"{work}-wal")
+        sizes: list[int] = []  # WAL frames each commit appended
+        slowest = 0.0
         for c in range(args.commits):
             chunk = rows[c * args.batch:(c + 1) * args.batch]
+            started = time.perf_counter()
             con.execute("BEGIN IMMEDIATE")
             con.execute(f"{head} VALUES {', '.join([values] * len(chunk))}",
                         [v for row in chunk for v in row])
             con.execute("COMMIT")
-        frames = Path(f"{work}-wal").stat().st_size // (4096 + 24)
+            slowest = max(slowest, time.perf_counter() - started)
+            sizes.append(wal.stat().st_size // (4096 + 24) - sum(sizes))
+        frames = sum(sizes)
         con.close()
         _fresh(work)
-        print(f"| {'search off' if variant == 'off' else variant} | "
-              f"{frames / args.commits:.1f} |", flush=True)
+        mean = frames / args.commits
+        print(f"| {'search off' if variant == 'off' else variant} | {mean:.1f} | {max(sizes):,} "
+              f"| {sum(1 for n in sizes if n > 10 * mean)} | {slowest * 1000:.0f} |", flush=True)
+
+
+def merge_latency(args: argparse.Namespace) -> None:
+    """Search cost of FTS5 merge settings: a copy of the ``--events-base`` indexed store per
+    ``automerge:crisismerge`` variant, ``--events`` new events through the real ``Writer``
+    (``--batch`` per commit) under it, then ``search.matches`` in process (no MQTT), ``--rounds``
+    per kind, the copies interleaved; p50 / p99 ms."""
+    from sidecar.core.search_query import to_fts
+    from sidecar.storage.queries import Conditions
+
+    directory = Path(args.dir)
+    base = base_store(directory, args.base_events, indexed=True)
+    variants = args.variants.split(",")
+    words = vocabulary()
+    kinds = [("rare word, ranked", words[2500], "rank"),
+             ("middling word, ranked", words[300], "rank"), ("'boiler', ranked", "boiler", "rank"),
+             ("prefix 'boil*', ranked", "boil*", "rank"),
+             ("phrase, ranked", '"boiler pressure"', "rank"),
+             ("common word, newest first", words[5], "desc")]
+    rows = list(rows_for(make_text_messages(args.events, seed=23, start=10**7)))
+    dbs: dict[str, Any] = {}
+    for variant in variants:
+        work = directory / f"search-mergelat-{variant.replace(':', '_')}.db"
+        _fresh(work)
+        shutil.copyfile(base, work)
+        con = sqlite3.connect(work, isolation_level=None)
+        for option, value in zip(("automerge", "crisismerge"), variant.split(":"), strict=True):
+            con.execute("INSERT INTO event_search (event_search, rank) VALUES (?, ?)",
+                        (option, int(value)))
+        con.close()
+        db = open_database(DatabaseConfig(url=f"sqlite:///{work}"))
+        pushed = push_through_writer(db, rows, args.batch)
+        db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        segments = db.execute_sql("SELECT count(DISTINCT segid) FROM event_search_idx").fetchone()[0]
+        print(f"{variant}: {args.events:,} events through the Writer in {pushed.seconds:.1f} s; "
+              f"{segments} segments", flush=True)
+        dbs[variant] = db
+    print("| search | " + " | ".join(f"{v} p50 / p99 ms" for v in variants) + " |")
+    print("|---|" + "---:|" * len(variants))
+    try:
+        for name, text, order in kinds:
+            fts = to_fts(text)
+            times: dict[str, list[float]] = {v: [] for v in variants}
+            for r in range(args.rounds + 1):  # the first round warms
+                for variant in variants:
+                    started = time.perf_counter()
+                    search.matches(dbs[variant], fts, Conditions((), None), order=order, limit=20,
+                                   after=None, rank_window=2000)
+                    if r:
+                        times[variant].append((time.perf_counter() - started) * 1000)
+            cells = ["{:.1f} / {:.1f}".format(*_percentiles(times[v])) for v in variants]
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        for variant, db in dbs.items():
+            db.close()
+            _fresh(directory / f"search-mergelat-{variant.replace(':', '_')}.db")
 
 
 def main() -> None:
@@ -345,6 +442,9 @@ def main() -> None:
     lat.add_argument("--rounds", type=int, default=200)
     lat.add_argument("--dir", default="/tmp/kairo-search")
     lat.add_argument("--rank-window", type=int, default=2000, help="[search] rank_window")
+    lat.add_argument("--prefix", default="", help="event_search with FTS5 prefix= (e.g. '4')")
+    lat.add_argument("--only", default="", help="run only the kinds whose name holds one of "
+                                                "these comma-separated words")
     w = sub.add_parser("wear")
     w.add_argument("--base-events", type=int, default=200_000)
     w.add_argument("--events", type=int, default=3000)
@@ -354,12 +454,23 @@ def main() -> None:
     w.add_argument("--setup", action="append", default=[], metavar="SQL",
                    help="run on each copy of the indexed store before measuring (a variant: "
                         "an FTS5 option); not counted")
+    w.add_argument("--prefix", default="", help="the indexed store with FTS5 prefix= (e.g. '4')")
+    w.add_argument("--merge", action="append", default=[], metavar="AUTOMERGE:CRISISMERGE",
+                   help="also measure the indexed store with these event_search merge "
+                        "settings (repeatable; 'on' keeps the store's own)")
     m = sub.add_parser("merges")
     m.add_argument("--base-events", type=int, default=200_000)
     m.add_argument("--commits", type=int, default=300)
     m.add_argument("--batch", type=int, default=50)
     m.add_argument("--variants", default="0:16,0:64,8:16", help="automerge:crisismerge,...")
     m.add_argument("--dir", default="/tmp/kairo-search")
+    ml = sub.add_parser("merge-latency")
+    ml.add_argument("--base-events", type=int, default=1_000_000)
+    ml.add_argument("--events", type=int, default=20_000)
+    ml.add_argument("--batch", type=int, default=50)
+    ml.add_argument("--rounds", type=int, default=40)
+    ml.add_argument("--variants", default="4:16,16:64", help="automerge:crisismerge,...")
+    ml.add_argument("--dir", default="/tmp/kairo-search")
     child = sub.add_parser("child")
     child.add_argument("path")
     child.add_argument("events", type=int)
@@ -373,6 +484,8 @@ def main() -> None:
         wear(args)
     elif args.what == "merges":
         merges(args)
+    elif args.what == "merge-latency":
+        merge_latency(args)
     else:
         print(json.dumps(measure(Path(args.path), args.events, args.batch, args.start)))
 

@@ -81,13 +81,16 @@ def test_bench_smoke_wear_measures_bytes_and_fsyncs_of_daemon_and_typical_script
 
 
 def test_search_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
-    """`python -m bench.search` latency, wear and merges run end to end on a few hundred events
-    and print their tables (no number is checked: this keeps bench/search.py from rotting)."""
+    """`python -m bench.search` latency, wear (with a merge variant), merges and merge-latency
+    run end to end on a few hundred events and print their tables (no number is checked: this
+    keeps bench/search.py from rotting)."""
     for args in (["latency", "--events", "400", "--rounds", "2"],
                  ["wear", "--base-events", "400", "--events", "60", "--batch", "20",
-                  "--rounds", "1"],
+                  "--rounds", "1", "--merge", "16:64"],
                  ["merges", "--base-events", "400", "--commits", "4", "--batch", "10",
-                  "--variants", "0:64"]):
+                  "--variants", "0:64"],
+                 ["merge-latency", "--base-events", "400", "--events", "40", "--batch", "10",
+                  "--rounds", "2"]):
         done = subprocess.run([sys.executable, "-m", "bench.search", *args, "--dir",
                                str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                               timeout=300)

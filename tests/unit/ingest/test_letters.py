@@ -230,7 +230,7 @@ def test_dead_letters_from_before_migration_003_are_read_and_reingested(tmp_path
                                  "006_kv_versions", "007_kv_projected_seq", "009_deferred_keys",
                                  "010_keys_automerge",
                                  "011_event_search",
-                                 "012_kv_key_byte_order"]
+                                 "012_kv_key_byte_order", "013_search_automerge"]
     assert database.execute_sql("SELECT topic, content_type, user_properties FROM "
                                 "dead_letters ORDER BY id").fetchall() == [
         ("kairo/old/x", None, None), ("t", None, None)]

@@ -66,7 +66,7 @@ def test_migrate_creates_the_tables_once(tmp_path: Path) -> None:
                            "004_event_keys", "005_event_types", "006_kv_versions",
                            "007_kv_projected_seq", "009_deferred_keys", "010_keys_automerge",
                            "011_event_search",
-                           "012_kv_key_byte_order"]
+                           "012_kv_key_byte_order", "013_search_automerge"]
     assert migrate(db) == []
     tables = {r[0] for r in db.execute_sql("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"events", "dead_letters", "kv_store", "delivery_ids", "event_keys", "event_types"} <= tables

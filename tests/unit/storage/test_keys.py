@@ -93,7 +93,7 @@ def test_migration_004_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
     assert migrate(db) == ["005_event_types", "006_kv_versions", "007_kv_projected_seq",
                            "009_deferred_keys", "010_keys_automerge",
                            "011_event_search",
-                           "012_kv_key_byte_order"]
+                           "012_kv_key_byte_order", "013_search_automerge"]
     db.close()
     reader = Reader(open_reader(DatabaseConfig(), path=path))
     try:
@@ -188,7 +188,7 @@ def test_migration_005_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
     assert migrate(db) == ["005_event_types", "006_kv_versions", "007_kv_projected_seq",
                            "009_deferred_keys", "010_keys_automerge",
                            "011_event_search",
-                           "012_kv_key_byte_order"]
+                           "012_kv_key_byte_order", "013_search_automerge"]
     db.close()
     assert _dump(path, "SELECT * FROM events ORDER BY seq") == before
     assert _dump(path, "SELECT seq FROM sqlite_sequence WHERE name = 'events'") == sequence
@@ -352,7 +352,7 @@ def test_migration_009_keeps_every_row_and_every_answer(tmp_path: Path) -> None:
     assert migrate(db) == ["006_kv_versions", "007_kv_projected_seq", "009_deferred_keys",
                            "010_keys_automerge",
                            "011_event_search",
-                           "012_kv_key_byte_order"]
+                           "012_kv_key_byte_order", "013_search_automerge"]
     assert _state(db) == (595, 595)
     _check_fts(db)
     db.close()
@@ -458,6 +458,7 @@ def test_migration_010_sets_automerge_16_and_rolls_back_to_fts5s_default(tmp_pat
 
     assert automerge() == [(16,)]
     router = Router(db, migrate_dir=MIGRATIONS_DIR)
+    router.rollback()  # 013 (search merges)
     router.rollback()  # 012 (a no-op on SQLite)
     router.rollback()  # 011 (search)
     router.rollback()  # 010
@@ -474,6 +475,7 @@ def test_migration_009_rolls_back_with_the_tail_indexed(tmp_path: Path) -> None:
         _insert(db.cursor(), _typed_rows(50))
         keys.catch_up(db.cursor(), limit=20)
     router = Router(db, migrate_dir=MIGRATIONS_DIR)
+    router.rollback()  # 013 (search merges)
     router.rollback()  # 012 (a no-op on SQLite)
     router.rollback()  # 011 (search)
     router.rollback()  # 010
@@ -482,5 +484,6 @@ def test_migration_009_rolls_back_with_the_tail_indexed(tmp_path: Path) -> None:
     assert db.execute_sql("SELECT count(*) FROM event_keys WHERE event_keys MATCH ?",
                           (keys.match("type", ["other"]),)).fetchone() == (10,)
     assert migrate(db) == ["009_deferred_keys", "010_keys_automerge", "011_event_search",
-                           "012_kv_key_byte_order"] and _state(db) == (50, 50)
+                           "012_kv_key_byte_order", "013_search_automerge"]
+    assert _state(db) == (50, 50)
     db.close()

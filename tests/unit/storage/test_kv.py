@@ -33,7 +33,7 @@ def test_migration_006_keeps_rows_at_version_1(tmp_path: Path) -> None:
     assert migrate(db) == ["006_kv_versions", "007_kv_projected_seq", "009_deferred_keys",
                            "010_keys_automerge",
                            "011_event_search",
-                           "012_kv_key_byte_order"]
+                           "012_kv_key_byte_order", "013_search_automerge"]
     entry = kv.get(db, "agent/memory")
     assert entry == kv.KvEntry("agent/memory", '{"facts": [1, 2]}', 1, 1700000000000)
     assert kv.apply_now(db, KvWrite(op="put", key="agent/memory", value="3", if_version=1),

@@ -11,13 +11,14 @@ from typing import Any
 
 import peewee
 import pytest
+from peewee_migrate import Router
 
 from sidecar.api.protocol import QueryRequest
 from sidecar.config import DatabaseConfig, RetentionConfig, RetentionRule, SearchConfig, SearchPaths
 from sidecar.core.search_query import to_fts
 from sidecar.errors import FilterError, StorageError
 from sidecar.storage import search
-from sidecar.storage.db import migrate, open_database
+from sidecar.storage.db import MIGRATIONS_DIR, migrate, open_database
 from sidecar.storage.purge import Policy, PurgeRun
 from sidecar.storage.queries import conditions
 from sidecar.storage.reads import Reader, open_reader
@@ -296,3 +297,38 @@ def test_trigram_is_available_in_this_sqlite(db):
     """The build under test has FTS5's trigram tokenizer (a build without it gets a config
     error naming search.tokenizer at start)."""
     assert search.tokenizer_available(db, "trigram")
+
+
+def test_migration_013_merges_sixteen_incrementally_and_a_new_table_keeps_it(db, tmp_path: Path):
+    """event_search merges 16 segments a level with crisismerge 64 (migration 013), a table
+    created again for another tokenizer gets the same, and rolling 013 back restores FTS5's."""
+    def merge() -> dict[str, int]:
+        return dict(db.execute_sql("SELECT k, v FROM event_search_config "
+                                   "WHERE k IN ('automerge', 'crisismerge')").fetchall())
+
+    assert merge() == {"automerge": 16, "crisismerge": 64}
+    search.sync(db, ON)
+    search.sync(db, SearchConfig(enabled=True, tokenizer="trigram"))  # DROP and CREATE
+    assert merge() == {"automerge": 16, "crisismerge": 64}
+    search.sync(db, SearchConfig())  # off: delete-all keeps the table's settings
+    assert merge() == {"automerge": 16, "crisismerge": 64}
+    Router(db, migrate_dir=MIGRATIONS_DIR).rollback()
+    assert merge() == {"automerge": 4, "crisismerge": 16}
+
+
+def test_prefix_snippets_come_from_each_hits_own_event(db):
+    """A prefix search's page (read over the hits' rowid range, not one lookup per hit) gives
+    every hit the snippet of its own event, never of a matching event between them."""
+    search.sync(db, ON)
+    _insert(db, [_row(f"e{i}", {"text": f"boiler{'s' if i % 2 else ''} reading {i}"})
+                 for i in range(30)])
+    for order in ("desc", "rank"):
+        found = search.matches(db, to_fts("boil* AND reading"), conditions(QueryRequest()),
+                               order=order, limit=5, after=None)
+        assert len(found.hits) == 5
+        for hit in found.hits:  # seq i + 1 holds "boiler(s) reading i"
+            word = "boilers" if (hit.seq - 1) % 2 else "boiler"
+            assert hit.snippet == f"[{word}] [reading] {hit.seq - 1}"
+    odd = search.matches(db, to_fts("boilers"), conditions(QueryRequest()), order="desc",
+                         limit=3, after=None)
+    assert [h.snippet for h in odd.hits] == [f"[boilers] reading {i}" for i in (29, 27, 25)]

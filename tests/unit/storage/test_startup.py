@@ -22,7 +22,7 @@ MIGRATIONS = ["001_initial", "002_events_type_seq", "003_dead_letter_properties"
               "004_event_keys", "005_event_types", "006_kv_versions",
                            "007_kv_projected_seq", "009_deferred_keys", "010_keys_automerge",
                            "011_event_search",
-                           "012_kv_key_byte_order"]
+                           "012_kv_key_byte_order", "013_search_automerge"]
 
 
 def _cfg(path: Path, **kw: Any) -> DatabaseConfig:
