@@ -384,13 +384,11 @@ def matches(db: peewee.Database, fts_query: str, cond: Conditions, *, order: str
     word in 134,000 events takes 240 ms to rank: with ``rank_window`` only the newest
     that many matches are ranked (``Found.window`` says when more matched); 0 ranks all."""
     if not available(db):
-        raise SearchUnavailable("search_unavailable", "full-text search is not available on "
-                                "PostgreSQL yet (SQLite only)")
+        raise _not_here()
     with db.atomic():  # one snapshot: the state and the matches agree
         now = state(db.cursor())
         if not now.enabled:
-            raise SearchUnavailable("search_disabled", "full-text search is off: set [search] "
-                                    "enabled = true and restart the sidecar")
+            raise _off()
         rank = peewee.fn.bm25(peewee.SQL(TABLE))
         terms: list[Any] = [peewee.Expression(_MATCH, "MATCH", fts_query), *cond.terms]
 
@@ -492,6 +490,23 @@ def _snippets(db: peewee.Database, fts_query: str, seqs: Sequence[int],
                           f"FROM {TABLE} WHERE {TABLE} MATCH ? AND rowid IN ({holders})",
                           (marks[0], marks[1], fts_query, *seqs)).fetchall()
     return {int(seq): text or "" for seq, text in rows}
+
+
+def _not_here() -> SearchUnavailable:
+    return SearchUnavailable("search_unavailable", "full-text search is not available on "
+                             "PostgreSQL yet (SQLite only)")
+
+
+def _off() -> SearchUnavailable:
+    return SearchUnavailable("search_disabled", "full-text search is off: set [search] "
+                             "enabled = true and restart the sidecar")
+
+
+def unavailable(db: peewee.Database) -> SearchUnavailable | None:
+    """Why ``matches`` would refuse on ``db`` (the error it raises), or None when it answers."""
+    if not available(db):
+        return _not_here()
+    return None if state(db.cursor()).enabled else _off()
 
 
 def search_state(db: peewee.Database) -> State:
