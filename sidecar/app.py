@@ -184,7 +184,9 @@ class Sidecar:
             routes = {"/metrics": metrics_route(sources), "/healthz": health_route(sources)}
             login: bytes | None = None
             if cfg.http.console:  # its own reader connection: a page never delays a scrape
-                console = Console(cfg.api, StoreReads(Reader(open_reader(cfg.database))), sources)
+                console = Console(cfg.api, StoreReads(Reader(open_reader(cfg.database))), sources,
+                                  rank_window=cfg.search.rank_window,
+                                  logout=cfg.http.token is not None)
                 routes |= console.routes()
                 login = login_page()
             self.http = HttpServer(cfg.http, routes, login_page=login,

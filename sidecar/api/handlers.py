@@ -83,6 +83,31 @@ def query_page(reader: Reader, request: QueryRequest, *, fmt: str, max_limit: in
                               list(cond.unindexed) or None)
 
 
+def search_page(reader: Reader, request: SearchRequest, *, fmt: str, max_limit: int,
+                max_bytes: int, rank_window: int) -> requests.SearchPage:
+    """The ``search`` answer (``storage.search``): the query parsed in our words first (a
+    malformed one is ``FilterError`` on ``query``), then a page of hits, each with its event;
+    no more events than ``max_bytes`` holds (``next`` then resumes). Search off or not on this
+    engine: ``RequestError`` ``search_disabled``/``search_unavailable``. The web console's
+    search box answers with it too."""
+    check_limit(request.limit, "limit", max_limit)
+    fts = to_fts(request.query)
+    unpaged = cast(Filter, msgspec.structs.replace(request, after=None))
+    cond = conditions(unpaged, indexed=reader.path_indexes() if request.where else set())
+    marks = (request.highlight[0], request.highlight[1]) if request.highlight else ("[", "]")
+    try:
+        found = reader.search_page(fts, cond, order=request.order, limit=request.limit,
+                                   after=request.after, marks=marks, max_bytes=max_bytes,
+                                   rank_window=rank_window)
+    except SearchUnavailable as exc:
+        raise RequestError(exc.code, str(exc)) from None
+    state = found.state
+    return requests.SearchPage(
+        [requests.SearchHit(requests.event_out(event, fmt), hit.snippet, hit.rank)
+         for hit, event in found.hits], found.next, state.complete, state.backfilled_to,
+        state.live_from, found.window)
+
+
 def get_event(reader: Reader, event_id: str, *, fmt: str) -> requests.EventOut:
     """The ``get`` answer: the event ``event_id``, or ``not_found`` naming ``id``."""
     row = reader.get(event_id)
@@ -372,26 +397,9 @@ class Handlers:
                           max_bytes=self._config.max_response_bytes)
 
     def _search(self, request: SearchRequest, fmt: str) -> requests.SearchPage:
-        """Full-text search (``storage.search``): the query parsed in our words first (a
-        malformed one is ``bad_request`` on ``query``), then a page of hits, each with its
-        event; no more events than ``max_response_bytes`` holds (``next`` then resumes)."""
-        self._check_limit(request.limit, "limit")
-        fts = to_fts(request.query)
-        unpaged = cast(Filter, msgspec.structs.replace(request, after=None))
-        cond = conditions(unpaged, indexed=self._reader.path_indexes() if request.where else set())
-        marks = (request.highlight[0], request.highlight[1]) if request.highlight else ("[", "]")
-        try:
-            found = self._reader.search_page(fts, cond, order=request.order, limit=request.limit,
-                                             after=request.after, marks=marks,
-                                             max_bytes=self._config.max_response_bytes,
-                                             rank_window=self._rank_window)
-        except SearchUnavailable as exc:
-            raise RequestError(exc.code, str(exc)) from None
-        state = found.state
-        return requests.SearchPage(
-            [requests.SearchHit(requests.event_out(event, fmt), hit.snippet, hit.rank)
-             for hit, event in found.hits], found.next, state.complete, state.backfilled_to,
-            state.live_from, found.window)
+        return search_page(self._reader, request, fmt=fmt, max_limit=self._config.max_limit,
+                           max_bytes=self._config.max_response_bytes,
+                           rank_window=self._rank_window)
 
     def _latest(self, request: LatestRequest, fmt: str) -> requests.LatestAnswer:
         self._check_limit(request.limit, "limit")

@@ -4,7 +4,9 @@ A program sends ``Authorization: Bearer <token>``. A browser cannot on its first
 sends the token once (the console's login form, ``POST /login``, or ``/?token=...`` in a
 bookmark) and gets a cookie back (``HttpOnly``, ``SameSite=Strict``) that it sends from then
 on. The cookie holds a keyed hash of the token, never the token itself; every comparison is
-``hmac.compare_digest``. The token is never logged (``redact`` for request lines)."""
+``hmac.compare_digest``. ``POST /logout`` clears it in that browser (the value is the same
+for every login until the token changes: changing the token ends them all). The token is never
+logged (``redact`` for request lines)."""
 
 from __future__ import annotations
 
@@ -57,6 +59,11 @@ def login_cookie(token: bytes) -> str:
     """The ``Set-Cookie`` value after a good token."""
     return (f"{COOKIE}={session_value(token)}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; "
             "SameSite=Strict")
+
+
+def logout_cookie() -> str:
+    """The ``Set-Cookie`` value that makes the browser forget its login (``/logout``)."""
+    return f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
 
 
 def redact(line: str) -> str:

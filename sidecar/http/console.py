@@ -2,8 +2,9 @@
 
 Read-only. Every answer comes from the console's own reader connection (``StoreReads.read``:
 one read at a time, whatever the number of browsers), never from the writer, and is bounded
-like the MQTT API: events through the ``query``/``get`` code (``api.handlers.query_page``,
-``get_event``: ``api.max_limit``, ``api.max_response_bytes``), dead letters through
+like the MQTT API: events through the ``query``/``get``/``search`` code
+(``api.handlers.query_page``, ``get_event``, ``search_page``: ``api.max_limit``,
+``api.max_response_bytes``), dead letters through
 ``ingest.letters``, the health figures through what ``/healthz`` reads. The chart counts the
 ``(created_at, type)`` index over a fixed set of ranges, one answer per range per
 ``CHART_TTL`` seconds.
@@ -27,7 +28,7 @@ import msgspec
 
 from sidecar import __version__
 from sidecar.api import protocol
-from sidecar.api.handlers import get_event, query_page
+from sidecar.api.handlers import get_event, query_page, search_page
 from sidecar.config import ApiConfig
 from sidecar.core.filters import MAX_INT64
 from sidecar.core.units import parse_duration
@@ -56,6 +57,12 @@ CHART_RANGES: dict[str, tuple[int, int]] = {
 FILTER_PARAMS = ("type", "source", "topic", "since", "until", "correlation_id", "causation_id",
                  "trace_id")
 _LIST_PARAMS = ("type", "source")  # comma-separated: several types (globs) or sources
+MAX_QUERY_CHARS = 1000  # the longest search text (``protocol.SearchRequest.query``)
+# Around the matched words of a search snippet: private-use characters the page splits on to
+# build its highlight elements (event text is never markup; an event holding these characters
+# shows a stray highlight, still as text).
+MARKS = ("\ue000", "\ue001")
+_UNAVAILABLE = {"search_disabled", "search_unavailable"}  # a 409: the store cannot search
 
 ASSETS = {  # path -> (file in static/, content type)
     "/": ("console.html", "text/html; charset=utf-8"),
@@ -98,6 +105,15 @@ class Chart(msgspec.Struct, frozen=True, kw_only=True):
     until: int
     bucket_ms: int
     series: list[Series]  # the busiest types first; an "other" series (type "") last
+
+
+class Features(msgspec.Struct, frozen=True, kw_only=True):
+    """``/api/features``: what the page offers. ``search``: the search box (full-text search
+    answers on this store); ``search_note`` why not; ``logout``: a token guards the console."""
+
+    search: bool
+    search_note: str | None
+    logout: bool
 
 
 class LetterPage(msgspec.Struct, frozen=True):
@@ -199,9 +215,12 @@ class _Limits(NamedTuple):
 class Console:
     """The console's routes over one ``StoreReads`` (its own reader connection)."""
 
-    def __init__(self, api: ApiConfig, reads: StoreReads, sources: Sources) -> None:
+    def __init__(self, api: ApiConfig, reads: StoreReads, sources: Sources, *,
+                 rank_window: int = 2000, logout: bool = False) -> None:
         self._reads = reads
         self._sources = sources
+        self._rank_window = rank_window  # [search] rank_window (pages here are by time)
+        self._logout = logout
         self._max_limit = api.max_limit
         self._limits = _Limits(min(MAX_PAGE_LIMIT, api.max_limit), api.max_response_bytes)
         self._charts: dict[str, tuple[float, Chart]] = {}
@@ -215,6 +234,7 @@ class Console:
                                    for path, answer in self._assets.items()}
         api: dict[str, Callable[[Request], Any]] = {
             "/api/events": self.events, "/api/event": self.event, "/api/tail": self.tail,
+            "/api/search": self.search, "/api/features": self.features,
             "/api/chart": self.chart, "/api/dead-letters": self.dead_letters,
             "/api/dead-letter": self.dead_letter, "/api/health": self.figures,
         }
@@ -245,7 +265,8 @@ class Console:
         if allowed:
             log.info("console_request_refused", path=path, code=exc.code, field=exc.field,
                      suppressed=suppressed)
-        status = HTTPStatus.NOT_FOUND if exc.code == "not_found" else HTTPStatus.BAD_REQUEST
+        status = (HTTPStatus.NOT_FOUND if exc.code == "not_found" else HTTPStatus.CONFLICT
+                  if exc.code in _UNAVAILABLE else HTTPStatus.BAD_REQUEST)
         return _problem(status, exc.message, exc.field)
 
     def _limit(self, request: Request) -> int:
@@ -265,6 +286,37 @@ class Console:
         return self._reads.read(lambda r: query_page(r, query, fmt="json",
                                                      max_limit=self._max_limit,
                                                      max_bytes=self._limits.max_bytes))
+
+    def search(self, request: Request) -> protocol.SearchPage:
+        """Events matching the search text ``q`` (the ``search`` op's language) and the
+        filters, newest first; ``before`` (the ``next`` of the page before) pages back. Each
+        hit's snippet has ``MARKS`` around the matched words."""
+        _check_names(request, ("q", *FILTER_PARAMS, "before", "limit"))
+        text = (_one(request, "q") or "").strip()
+        if not text:
+            raise _bad("q", "required: the words to search for")
+        if len(text) > MAX_QUERY_CHARS:
+            raise _bad("q", f"at most {MAX_QUERY_CHARS} characters")
+        filters = _filters(request)
+        before = _int(request, "before", low=1, high=MAX_INT64, default=None)
+        query = protocol.SearchRequest(**filters, query=text, after=before, order="desc",
+                                       limit=self._limit(request), highlight=list(MARKS))
+        try:
+            return self._reads.read(lambda r: search_page(
+                r, query, fmt="json", max_limit=self._max_limit,
+                max_bytes=self._limits.max_bytes, rank_window=self._rank_window))
+        except FilterError as exc:  # the op's names -> this endpoint's
+            if exc.field == "query":
+                raise _bad("q", exc.message.removeprefix("query: ")) from None
+            if exc.field == "after":
+                raise _bad("before", "expected the next of the page before") from None
+            raise
+
+    def features(self, request: Request) -> Features:
+        _check_names(request, ())
+        refusal = self._reads.read(lambda r: r.search_unavailable())
+        return Features(search=refusal is None, search_note=None if refusal is None
+                        else str(refusal), logout=self._logout)
 
     def event(self, request: Request) -> protocol.EventOut:
         _check_names(request, ("id",))

@@ -31,6 +31,7 @@ MAX_QUERY_FIELDS = 32  # more query parameters are refused (400)
 REQUEST_TIMEOUT = 10.0  # seconds a connection may take to send its request
 MAX_LOGIN_BYTES = 1024  # the largest login form body read
 LOGIN_PATH = "/login"
+LOGOUT_PATH = "/logout"
 HOME = "/"  # the console's page; the one path that takes ``?token=`` (then a cookie)
 
 # On every answer: no inline script or style, nothing from elsewhere, never framed.
@@ -96,7 +97,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(self._answer(), body=False)
 
     def do_POST(self) -> None:
-        self._send(self._login(), body=True)
+        if urlsplit(self.path).path == LOGOUT_PATH and self.server.login_page is not None:
+            self._send(self._logout(), body=True)
+        else:
+            self._send(self._login(), body=True)
 
     def _answer(self) -> Response:
         parts = urlsplit(self.path)
@@ -136,6 +140,14 @@ class _Handler(BaseHTTPRequestHandler):
         return Response(HTTPStatus.SEE_OTHER.value, "text/plain; charset=utf-8", b"",
                         (("Location", HOME), ("Set-Cookie", auth.login_cookie(token))))
 
+    def _logout(self) -> Response:
+        """``POST /logout`` (the console's button): the cookie cleared, back to ``/`` (the login
+        form when a token is set). Needs no token: it only ends this browser's login."""
+        log.info("http_logout", client=self.client_address[0])
+        self.close_connection = True  # a body, if any, is not read
+        return Response(HTTPStatus.SEE_OTHER.value, "text/plain; charset=utf-8", b"",
+                        (("Location", HOME), ("Set-Cookie", auth.logout_cookie())))
+
     def _token_in_query(self, query: str) -> Response:
         """``/?token=...``: a bookmark's way in; without it (or a wrong one) the login form."""
         token = self.server.token
@@ -152,7 +164,8 @@ class _Handler(BaseHTTPRequestHandler):
         """``POST /login`` from the console's form (``token=...``, url-encoded)."""
         token = self.server.token
         if urlsplit(self.path).path != LOGIN_PATH or self.server.login_page is None:
-            return _error(HTTPStatus.METHOD_NOT_ALLOWED, "only the console's login takes POST",
+            return _error(HTTPStatus.METHOD_NOT_ALLOWED, "only the console's login and logout "
+                          "take POST",
                           ("Allow", "GET, HEAD"))
         if token is None:
             return Response(HTTPStatus.SEE_OTHER.value, "text/plain; charset=utf-8", b"",

@@ -240,6 +240,13 @@ class Reader:
             nxt = f"{last.rank!r}:{last.seq}" if order == "rank" else last.seq
         return SearchAnswerPage(hits, nxt, found.state, found.window)
 
+    def search_unavailable(self) -> search.SearchUnavailable | None:
+        """Why ``search_page`` would refuse here (search off, or PostgreSQL), or None."""
+        try:
+            return search.unavailable(self.db)
+        except (peewee.DatabaseError, sqlite3.Error) as exc:
+            raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
+
     def path_indexes(self) -> set[str]:
         """The names of the path indexes in the file (``storage.indexes``)."""
         try:

@@ -389,13 +389,11 @@ def matches(db: peewee.Database, fts_query: str, cond: Conditions, *, order: str
     word in 134,000 events takes 240 ms to rank: with ``rank_window`` only the newest
     that many matches are ranked (``Found.window`` says when more matched); 0 ranks all."""
     if not available(db):
-        raise SearchUnavailable("search_unavailable", "full-text search is not available on "
-                                "PostgreSQL yet (SQLite only)")
+        raise _not_here()
     with db.atomic():  # one snapshot: the state and the matches agree
         now = state(db.cursor())
         if not now.enabled:
-            raise SearchUnavailable("search_disabled", "full-text search is off: set [search] "
-                                    "enabled = true and restart the sidecar")
+            raise _off()
         rank = peewee.fn.bm25(peewee.SQL(TABLE))
         terms: list[Any] = [peewee.Expression(_MATCH, "MATCH", fts_query), *cond.terms]
 
@@ -515,6 +513,23 @@ def _has_prefix(fts_query: str) -> bool:
     """Whether ``fts_query`` (``core.search_query``: every term quoted) holds a prefix term:
     a ``*`` outside the quotes."""
     return "*" in "".join(fts_query.split('"')[::2])
+
+
+def _not_here() -> SearchUnavailable:
+    return SearchUnavailable("search_unavailable", "full-text search is not available on "
+                             "PostgreSQL yet (SQLite only)")
+
+
+def _off() -> SearchUnavailable:
+    return SearchUnavailable("search_disabled", "full-text search is off: set [search] "
+                             "enabled = true and restart the sidecar")
+
+
+def unavailable(db: peewee.Database) -> SearchUnavailable | None:
+    """Why ``matches`` would refuse on ``db`` (the error it raises), or None when it answers."""
+    if not available(db):
+        return _not_here()
+    return None if state(db.cursor()).enabled else _off()
 
 
 def search_state(db: peewee.Database) -> State:

@@ -1,7 +1,7 @@
 """The web console's JSON and pages over plain HTTP, against a real daemon (in-process), a real
 Mosquitto and a real SQLite file seeded with events, a hostile event and dead letters
-(``tests.support.console``): the token, paging, filters, the tail cursor, the chart, dead
-letters, health, bounds and bad parameters."""
+(``tests.support.console``): the token, logout, paging, filters, search, the tail cursor, the
+chart, dead letters, health, bounds and bad parameters."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sidecar.http import auth
+from sidecar.http.console import MARKS
 from tests.conftest import ROOT, wait_until
 from tests.support.broker import Broker
 from tests.support.console import (
@@ -35,6 +36,13 @@ STATIC = ROOT / "sidecar" / "http" / "static"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with seeded_site(tmp_path_factory.mktemp("console")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def search_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The seeded daemon with ``[search] enabled = true``."""
+    with seeded_site(tmp_path_factory.mktemp("console-search"), search__enabled="true") as s:
         yield s
 
 
@@ -61,7 +69,8 @@ def test_console_needs_the_token(site: Site) -> None:
     bearer token, the form's POST /login and /?token= all work, the last two by a cookie that
     is HttpOnly and SameSite=Strict and does not hold the token."""
     for path in ("/api/events", "/api/event?id=" + XSS_ID, "/api/tail", "/api/chart",
-                 "/api/dead-letters", "/api/dead-letter?id=1", "/api/health", "/static/console.js"):
+                 "/api/dead-letters", "/api/dead-letter?id=1", "/api/health", "/static/console.js",
+                 "/api/search?q=pwned", "/api/features"):
         status, _, body = _raw(site, "GET", path)
         assert status == 401, path
         assert b"kairo.test" not in body and b"pwned" not in body
@@ -102,11 +111,131 @@ def test_request_lines_in_the_log_never_hold_the_token() -> None:
 
 
 def test_only_login_takes_post(site: Site) -> None:
-    """POST anywhere but /login is 405; a login body over the limit is 400, not read."""
+    """POST anywhere but /login and /logout is 405; a login body over the limit is 400, not
+    read."""
     assert _raw(site, "POST", "/api/events", body=b"x")[0] == 405
     status, _, body = _raw(site, "POST", "/login", body=b"token=" + b"a" * 5000,
                            headers={"content-type": "application/x-www-form-urlencoded"})
     assert status == 400 and b"1024" in body
+
+
+def test_logout_clears_the_cookie(site: Site) -> None:
+    """POST /logout answers 303 to / with a Set-Cookie that empties the login cookie at once
+    (Max-Age=0, same path and flags); the emptied cookie gets the login form, not the console."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    status, headers, _ = _raw(site, "POST", "/login", body=f"token={TOKEN}".encode(), headers=form)
+    assert status == 303
+    status, headers, _ = _raw(site, "POST", "/logout", headers={"cookie": _cookie(headers)})
+    assert status == 303 and headers["location"] == "/"
+    flags = [f.strip().lower() for f in headers["set-cookie"].split(";")]
+    assert flags[0] == f"{auth.COOKIE}=" and "max-age=0" in flags and "path=/" in flags
+    assert "httponly" in flags and "samesite=strict" in flags
+    status, _, page = _raw(site, "GET", "/", headers={"cookie": _cookie(headers)})
+    assert status == 401 and b'action="/login"' in page
+
+
+def test_features_say_logout_and_search_off(site: Site) -> None:
+    """With a token and search off (the default) /api/features offers logout and no search
+    box, saying why; /api/search is then a 409 saying how to turn search on."""
+    features = site.json("/api/features")
+    assert features["logout"] is True and features["search"] is False
+    assert "[search] enabled = true" in features["search_note"]
+    status, _, body = site.get("/api/search", {"q": "door"})
+    answer = json.loads(body)
+    assert status == 409 and "[search] enabled = true" in answer["message"]
+
+
+# ------------------------------------------------------------------------------ search
+def _marked(snippet: str) -> list[str]:
+    return re.findall(f"{MARKS[0]}(.*?){MARKS[1]}", snippet)
+
+
+def test_search_pages_matches_newest_first(search_site: Site) -> None:
+    """/api/search?q=door walked 3 a page by ``before`` gives every door event once, newest
+    first (the seqs SQL lists), each snippet with the matched word between the marks."""
+    seen: list[int] = []
+    before: int | None = None
+    while True:
+        params: dict[str, Any] = {"q": "door", "limit": 3}
+        if before is not None:
+            params["before"] = before
+        page = search_site.json("/api/search", params)
+        assert page["complete"] is True
+        for hit in page["hits"]:
+            assert [w.lower() for w in _marked(hit["snippet"])] == ["door"], hit["snippet"]
+        seen += [hit["event"]["seq"] for hit in page["hits"]]
+        before = page["next"]
+        if before is None:
+            break
+    stored = search_site.rows("SELECT seq FROM events WHERE type = 'kairo.door.opened' "
+                              "ORDER BY seq DESC")
+    assert seen == [seq for (seq,) in stored] and len(seen) == DOORS
+
+
+@pytest.mark.parametrize(("params", "expect"), [
+    ({"q": "door", "topic": "kairo/door/0"},
+     "SELECT id FROM events WHERE type = 'kairo.door.opened' AND topic = 'kairo/door/0'"),
+    ({"q": "door", "type": "kairo.test.*"}, "SELECT id FROM events WHERE 0"),
+    ({"q": "door", "since": "1h", "source": "door-sensor,other"},
+     "SELECT id FROM events WHERE type = 'kairo.door.opened'"),
+    ({"q": "pwned"}, f"SELECT '{XSS_ID}'"),
+    ({"q": "door OR hostile"},
+     "SELECT id FROM events WHERE type IN ('kairo.door.opened', 'kairo.test.xss')"),
+])
+def test_search_combines_with_the_filters(search_site: Site, params: dict[str, str],
+                                          expect: str) -> None:
+    """Search text and the form's filters together select the events SQL selects, newest
+    first."""
+    page = search_site.json("/api/search", {**params, "limit": 500})
+    expected = [event_id for (event_id,) in search_site.rows(expect + " ORDER BY 1")]
+    got = [hit["event"]["id"] for hit in page["hits"]]
+    assert sorted(got) == expected and page["next"] is None
+    seqs = [hit["event"]["seq"] for hit in page["hits"]]
+    assert seqs == sorted(seqs, reverse=True)
+
+
+def test_search_keeps_hostile_text_as_data(search_site: Site) -> None:
+    """The hostile event's hit carries its markup as characters of the JSON snippet, the word
+    between the marks; the answer is JSON with nosniff."""
+    status, headers, body = search_site.get("/api/search", {"q": "pwned"})
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    (hit,) = json.loads(body)["hits"]
+    assert hit["event"]["payload"] == {"html": XSS_TEXT}
+    assert set(_marked(hit["snippet"])) == {"pwned"} and "document.title=" in hit["snippet"]
+
+
+def test_features_offer_search_when_on(search_site: Site) -> None:
+    """With ``[search] enabled = true`` /api/features offers the search box."""
+    features = search_site.json("/api/features")
+    assert features["search"] is True and features["search_note"] is None
+
+
+@pytest.mark.parametrize(("params", "field", "words"), [
+    ({}, "q", "required"),
+    ({"q": "   "}, "q", "required"),
+    ({"q": '"disk full'}, "q", "not closed"),
+    ({"q": "NOT door"}, "q", "NOT"),
+    ({"q": "door AND"}, "q", ""),
+    ({"q": "(door"}, "q", ""),
+    ({"q": "x" * 1001}, "q", "1000"),
+    ({"q": "door", "before": "abc"}, "before", ""),
+    ({"q": "door", "limit": "0"}, "limit", ""),
+    ({"q": "door", "order": "rank"}, "order", "unknown"),
+    ({"q": "door", "type": "kairo.[ab]*"}, "type", ""),
+    ({"q": ["a", "b"]}, "q", "more than once"),
+])
+def test_bad_search_parameters_are_400_naming_them(search_site: Site, params: dict[str, Any],
+                                                   field: str, words: str) -> None:
+    """A malformed search text or parameter is a 400 naming it (``q``, not the op's
+    ``query``), in our words: no msgspec, SQLite or FTS5 text."""
+    status, _, body = search_site.get("/api/search", params)
+    assert status == 400, (status, body)
+    answer = json.loads(body)
+    assert answer["field"] == field and answer["message"].startswith(field + ":")
+    assert words in answer["message"]
+    for foreign in ("Expected", "sqlite", "fts5", "query:"):
+        assert foreign not in answer["message"], answer["message"]
 
 
 # ------------------------------------------------------------------------------ events

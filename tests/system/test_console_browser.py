@@ -1,7 +1,8 @@
 """The web console in a real browser: Debian's headless Chromium driven by Selenium through
 Debian's chromedriver (never a downloaded browser), against a real daemon, Mosquitto and SQLite
-file (``tests.support.console``). Load, log in, filter, page, open an event, follow the live
-tail, the chart, dead letters; hostile payloads stay text. Screenshots go to
+file (``tests.support.console``, with ``[search]`` on). Load, log in, filter, search, page,
+open an event, follow the live tail, the chart, dead letters, log out; hostile payloads stay
+text. Screenshots go to
 ``$KAIRO_TEST_ARTIFACTS/console`` (default ``.artifacts/console``).
 
 Skipped, with the reason, only where Chromium, chromedriver or Selenium is missing
@@ -45,7 +46,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with seeded_site(tmp_path_factory.mktemp("console-browser")) as s:
+    with seeded_site(tmp_path_factory.mktemp("console-browser"), search__enabled="true") as s:
         yield s
 
 
@@ -233,3 +234,57 @@ def test_dead_letters_with_reasons(browser: WebDriver, site: Site) -> None:
     assert "<script>document.title='pwned'</script>" in detail.text
     assert browser.title == "kairo-sidecar"
     shot(browser, "08-dead-letters")
+
+
+def test_search_shows_only_matches_highlighted(browser: WebDriver, site: Site) -> None:
+    """Typing a word in the search box lists only the events holding it, the word in a <mark>
+    the page built; the hostile event found by search still shows its markup as text (no
+    element made of it, no script run)."""
+    log_in(browser, site)
+    box = wait_for(browser, "the search box", lambda d: d.find_element(By.NAME, "q")
+                   if d.find_element(By.NAME, "q").is_displayed() else None)
+    box.send_keys("door")
+    browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+
+    def doors(d: WebDriver) -> list[Any] | None:
+        listed = rows(d, "events-rows")
+        types = {r.find_elements(By.TAG_NAME, "td")[2].text for r in listed}
+        return listed if types == {"kairo.door.opened"} else None
+
+    listed = wait_for(browser, "only door events", doors)
+    assert len(listed) == DOORS
+    for row in listed:
+        marks = [m.text.lower() for m in row.find_elements(By.CSS_SELECTOR, "td.snippet mark")]
+        assert marks == ["door"], row.text
+    shot(browser, "09-search")
+
+    box.clear()
+    box.send_keys("pwned")
+    browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    row = wait_for(browser, "the hostile event alone", lambda d: len(rows(d, "events-rows")) == 1
+                   and d.find_element(By.CSS_SELECTOR, f"#events-rows tr[data-id='{XSS_ID}']"))
+    cell = row.find_element(By.CSS_SELECTOR, "td.snippet")  # textContent: the cell is cut
+    marks = cell.find_elements(By.TAG_NAME, "mark")
+    assert marks and {m.get_attribute("textContent") for m in marks} == {"pwned"}
+    assert "document.title='" in cell.get_attribute("textContent") and "<b>hostile</b>" in row.text
+    assert [e.tag_name for e in cell.find_elements(By.CSS_SELECTOR, "*")] == \
+        ["mark"] * len(cell.find_elements(By.TAG_NAME, "mark"))
+    assert browser.title == "kairo-sidecar"
+    assert not browser.find_elements(By.TAG_NAME, "img")
+    assert len(browser.find_elements(By.TAG_NAME, "script")) == 1
+    shot(browser, "10-search-hostile")
+
+
+def test_log_out_returns_to_the_login_form(browser: WebDriver, site: Site) -> None:
+    """The Log out button (shown because a token guards the console) clears the cookie: the
+    browser is back at the login form with no cookie and no event shown."""
+    log_in(browser, site)
+    button = wait_for(browser, "the logout button", lambda d: d.find_element(
+        By.CSS_SELECTOR, "#logout button") if d.find_element(By.ID, "logout").is_displayed()
+        else None)
+    button.click()
+    wait_for(browser, "the login form", lambda d: d.find_elements(By.ID, "token"))
+    assert not browser.get_cookies()
+    assert "kairo.test" not in browser.page_source
+    browser.get(site.base + "/api/events")
+    assert "kairo.test" not in browser.page_source

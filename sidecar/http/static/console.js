@@ -8,6 +8,9 @@ const TAIL_MS = 2000;      // live tail poll interval
 const TAIL_ROWS = 200;     // rows the tail keeps
 const HEALTH_MS = 10000;   // health figures refresh
 const PREVIEW = 160;       // characters of payload shown in a list
+// around the matched words of a search snippet (sidecar.http.console.MARKS): the page splits
+// on them and builds <mark> elements itself; the text between stays text
+const MARK_OPEN = "\ue000", MARK_CLOSE = "\ue001";
 const COLORS = ["#2f6db3", "#d9822b", "#3a9a5b", "#c23b3b", "#7e57c2", "#1b998b", "#b5651d",
                 "#d4a017", "#888888"];
 
@@ -72,29 +75,54 @@ function preview(value) {
   return text.length > PREVIEW ? text.slice(0, PREVIEW) + "…" : text;
 }
 
-function eventRow(e) {
+function eventRow(e, last) {
   const tr = el("tr");
   tr.className = "event";
   tr.dataset.id = e.id;
   tr.dataset.seq = e.seq;
   for (const v of [e.seq, when(e.created_at), e.type, e.source, e.topic]) tr.append(el("td", v));
-  tr.append(el("td", preview(e.payload), "payload"));
+  tr.append(last || el("td", preview(e.payload), "payload"));
   tr.addEventListener("click", () => openEvent(e.id));
   return tr;
+}
+
+// a snippet "a \ue000word\ue001 b" -> text, <mark>word</mark>, text: nodes built here
+function highlighted(snippet) {
+  const td = el("td", undefined, "payload snippet");
+  let rest = snippet, inside = false;
+  while (rest.length) {
+    const at = rest.indexOf(inside ? MARK_CLOSE : MARK_OPEN);
+    const part = at < 0 ? rest : rest.slice(0, at);
+    if (part) td.append(inside ? el("mark", part) : document.createTextNode(part));
+    if (at < 0) break;
+    rest = rest.slice(at + 1);
+    inside = !inside;
+  }
+  return td;
+}
+
+function searchRow(hit) {
+  return eventRow(hit.event, highlighted(hit.snippet));
 }
 
 // ---------------------------------------------------------------- events
 async function loadEvents(before) {
   showError("");
   try {
-    const page = await api("/api/events", Object.assign(filters(), { before: before, limit: PAGE }));
+    const params = Object.assign(filters(), { before: before, limit: PAGE });
+    const searching = Boolean(params.q && params.q.trim());
+    const page = await api(searching ? "/api/search" : "/api/events", params);
     const rows = $("events-rows");
-    rows.replaceChildren(...page.events.map(eventRow));
+    const listed = searching ? page.hits.map(searchRow) : page.events.map((e) => eventRow(e));
+    rows.replaceChildren(...listed);
     state.before = before;
     state.next = page.next;
+    $("events-last").textContent = searching ? "match" : "payload";
     $("events-older").disabled = page.next === null;
-    $("events-count").textContent = page.events.length + " events" +
-      (before ? " before seq " + before : ", newest first");
+    $("events-count").textContent = listed.length + (searching ? " matching events" : " events") +
+      (before ? " before seq " + before : ", newest first") +
+      (searching && !page.complete ? "; still indexing: events between seq " +
+        page.indexed_through + " and " + page.live_from + " are not searched yet" : "");
   } catch (err) { showError(err.message); }
 }
 
@@ -119,7 +147,7 @@ async function pollTail() {
   let again = TAIL_MS;
   try {
     const params = filters();
-    delete params.since; delete params.until;
+    delete params.since; delete params.until; delete params.q;
     if (state.tailCursor !== null) params.after = state.tailCursor;
     const page = await api("/api/tail", params);
     const rows = $("tail-rows");
@@ -257,6 +285,17 @@ async function loadHealth() {
   } catch (err) { /* the next refresh tries again */ }
 }
 
+// ---------------------------------------------------------------- features
+async function loadFeatures() {
+  try {
+    const f = await api("/api/features");
+    const input = $("filters").elements.namedItem("q");
+    $("search-box").hidden = !f.search;  // search off or not on this engine: no box
+    input.disabled = !f.search;
+    $("logout").hidden = !f.logout;
+  } catch (err) { /* no search box, no logout button: the rest works */ }
+}
+
 // ---------------------------------------------------------------- wiring
 function switchTab(tab) {
   state.tab = tab;
@@ -295,6 +334,7 @@ document.addEventListener("DOMContentLoaded", () => {
     $("tail-toggle").textContent = state.tailPaused ? "Resume" : "Pause";
     if (!state.tailPaused) pollTail();
   });
+  loadFeatures();
   loadHealth();
   window.setInterval(loadHealth, HEALTH_MS);
   switchTab("events");
