@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.cli import main as cli_main
+from sidecar.cli.commands import main as cli_main
 from sidecar.config import Config, DatabaseConfig
 from sidecar.errors import PendingMigrationsError, SchemaTooNewError, StorageError
 from sidecar.storage import startup
