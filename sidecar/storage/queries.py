@@ -44,7 +44,7 @@ class Conditions(NamedTuple):
     by_time: bool = False  # read the (created_at, type) index range, then sort its seqs
     unindexed: tuple[str, ...] = ()  # the ``where`` keys no path index serves
     created: tuple[int | None, int | None] = (None, None)  # since, until (also in ``terms``)
-    time_only: bool = False  # a time range and nothing keyed: no type, id or indexed path
+    time_only: bool = False  # since and until, and nothing keyed: no type, id or indexed path
 
 
 def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozenset()) -> Conditions:
@@ -90,7 +90,7 @@ def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozense
     # every event in seq order instead to avoid the sort (270 ms for "since" an hour ago at
     # 1,000,000 events; 3 ms through the index). As (type, created_at) did before 005.
     by_time = request.type is not None and not keyed and timed
-    time_only = request.type is None and not keyed and timed
+    time_only = request.type is None and not keyed and since is not None and until is not None
     return Conditions(tuple(terms), request.after, types, by_time, tuple(unindexed),
                       (since, until), time_only)
 
@@ -111,9 +111,11 @@ def page(cond: Conditions, *, limit: int, order: str = "asc",
         query = query.where(*terms)
     # ``seq + 0`` is no index's column: SQLite then sorts, and reads the index that narrows
     # the WHERE most instead of the table in seq order. PostgreSQL likewise for a time range
-    # alone: its planner, expecting matches spread evenly over seq, otherwise walks the seq
-    # index and filters on created_at, half the table for a range in the middle (1.0 s at
-    # 5,000,000 events; BENCHMARKS.md, "PostgreSQL next to SQLite at 5,000,000 events").
+    # (since and until) alone: its planner, expecting matches spread evenly over seq,
+    # otherwise walks the seq index and filters on created_at, half the table for a range in
+    # the middle (1.0 s at 5,000,000 events; BENCHMARKS.md, "PostgreSQL next to SQLite at
+    # 5,000,000 events"). Not with one bound only: a replay's pages (a cursor and ``until``)
+    # would each sort every event before ``until``; walking from the cursor finds them at once.
     by_time = cond.by_time or (cond.time_only and not dialect.fts_keys)
     key = peewee.Expression(Event.seq, "+", peewee.SQL("0")) if by_time else Event.seq
     order_by = key.asc() if order == "asc" else key.desc()
