@@ -489,13 +489,20 @@ def _check_paths(config: Config, source: str) -> None:
 
 
 def _check_search(config: Config, source: str) -> None:
-    """``[search]``: SQLite's FTS5 (not on PostgreSQL yet), fields and paths well formed. Whether
-    the SQLite build has the tokenizer is checked when the database opens
-    (``storage.search.sync``), where the library is known."""
+    """``[search]``: fields and paths well formed; on PostgreSQL (its ``simple`` text search
+    config) no ``trigram`` tokenizer and no ``paths``. Whether the SQLite build has the
+    tokenizer is checked when the database opens (``storage.search.sync``), where the library
+    is known."""
     search = config.search
     if search.enabled and config.database.url.startswith(("postgresql:", "postgres:")):
-        raise ConfigError("full-text search is not available on PostgreSQL yet (SQLite only)",
-                          source=source, key="search.enabled")
+        if search.tokenizer == "trigram":
+            raise ConfigError("'trigram' is SQLite's FTS5 tokenizer: on PostgreSQL search "
+                              "splits words with its 'simple' config (remove the key)",
+                              source=source, key="search.tokenizer")
+        if search.paths:
+            raise ConfigError("paths are not supported on PostgreSQL yet: every string of the "
+                              "payload is indexed (remove [[search.paths]])",
+                              source=source, key="search.paths")
     if len(set(search.fields)) != len(search.fields):
         raise ConfigError("a field is listed twice", source=source, key="search.fields")
     for i, rule in enumerate(search.paths):

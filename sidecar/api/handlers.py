@@ -50,7 +50,7 @@ from sidecar.config import ApiConfig
 from sidecar.core import kv, topics
 from sidecar.core.filters import Filter
 from sidecar.core.inbound import InboundMessage
-from sidecar.core.search_query import to_fts
+from sidecar.core.search_query import parse
 from sidecar.core.stats import Stats
 from sidecar.errors import FilterError, RequestError, StorageError
 from sidecar.logs import RateLimited, get_logger
@@ -91,7 +91,7 @@ def search_page(reader: Reader, request: SearchRequest, *, fmt: str, max_limit: 
     engine: ``RequestError`` ``search_disabled``/``search_unavailable``. The web console's
     search box answers with it too."""
     check_limit(request.limit, "limit", max_limit)
-    fts = to_fts(request.query)
+    fts = parse(request.query)
     unpaged = cast(Filter, msgspec.structs.replace(request, after=None))
     cond = conditions(unpaged, indexed=reader.path_indexes() if request.where else set())
     marks = (request.highlight[0], request.highlight[1]) if request.highlight else ("[", "]")

@@ -23,7 +23,7 @@ from sidecar.cli import args as cliargs
 from sidecar.cli import history
 from sidecar.cli.progress import Progress
 from sidecar.config import Config
-from sidecar.core.search_query import to_fts
+from sidecar.core.search_query import parse
 from sidecar.errors import FilterError, RequestError, StorageError
 
 _QUERY_HELP = """query: words (boiler), "phrases" ("disk full"), prefixes (boil*), AND (or a
@@ -111,7 +111,7 @@ def _local_search(args: argparse.Namespace, config: Config, body: dict[str, Any]
 
     request = history.convert(body, requests.SearchRequest)
     try:
-        fts = to_fts(request.query)
+        fts = parse(request.query)
     except FilterError as exc:
         raise requests.bad_filter(exc) from None
     reader = history.local_reader(args, config)

@@ -1,4 +1,5 @@
-"""The ``search`` query language -> an FTS5 MATCH string (pure; no database).
+"""The ``search`` query language -> a small tree (``Query``), rendered as an FTS5 MATCH string
+(SQLite) or a ``tsquery`` text (PostgreSQL) (pure; no database).
 
 What a user writes: words (``boiler``), phrases (``"disk full"``), prefixes (``boil*``),
 ``AND`` (also implied by a space), ``OR``, ``NOT`` (``a NOT b``, ``a AND NOT b``), parentheses,
@@ -8,7 +9,9 @@ Every term goes to FTS5 as a quoted string, so nothing a user types is FTS5 synt
 ``NEAR(``, ``col:``, ``^``, ``-`` or ``.`` inside a word are text, never an operator or a
 column filter (``disk-full`` and ``192.168.1.4`` search as phrases of their tokens). What does
 not parse raises ``FilterError(field="query")`` in our words, naming the problem; SQLite never
-sees a malformed query, so its messages never reach a user.
+sees a malformed query, so its messages never reach a user. On PostgreSQL every term is a
+quoted ``tsquery`` lexeme (quotes and backslashes doubled), read by ``to_tsquery('simple', ...)``:
+``&``, ``|``, ``!``, ``<->`` or ``:`` typed by a user are text there too.
 """
 
 from __future__ import annotations
@@ -25,6 +28,26 @@ FIELDS = {"type": "type", "source": "source", "payload": "body"}
 _TOKEN = re.compile(r'\s*(?:(?P<open>\()|(?P<close>\))|"(?P<phrase>[^"]*)(?P<closed>"?)'
                     r'|(?P<word>[^\s()"]+))')
 _OPERATORS = ("AND", "OR", "NOT")
+# the fields a term may name -> the tsquery weight (``storage.search``'s PostgreSQL vector)
+WEIGHTS = {"type": "A", "source": "B", "payload": "C"}
+
+
+class Term(NamedTuple):
+    """A word or a phrase (``text``), a prefix when ``prefix``, in one ``field`` or all."""
+
+    text: str
+    prefix: bool = False
+    field: str | None = None
+
+
+class Op(NamedTuple):
+    """``AND``/``OR`` of ``parts``, or ``NOT``: the first part without the second."""
+
+    kind: str
+    parts: tuple[Node, ...]
+
+
+Node = Term | Op
 
 
 class _Tok(NamedTuple):
@@ -78,7 +101,7 @@ def _tokens(text: str) -> list[_Tok]:
 
 
 class _Parser:
-    """Recursive descent over the tokens; builds the FTS5 string as it goes."""
+    """Recursive descent over the tokens; builds the tree."""
 
     def __init__(self, tokens: list[_Tok]) -> None:
         self.tokens = tokens
@@ -94,7 +117,7 @@ class _Parser:
         self.pos += 1
         return tok
 
-    def parse(self) -> str:
+    def parse(self) -> Node:
         if not self.tokens:
             raise _bad("is empty: give at least one word")
         expr = self.or_expr()
@@ -103,16 +126,16 @@ class _Parser:
             raise _bad("a ) has no ( before it")
         return expr
 
-    def or_expr(self) -> str:
+    def or_expr(self) -> Node:
         parts = [self.and_expr()]
         while (tok := self.peek()) is not None and tok.kind == "op" and tok.text == "OR":
             self.take()
             if self.peek() is None or self.peek().kind == "close":  # type: ignore[union-attr]
                 raise _bad("OR needs a term after it")
             parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+        return parts[0] if len(parts) == 1 else Op("OR", tuple(parts))
 
-    def and_expr(self) -> str:
+    def and_expr(self) -> Node:
         expr = self.primary()
         while (tok := self.peek()) is not None and tok.kind != "close":
             if tok.kind == "op" and tok.text == "OR":
@@ -124,10 +147,10 @@ class _Parser:
             if tok is not None and tok.kind == "op" and tok.text == "NOT":
                 self.take()
                 negate = True
-            expr = f"({expr} {'NOT' if negate else 'AND'} {self.primary()})"
+            expr = Op("NOT" if negate else "AND", (expr, self.primary()))
         return expr
 
-    def primary(self) -> str:
+    def primary(self) -> Node:
         tok = self.peek()
         if tok is None:
             raise _bad("ends where a term was expected")
@@ -154,18 +177,74 @@ class _Parser:
             if term is None or term.kind not in ("word", "phrase"):
                 raise _bad(f"{tok.text}: needs a word or a phrase after it")
             self.take()
-            return f"{FIELDS[tok.text]} : {self.term(term)}"
+            return self.term(term, tok.text)
         return self.term(tok)
 
-    def term(self, tok: _Tok) -> str:
+    def term(self, tok: _Tok, field: str | None = None) -> Term:
         self.terms += 1
         if self.terms > MAX_TERMS:
             raise _bad(f"more than {MAX_TERMS} terms")
-        quoted = '"' + tok.text.replace('"', '""') + '"'
-        return quoted + " *" if tok.prefix else quoted
+        return Term(tok.text, tok.prefix, field)
+
+
+class Query(NamedTuple):
+    """A parsed query: ``tree``, and its renderings for each engine."""
+
+    tree: Node
+
+    @property
+    def fts(self) -> str:
+        return _fts(self.tree)
+
+    @property
+    def tsquery(self) -> str:
+        return _tsquery(self.tree)
+
+
+def _fts(node: Node) -> str:
+    if isinstance(node, Term):
+        quoted = '"' + node.text.replace('"', '""') + '"'
+        quoted = quoted + " *" if node.prefix else quoted
+        return f"{FIELDS[node.field]} : {quoted}" if node.field else quoted
+    if node.kind == "OR":
+        return "(" + " OR ".join(_fts(p) for p in node.parts) + ")"
+    return f"({_fts(node.parts[0])} {node.kind} {_fts(node.parts[1])})"
+
+
+def _tsquery(node: Node) -> str:
+    """``to_tsquery`` text: each term one quoted lexeme (``'`` and ``\\`` doubled), which
+    ``to_tsquery`` splits into the phrase of its tokens (``<->``); a term with punctuation
+    also as the phrase of its words (``disk-full`` finds "disk full", as on SQLite; PostgreSQL's
+    parser keeps ``192.168.1.4`` one token); ``:*`` a prefix, the weight letter the field."""
+    if isinstance(node, Term):
+        suffix = ("*" if node.prefix else "") + (WEIGHTS[node.field] if node.field else "")
+        suffix = ":" + suffix if suffix else ""
+        if not node.text.strip():  # an empty phrase: a lexeme-less token (no match, no error)
+            return "'-'"
+        words = _PUNCTUATION.sub(" ", node.text).strip()
+        lexeme = _lexeme(node.text) + suffix
+        if words and words != node.text:  # as typed (a host, a version) or its words' phrase
+            return f"({lexeme} | {_lexeme(words)}{suffix})"
+        return lexeme
+    if node.kind == "OR":
+        return "(" + " | ".join(_tsquery(p) for p in node.parts) + ")"
+    joiner = " & !" if node.kind == "NOT" else " & "
+    return f"({_tsquery(node.parts[0])}{joiner}{_tsquery(node.parts[1])})"
+
+
+_PUNCTUATION = re.compile(r"[\W_]+")
+
+
+def _lexeme(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def parse(text: str) -> Query:
+    """The user's ``text`` parsed; ``FilterError`` naming ``query`` if it does not parse."""
+    return Query(_Parser(_tokens(text)).parse())
 
 
 def to_fts(text: str) -> str:
     """The FTS5 MATCH string for the user's ``text``; ``FilterError`` naming ``query`` if it
     does not parse."""
-    return _Parser(_tokens(text)).parse()
+    return parse(text).fts

@@ -26,6 +26,7 @@ from sidecar.config import DatabaseConfig
 from sidecar.core import paths
 from sidecar.core.events import StoredEvent, event_size
 from sidecar.core.kv import KvEntry
+from sidecar.core.search_query import Query
 from sidecar.errors import StorageError
 from sidecar.storage import dialect as dialects
 from sidecar.storage import indexes, kv, latest, search
@@ -209,7 +210,7 @@ class Reader:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
         return _Bounded(rows, False, len(seqs))
 
-    def search_page(self, fts_query: str, cond: Conditions, *, order: str, limit: int,
+    def search_page(self, fts_query: str | Query, cond: Conditions, *, order: str, limit: int,
                     after: int | str | None, marks: tuple[str, str],
                     max_bytes: int, rank_window: int = 0) -> SearchAnswerPage:
         """A page of full-text matches (``storage.search.matches``) with their events, no

@@ -24,7 +24,8 @@ triggers; a config whose fields, paths or tokenizer differ from the indexed one 
 index and indexes again (new events at once, existing ones by the backfill). Search off: no
 trigger (no cost per event) and an empty index.
 
-PostgreSQL: not available yet (``dialect.files`` false): ``SearchUnavailable``.
+PostgreSQL (``storage.search_pg``): a GIN expression index over a ``tsvector`` of the same
+text, made or dropped by the same ``sync``; no backfill, no triggers.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ import peewee
 from models import Event
 from sidecar.config import SearchConfig
 from sidecar.core import paths
+from sidecar.core.search_query import Query
 from sidecar.errors import ConfigError, FilterError, StorageError
 from sidecar.logs import get_logger
 from sidecar.storage import dialect as dialects
+from sidecar.storage import search_pg
 from sidecar.storage.queries import Conditions
 
 log = get_logger("sidecar.search")
@@ -130,7 +133,7 @@ def _literal(text: str) -> str:
 
 
 def available(db: peewee.Database) -> bool:
-    """Whether search can exist on this database at all (SQLite files)."""
+    """Whether this is an SQLite file (FTS5); PostgreSQL answers through ``search_pg``."""
     return dialects.of(db).files
 
 
@@ -167,7 +170,8 @@ def sync(db: peewee.Database, config: SearchConfig, *, source: str = "config") -
     empties the index: new events are indexed from the next one, existing ones by the
     backfill. ``ConfigError`` naming ``search.tokenizer`` if this SQLite lacks the tokenizer."""
     if not available(db):
-        return Synced("unchanged", State(0, OFF, ""))
+        action, spec_pg = search_pg.sync(db, config, source=source)
+        return Synced(action, _pg_state(spec_pg))
     if config.enabled and not tokenizer_available(db, config.tokenizer):
         version = sqlite3.sqlite_version
         raise ConfigError(f"{config.tokenizer!r}: this SQLite ({version}) has no FTS5 "
@@ -377,7 +381,12 @@ def _rank_after(after: str) -> tuple[float, int]:
                           "answer's next)", field="after") from None
 
 
-def matches(db: peewee.Database, fts_query: str, cond: Conditions, *, order: str, limit: int,
+def _pg_state(spec: str | None) -> State:
+    """PostgreSQL's index covers every event: complete when it exists, off when not."""
+    return State(0, 1, spec) if spec is not None else State(0, OFF, "")
+
+
+def matches(db: peewee.Database, fts_query: str | Query, cond: Conditions, *, order: str, limit: int,
             after: int | str | None, marks: tuple[str, str] = ("[", "]"),
             rank_window: int = 0) -> Found:
     """The ``limit`` best (``order`` ``rank``: bm25, then ``seq``) or newest/oldest (``desc``/
@@ -387,9 +396,16 @@ def matches(db: peewee.Database, fts_query: str, cond: Conditions, *, order: str
 
     bm25 costs about 2 µs per match here (FTS5 reads each match's sizes and positions), so a
     word in 134,000 events takes 240 ms to rank: with ``rank_window`` only the newest
-    that many matches are ranked (``Found.window`` says when more matched); 0 ranks all."""
+    that many matches are ranked (``Found.window`` says when more matched); 0 ranks all.
+
+    ``fts_query`` is a parsed ``Query`` (either engine) or its FTS5 string (SQLite only)."""
     if not available(db):
-        raise _not_here()
+        if not isinstance(fts_query, Query):
+            raise _not_here()
+        return _matches_pg(db, fts_query, cond, order=order, limit=limit, after=after,
+                           marks=marks, rank_window=rank_window)
+    if isinstance(fts_query, Query):
+        fts_query = fts_query.fts
     with db.atomic():  # one snapshot: the state and the matches agree
         now = state(db.cursor())
         if not now.enabled:
@@ -516,8 +532,75 @@ def _has_prefix(fts_query: str) -> bool:
 
 
 def _not_here() -> SearchUnavailable:
-    return SearchUnavailable("search_unavailable", "full-text search is not available on "
-                             "PostgreSQL yet (SQLite only)")
+    return SearchUnavailable("search_unavailable", "full-text search on PostgreSQL needs a "
+                             "parsed query (core.search_query.parse)")
+
+
+def _cursor_of(order: str, after: int | str | None) -> tuple[float, int] | None:
+    if order == "rank" and after is not None:
+        if isinstance(after, int):
+            raise FilterError("after: not a cursor of a search ranked by relevance "
+                              "(use the answer's next)", field="after")
+        return _rank_after(after)
+    if order != "rank" and isinstance(after, str):
+        raise FilterError("after: a search ordered by time pages by seq (use the "
+                          "answer's next)", field="after")
+    return None
+
+
+def _matches_pg(db: peewee.Database, query: Query, cond: Conditions, *, order: str, limit: int,
+                after: int | str | None, marks: tuple[str, str], rank_window: int) -> Found:
+    """``matches`` on PostgreSQL: the GIN index's ``@@``, ``-ts_rank`` as the rank (lower is
+    better, as bm25), snippets by ``ts_headline``."""
+    cursor = _cursor_of(order, after)
+    with db.atomic():
+        spec = search_pg.index_spec(db)
+        if spec is None:
+            raise _off()
+        now = _pg_state(spec)
+        fields = search_pg.fields_of(spec)
+        tsq = query.tsquery
+        hit = peewee.SQL(search_pg.match_sql(fields), [tsq])
+        rank = peewee.SQL(search_pg.rank_sql(fields), [tsq])
+        seq = Event.seq
+        base = Event.select(seq.alias("seq"), rank.alias("r")).where(hit, *cond.terms)
+        windowed: int | None = None
+        try:
+            if order == "rank" and rank_window:
+                rows = [(int(s), float(r)) for s, r in
+                        db.execute(base.order_by(seq.desc()).limit(rank_window + 1)).fetchall()]
+                if len(rows) > rank_window:
+                    windowed = rank_window
+                    rows = rows[:rank_window]
+                ranked = sorted((r, s) for s, r in rows)
+                if cursor is not None:
+                    ranked = [(r, s) for r, s in ranked if (r, s) > cursor]
+                rows = [(s, r) for r, s in ranked[:limit + 1]]
+            elif order == "rank":
+                sub = base.alias("m")
+                m_seq, m_r = peewee.SQL('"m"."seq"'), peewee.SQL('"m"."r"')
+                page = peewee.Select([sub], [m_seq, m_r])
+                if cursor is not None:
+                    page = page.where((m_r > cursor[0])
+                                      | ((m_r == cursor[0]) & (m_seq > cursor[1])))
+                page = page.order_by(m_r.asc(), m_seq.asc()).limit(limit + 1)
+                rows = [(int(s), float(r)) for s, r in db.execute(page).fetchall()]
+            else:
+                if after is not None:
+                    base = base.where(peewee.Expression(seq, "<" if order == "desc" else ">",
+                                                        after))
+                page = base.order_by(seq.desc() if order == "desc" else seq.asc()).limit(limit + 1)
+                rows = [(int(s), float(r)) for s, r in db.execute(page).fetchall()]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            snippets = search_pg.snippets(db, fields, tsq, [s for s, _ in rows], marks)
+        except ValueError as exc:  # a NUL in a filter value: nothing stored holds it
+            if "NUL" in str(exc):
+                return Found([], False, now, None)
+            raise
+        except peewee.DatabaseError as exc:
+            raise StorageError(f"search failed: {exc}", path=str(db.database)) from exc
+    return Found([Hit(s, r, snippets.get(s, "")) for s, r in rows], more, now, windowed)
 
 
 def _off() -> SearchUnavailable:
@@ -528,12 +611,12 @@ def _off() -> SearchUnavailable:
 def unavailable(db: peewee.Database) -> SearchUnavailable | None:
     """Why ``matches`` would refuse on ``db`` (the error it raises), or None when it answers."""
     if not available(db):
-        return _not_here()
+        return None if search_pg.index_spec(db) is not None else _off()
     return None if state(db.cursor()).enabled else _off()
 
 
 def search_state(db: peewee.Database) -> State:
-    """The index's state (``State(0, OFF, '')`` where search cannot exist)."""
+    """The index's state (PostgreSQL: complete when its index exists)."""
     if not available(db):
-        return State(0, OFF, "")
+        return _pg_state(search_pg.index_spec(db))
     return state(db.cursor())

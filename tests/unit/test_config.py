@@ -549,6 +549,13 @@ def test_search_section_is_read(tmp_path: Path) -> None:
     assert config.search.paths[0].paths == ["payload.message"]
 
 
+def test_search_on_postgresql_is_accepted(tmp_path: Path) -> None:
+    """``[search] enabled = true`` with a postgresql:// URL loads (the GIN index, ``simple``)."""
+    config = load_config(write(tmp_path, '[search]\nenabled = true\n'),
+                         environ={"KAIRO_SIDECAR_DATABASE__URL": "postgresql://h/db"})
+    assert config.search.enabled
+
+
 @pytest.mark.parametrize(("text", "environ", "key", "words"), [
     ('[search]\ntokenizer = "porter"\n', {}, "search.tokenizer", "unicode61"),
     ('[search]\nfields = ["type", "type"]\n', {}, "search.fields", "listed twice"),
@@ -557,8 +564,10 @@ def test_search_section_is_read(tmp_path: Path) -> None:
      "'message'"),
     ('[search]\nfields = ["type"]\n[[search.paths]]\ntype = "a"\npaths = ["payload.m"]\n', {},
      "search.paths[0]", "add \"payload\""),
-    ('[search]\nenabled = true\n', {"KAIRO_SIDECAR_DATABASE__URL": "postgresql://h/db"},
-     "search.enabled", "not available on PostgreSQL"),
+    ('[search]\nenabled = true\ntokenizer = "trigram"\n',
+     {"KAIRO_SIDECAR_DATABASE__URL": "postgresql://h/db"}, "search.tokenizer", "'simple'"),
+    ('[search]\nenabled = true\n[[search.paths]]\ntype = "a"\npaths = ["payload.m"]\n',
+     {"KAIRO_SIDECAR_DATABASE__URL": "postgresql://h/db"}, "search.paths", "not supported"),
 ])
 def test_bad_search_config_names_the_key(tmp_path: Path, text: str, environ: dict[str, str],
                                          key: str, words: str) -> None:

@@ -1,6 +1,7 @@
 """Full-text search on a real SQLite file (``sidecar.storage.search``): what is indexed and when,
 ranking, phrases, prefixes, filters, paging, deletes keeping the index in step, the resumable
-backfill and config changes."""
+backfill and config changes. The engine-neutral tests (``anydb``) run on PostgreSQL too
+(``storage.search_pg``: a GIN index over a tsvector)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from peewee_migrate import Router
 
 from sidecar.api.protocol import QueryRequest
 from sidecar.config import DatabaseConfig, RetentionConfig, RetentionRule, SearchConfig, SearchPaths
-from sidecar.core.search_query import to_fts
+from sidecar.core.search_query import parse, to_fts
 from sidecar.errors import FilterError, StorageError
 from sidecar.storage import search
 from sidecar.storage.db import MIGRATIONS_DIR, migrate, open_database
@@ -23,6 +24,7 @@ from sidecar.storage.purge import Policy, PurgeRun
 from sidecar.storage.queries import conditions
 from sidecar.storage.reads import Reader, open_reader
 from tests.support.seed import COLUMNS, now_ms
+from tests.support.stores import Store
 
 ON = SearchConfig(enabled=True)
 
@@ -35,7 +37,7 @@ def _row(id_: str, payload: dict[str, Any], *, type: str = "kairo.note", source:
 
 
 def _insert(db: peewee.Database, rows: list[tuple[Any, ...]]) -> None:
-    sql = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    sql = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join([db.param] * len(COLUMNS))})"
     with db.atomic():
         db.cursor().executemany(sql, rows)
 
@@ -48,14 +50,26 @@ def db(tmp_path: Path) -> peewee.Database:
     database.close()
 
 
+@pytest.fixture
+def anydb(any_store: Store) -> peewee.Database:
+    """A migrated database on each engine (SQLite file, fresh PostgreSQL database)."""
+    database = open_database(any_store.config)
+    yield database
+    database.close()
+
+
+def _pg(db: peewee.Database) -> bool:
+    return not search.available(db)
+
+
 def _ids(db: peewee.Database, query: str, *, order: str = "rank", limit: int = 100,
          after: int | str | None = None, **filters: Any) -> list[str]:
-    found = search.matches(db, to_fts(query), conditions(QueryRequest(**filters)), order=order,
+    found = search.matches(db, parse(query), conditions(QueryRequest(**filters)), order=order,
                            limit=limit, after=after)
     if not found.hits:
         return []
     by_seq = dict(db.execute_sql(
-        f"SELECT seq, id FROM events WHERE seq IN ({', '.join('?' * len(found.hits))})",
+        f"SELECT seq, id FROM events WHERE seq IN ({', '.join([db.param] * len(found.hits))})",
         [h.seq for h in found.hits]).fetchall())
     return [by_seq[h.seq] for h in found.hits]
 
@@ -73,9 +87,10 @@ def test_new_events_are_searchable_in_the_inserting_transaction(db):
     search.integrity_check(db)
 
 
-def test_ranking_puts_the_denser_match_first(db):
+def test_ranking_puts_the_denser_match_first(anydb):
     """bm25: the short event about the boiler ranks before the long one that mentions it once;
     ``desc`` orders by time instead."""
+    db = anydb
     search.sync(db, ON)
     _insert(db, [_row("long", {"text": "boiler " + " ".join(f"word{i}" for i in range(60))}),
                  _row("short", {"text": "boiler boiler pressure"}),
@@ -85,9 +100,10 @@ def test_ranking_puts_the_denser_match_first(db):
     assert _ids(db, "boiler", order="asc") == ["long", "short"]
 
 
-def test_phrases_prefixes_and_operators(db):
+def test_phrases_prefixes_and_operators(anydb):
     """A phrase matches adjacent words only; ``boil*`` matches boiler and boiling; AND, OR, NOT,
-    parentheses and a field in front of a term select as written; diacritics fold."""
+    parentheses and a field in front of a term select as written; diacritics fold (SQLite)."""
+    db = anydb
     search.sync(db, ON)
     _insert(db, [_row("a", {"text": "disk full on /var"}),
                  _row("b", {"text": "full disk check"}),
@@ -98,7 +114,8 @@ def test_phrases_prefixes_and_operators(db):
     assert sorted(_ids(db, "boil*")) == ["c", "d"]
     assert sorted(_ids(db, "boil* NOT water")) == ["d"]
     assert sorted(_ids(db, "boil* AND NOT water")) == ["d"]
-    assert sorted(_ids(db, "cafe OR (disk AND check)")) == ["b", "d"]
+    cafe = "café" if _pg(db) else "cafe"  # PostgreSQL's simple config keeps diacritics
+    assert sorted(_ids(db, f"{cafe} OR (disk AND check)")) == ["b", "d"]
     assert _ids(db, "type:kitchen") == ["c"] and _ids(db, "source:cellar") == ["d"]
     assert _ids(db, "payload:kitchen") == []
     assert _ids(db, "disk-full") == ["a"]  # punctuation inside a word: a phrase of its tokens
@@ -117,8 +134,9 @@ def test_a_wide_time_range_reads_the_matches_without_seq_bounds(db, monkeypatch)
     assert narrow == ["e11", "e13", "e5", "e7", "e9"]
 
 
-def test_filters_combine_with_the_query(db):
+def test_filters_combine_with_the_query(anydb):
     """type glob, source, time range and correlation id narrow the matches."""
+    db = anydb
     search.sync(db, ON)
     t0 = now_ms() - 10_000
     _insert(db, [_row("a", {"m": "alarm"}, type="kairo.alert.disk", created_at=t0),
@@ -136,8 +154,9 @@ def test_filters_combine_with_the_query(db):
 
 
 @pytest.mark.parametrize("order", ["rank", "desc", "asc"])
-def test_paging_returns_every_match_once(db, order: str):
+def test_paging_returns_every_match_once(anydb, order: str):
     """Walking the cursor, 7 at a time, returns each of 50 matches exactly once, in order."""
+    db = anydb
     search.sync(db, ON)
     _insert(db, [_row(f"e{i:02d}", {"text": "sensor " * (1 + i % 5) + f"reading {i}"})
                  for i in range(50)] + [_row("x", {"text": "other"})])
@@ -145,7 +164,7 @@ def test_paging_returns_every_match_once(db, order: str):
     seen: list[tuple[float, int]] = []
     after: int | str | None = None
     while True:
-        found = search.matches(db, to_fts("sensor"), cond, order=order, limit=7, after=after)
+        found = search.matches(db, parse("sensor"), cond, order=order, limit=7, after=after)
         seen.extend((h.rank, h.seq) for h in found.hits)
         if not found.more:
             break
@@ -159,9 +178,10 @@ def test_paging_returns_every_match_once(db, order: str):
         assert seqs == sorted(seqs, reverse=order == "desc")
 
 
-def test_a_rank_window_ranks_the_newest_matches_only(db):
+def test_a_rank_window_ranks_the_newest_matches_only(anydb):
     """With ``rank_window`` 10 of 50 matches, the hits are the newest 10, best first, paged
     without a repeat, and ``window`` says the ranking was cut; a wider window says nothing."""
+    db = anydb
     search.sync(db, ON)
     _insert(db, [_row(f"e{i:02d}", {"text": "sensor " * (1 + i % 5) + f"reading {i}"})
                  for i in range(50)])
@@ -169,7 +189,7 @@ def test_a_rank_window_ranks_the_newest_matches_only(db):
     seen: list[tuple[float, int]] = []
     after: str | None = None
     while True:
-        found = search.matches(db, to_fts("sensor"), cond, order="rank", limit=4, after=after,
+        found = search.matches(db, parse("sensor"), cond, order="rank", limit=4, after=after,
                                rank_window=10)
         assert found.window == 10
         seen.extend((h.rank, h.seq) for h in found.hits)
@@ -177,19 +197,20 @@ def test_a_rank_window_ranks_the_newest_matches_only(db):
             break
         after = f"{found.hits[-1].rank!r}:{found.hits[-1].seq}"
     assert sorted(s for _, s in seen) == list(range(41, 51)) and seen == sorted(seen)
-    wide = search.matches(db, to_fts("sensor"), cond, order="rank", limit=100, after=None,
+    wide = search.matches(db, parse("sensor"), cond, order="rank", limit=100, after=None,
                           rank_window=50)
     assert wide.window is None and len(wide.hits) == 50
 
 
-def test_a_cursor_of_the_wrong_kind_is_refused_naming_after(db):
+def test_a_cursor_of_the_wrong_kind_is_refused_naming_after(anydb):
     """A seq for a ranked search, or a rank cursor for a search by time: FilterError on after."""
+    db = anydb
     search.sync(db, ON)
     cond = conditions(QueryRequest())
     for order, after in (("rank", 5), ("rank", "nonsense"), ("desc", "1.5:3")):
         for window in (0, 100):
             with pytest.raises(FilterError) as err:
-                search.matches(db, to_fts("x"), cond, order=order, limit=5, after=after,
+                search.matches(db, parse("x"), cond, order=order, limit=5, after=after,
                                rank_window=window)
             assert err.value.field == "after"
 
@@ -332,3 +353,68 @@ def test_prefix_snippets_come_from_each_hits_own_event(db):
     odd = search.matches(db, to_fts("boilers"), conditions(QueryRequest()), order="desc",
                          limit=3, after=None)
     assert [h.snippet for h in odd.hits] == [f"[boilers] reading {i}" for i in (29, 27, 25)]
+
+
+HOSTILE = ["'", "''", "\\", "\\'", "a & b | !c", "<->", "boil:*", "x:A", "!!", "&", "|",
+           "'); DROP TABLE events; --", '"\'"', '"a\' | \'b"', "NEAR(a b)", "type:'x'",
+           "payload:\\\\", "日本語", "x" * 3000, "a:*B & c", '"..."', "(((a)))", "-", ":",
+           '""', '" "', '"\t"', 'a ""', '"" OR a', 'a NOT ""']
+
+
+def test_hostile_queries_never_reach_the_engine_as_syntax(anydb):
+    """Quotes, backslashes and tsquery/FTS5 operators typed by a user are text on both
+    engines: each query answers (or is refused naming ``query``), never a storage error, and
+    the events are still there."""
+    db = anydb
+    search.sync(db, ON)
+    _insert(db, [_row("q", {"text": "a & b | !c it's x:A \\ boil:*"})])
+    for text in HOSTILE:
+        try:
+            _ids(db, text)
+        except FilterError as exc:
+            assert exc.field == "query", text
+    assert _ids(db, "it's") == ["q"]
+    assert db.execute_sql("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+def test_postgresql_snippets_mark_the_matches_with_the_asked_marks(anydb):
+    """A hit's snippet holds the matched words (a prefix's too) between the request's marks,
+    a mark with a quote or a comma included."""
+    db = anydb
+    search.sync(db, ON)
+    _insert(db, [_row("e", {"text": "the boiler pressure is high", "n": 3})])
+    for marks in (("[", "]"), ("<b>", "</b>"), ("'x,", "\"y")):
+        found = search.matches(db, parse("boil* pressure"), conditions(QueryRequest()),
+                               order="rank", limit=5, after=None, marks=marks)
+        snippet = found.hits[0].snippet
+        assert f"{marks[0]}pressure{marks[1]}" in snippet, snippet
+        assert f"{marks[0]}boiler{marks[1]}" in snippet, snippet
+
+
+def test_postgresql_sync_builds_drops_and_rebuilds_the_gin_index(any_store: Store):
+    """On PostgreSQL ``sync`` builds the GIN index over existing events (found at once,
+    complete), leaves it when unchanged, rebuilds it for other fields and drops it when off
+    (then ``search_disabled``); the planner can use it for a match."""
+    if any_store.engine != "postgres":
+        pytest.skip("the GIN index is PostgreSQL's")
+    db = open_database(any_store.config)
+    try:
+        _insert(db, [_row("old", {"text": "boiler"}, source="cellar")])
+        assert search.sync(db, ON).action == "enabled"
+        assert _ids(db, "boiler") == ["old"] and search.search_state(db).complete
+        assert search.sync(db, ON).action == "unchanged"
+        with db.atomic():
+            db.execute_sql("SET LOCAL enable_seqscan = off")
+            plan = " ".join(r[0] for r in db.execute_sql(
+                "EXPLAIN SELECT seq FROM events WHERE "
+                + search.search_pg.match_sql(("type", "source", "payload")), ("'boiler'",)))
+        assert "events_search" in plan, plan
+        only_type = SearchConfig(enabled=True, fields=["type"])
+        assert search.sync(db, only_type).action == "reindex"
+        assert _ids(db, "boiler") == [] and _ids(db, "note") == ["old"]
+        assert search.sync(db, SearchConfig()).action == "disabled"
+        assert search.unavailable(db).code == "search_disabled"
+        with pytest.raises(search.SearchUnavailable):
+            _ids(db, "boiler")
+    finally:
+        db.close()
