@@ -149,6 +149,8 @@ def tokenizer_available(db: peewee.Database, tokenizer: str) -> bool:
 
 
 def state(cursor: Any) -> State:
+    if not dialects.of_cursor(cursor).files:  # PostgreSQL: the GIN index, complete or off
+        return _pg_state(search_pg.spec_of(cursor))
     row = cursor.execute(f"SELECT backfilled_to, live_from, spec FROM {STATE}").fetchone()
     return State(int(row[0]), int(row[1]), str(row[2]))
 
@@ -262,7 +264,9 @@ def backfill(db: peewee.Database, *, limit: int) -> int:
     """Index the next ``limit`` existing events above ``backfilled_to`` and move it past them,
     in one transaction of its own (after a crash the next step starts where the last commit
     left). Returns how many events it indexed; 0 when nothing waits (then, if the watermark
-    had not reached ``live_from - 1``, it does now)."""
+    had not reached ``live_from - 1``, it does now). PostgreSQL: nothing to do, 0."""
+    if not available(db):
+        return 0
     with db.atomic("IMMEDIATE"):
         cursor = db.cursor()
         now = state(cursor)

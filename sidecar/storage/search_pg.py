@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import peewee
 
@@ -65,11 +66,16 @@ def fields_of(spec: str) -> tuple[str, ...]:
     return tuple(json.loads(spec)["fields"])
 
 
-def index_spec(db: peewee.Database) -> str | None:
+def spec_of(cursor: Any) -> str | None:
     """The fingerprint of the index that exists, or None when search is off."""
-    row = db.execute_sql(f"SELECT obj_description(to_regclass('{INDEX}'), 'pg_class'), "
-                         f"to_regclass('{INDEX}') IS NOT NULL").fetchone()
+    cursor.execute(f"SELECT obj_description(to_regclass('{INDEX}'), 'pg_class'), "
+                   f"to_regclass('{INDEX}') IS NOT NULL")
+    row = cursor.fetchone()
     return (row[0] or "") if row[1] else None
+
+
+def index_spec(db: peewee.Database) -> str | None:
+    return spec_of(db.cursor())
 
 
 def sync(db: peewee.Database, config: SearchConfig, *, source: str) -> tuple[str, str | None]:

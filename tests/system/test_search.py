@@ -1,7 +1,7 @@
 """Full-text search end to end: a real Mosquitto, an in-process sidecar with ``[search]`` on
 over a real SQLite file that already held events (the daemon indexes them in the background),
 the ``search`` op through the Python client and the CLI (through the broker and ``--db``), and
-a sidecar with search off. PostgreSQL answers ``search_unavailable``
+a sidecar with search off. PostgreSQL (a GIN index) answers the same op
 (tests/unit/api/test_hostile_requests.py)."""
 
 from __future__ import annotations

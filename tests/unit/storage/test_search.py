@@ -393,8 +393,8 @@ def test_postgresql_snippets_mark_the_matches_with_the_asked_marks(anydb):
 
 def test_postgresql_sync_builds_drops_and_rebuilds_the_gin_index(any_store: Store):
     """On PostgreSQL ``sync`` builds the GIN index over existing events (found at once,
-    complete), leaves it when unchanged, rebuilds it for other fields and drops it when off
-    (then ``search_disabled``); the planner can use it for a match."""
+    complete, nothing to backfill), leaves it when unchanged, rebuilds it for other fields
+    and drops it when off (then ``search_disabled``); the planner can use it for a match."""
     if any_store.engine != "postgres":
         pytest.skip("the GIN index is PostgreSQL's")
     db = open_database(any_store.config)
@@ -403,6 +403,9 @@ def test_postgresql_sync_builds_drops_and_rebuilds_the_gin_index(any_store: Stor
         assert search.sync(db, ON).action == "enabled"
         assert _ids(db, "boiler") == ["old"] and search.search_state(db).complete
         assert search.sync(db, ON).action == "unchanged"
+        with db.atomic():  # what ``search-index status``/``rebuild`` read: nothing waits
+            assert search.state(db.cursor()).complete and search.pending(db.cursor()) == 0
+        assert search.backfill(db, limit=100) == 0
         with db.atomic():
             db.execute_sql("SET LOCAL enable_seqscan = off")
             plan = " ".join(r[0] for r in db.execute_sql(
