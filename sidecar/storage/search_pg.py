@@ -101,6 +101,9 @@ def sync(db: peewee.Database, config: SearchConfig, *, source: str) -> tuple[str
                  hint="the GIN index reads every event once")
         db.execute_sql(f"CREATE INDEX {INDEX} ON events USING gin ({vector_sql(config.fields)})")
         db.execute_sql(f"COMMENT ON INDEX {INDEX} IS %s", (want,))
+        # statistics of the indexed expression (a sample): without them the planner guesses
+        # every word common and walks seq for a rare one
+        db.execute_sql("ANALYZE events")
     action = "reindex" if now is not None else "enabled"
     log.info("search_index_" + action, fields=list(config.fields), tokenizer="simple",
              ms=round((time.monotonic() - started) * 1000, 1))
