@@ -202,6 +202,7 @@ MQTT_MATCH_FUNCTION = "kairo_mqtt_match"
 # PostgreSQL advisory lock keys (one 64-bit space per database): event inserts, migrations
 SEQ_ORDER_LOCK = 0x6B6169726F0001  # "kairo" 1
 MIGRATION_LOCK = 0x6B6169726F0002
+SEARCH_INDEX_LOCK = 0x6B6169726F0003  # storage.search_pg.sync: one sidecar builds the index
 SCHEMES = {"sqlite": SQLITE, "postgresql": POSTGRES, "postgres": POSTGRES}
 
 

@@ -4,7 +4,8 @@ The vector (``vector_sql``) is the ``simple`` text search config's tokens of the
 (weight A), the ``source`` (B) and every string in the ``payload`` (C,
 ``jsonb_to_tsvector(..., '["string"]')``), for the fields ``[search] fields`` names. The index
 ``events_search`` is over that expression, so it covers every event, old and new, with no
-trigger and no backfill (building it reads the table once: ``sync`` logs its time). Its
+trigger and no backfill (building it reads the table once, and holds other writers' inserts
+meanwhile: ``sync`` logs its time; sidecars sharing the database build it once, in turn). Its
 comment is the config's fingerprint: a config that indexes other fields drops and rebuilds it;
 search off drops it. A query (``core.search_query``) reaches PostgreSQL as one bound
 ``to_tsquery('simple', %s)`` text whose every term is a quoted lexeme; a field is a weight.
@@ -21,6 +22,7 @@ import peewee
 
 from sidecar.config import SearchConfig
 from sidecar.logs import get_logger
+from sidecar.storage.dialect import SEARCH_INDEX_LOCK
 
 log = get_logger("sidecar.search")
 
@@ -84,6 +86,8 @@ def sync(db: peewee.Database, config: SearchConfig, *, source: str) -> tuple[str
     config in errors (``config`` refuses what PostgreSQL cannot index)."""
     del source
     with db.atomic():
+        # sidecars sharing the database start together: one builds, the others then see it
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SEARCH_INDEX_LOCK,))
         now = index_spec(db)
         if not config.enabled:
             if now is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -421,3 +422,29 @@ def test_postgresql_sync_builds_drops_and_rebuilds_the_gin_index(any_store: Stor
             _ids(db, "boiler")
     finally:
         db.close()
+
+
+def test_postgresql_sidecars_starting_together_build_the_index_once(any_store: Store):
+    """Two ``sync`` at once on one PostgreSQL database (two sidecars of a group starting): one
+    builds the index, the other waits and finds it (no "already exists" error)."""
+    if any_store.engine != "postgres":
+        pytest.skip("the GIN index is PostgreSQL's")
+    dbs = [open_database(any_store.config) for _ in range(2)]
+    _insert(dbs[0], [_row(f"e{i}", {"text": f"boiler {i}"}) for i in range(2000)])
+    actions: list[str] = []
+    errors: list[BaseException] = []
+
+    def start(db: peewee.Database) -> None:
+        try:
+            actions.append(search.sync(db, ON).action)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(db,)) for db in dbs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for db in dbs:
+        db.close()
+    assert not errors and sorted(actions) == ["enabled", "unchanged"]
