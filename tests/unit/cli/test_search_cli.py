@@ -14,6 +14,7 @@ import pytest
 from sidecar.cli.commands import main
 from sidecar.storage import search
 from tests.support.seed import create_db, event
+from tests.support.stores import Store
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +86,30 @@ def test_search_errors_exit_with_our_words(tmp_path: Path,
     con.close()
     code, _, err = cli(capsys, "search", "row", "--db", d)
     assert code != 0 and "Traceback" not in err
+
+
+def test_search_index_and_search_on_postgresql(any_store: Store, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL ([database] url): status says off, rebuild builds the GIN index (nothing
+    to backfill) and says every event is indexed, check passes, search --db pages every
+    match."""
+    if any_store.engine != "postgres":
+        pytest.skip("the SQLite side is the test above")
+    any_store.insert_events([
+        {"id": f"p-{i:03d}", "topic": "kairo/note", "type": "kairo.note", "source": "pi",
+         "payload": json.dumps({"text": f"row {i}"}), "metadata": "{}", "created_at": i + 1,
+         "received_at": i + 1} for i in range(30)])
+    url = any_store.url
+    monkeypatch.setenv("KAIRO_SIDECAR_DATABASE__URL", url)
+    code, out, err = cli(capsys, "search-index", "status")
+    assert code == 0 and "search: off" in out, err
+    code, out, err = cli(capsys, "search-index", "rebuild")
+    assert code == 0 and "every event indexed" in out, err
+    code, out, _ = cli(capsys, "search-index", "check")
+    assert code == 0 and out.startswith("search index ok")
+    code, out, err = cli(capsys, "search", "row", "--order", "asc", "--limit", "7", "--all",
+                         "--db", url)
+    assert code == 0, err
+    hits = [json.loads(line) for line in out.splitlines()]
+    assert [h["event"]["id"] for h in hits] == [f"p-{i:03d}" for i in range(30)]
+    assert "[row]" in hits[0]["snippet"]
