@@ -229,11 +229,14 @@ def test_exit_9_wrong_or_missing_key(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_exit_130_interrupted(tmp_path: Path, broker: Broker) -> None:
     """Row 130: Ctrl-C (SIGINT) while waiting for an answer exits 130 without a traceback."""
+    # A test run started as a background job inherits SIGINT ignored (POSIX shells do that to
+    # asynchronous commands), and so would the child: give it the default, as a terminal would.
     proc = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "query", "--host", broker.host, "--port",
          str(broker.port), "--timeout", "60"], cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env={k: v for k, v in os.environ.items()
-                                     if not k.startswith("KAIRO_SIDECAR_")})
+                                     if not k.startswith("KAIRO_SIDECAR_")},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert broker.log_path is not None
         wait_until(lambda: "as kairo-client-" in broker.log_path.read_text(errors="replace"),

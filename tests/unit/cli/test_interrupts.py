@@ -5,10 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from sidecar.cli import interrupts
+
+
+@pytest.fixture(autouse=True)
+def _sigint_default() -> Iterator[None]:
+    """A test run started as a background job inherits SIGINT ignored, and ``install`` then
+    (rightly) leaves it alone: start from Python's own handler, as in a terminal."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 def _interrupt_swallowed() -> None:
