@@ -32,7 +32,7 @@ TIME_HELP = "an age such as 30d, 12h or 90m (that long ago), an RFC 3339 time, o
 
 # ------------------------------------------------------------------------------ options
 def add_database_options(parser: argparse.ArgumentParser, *, db_help: str | None = None) -> None:
-    """``--config PATH`` and ``--db PATH`` (which wins over ``[database] url``)."""
+    """``--config PATH`` and ``--db PATH|URL`` (which wins over ``[database] url``)."""
     add_config_option(parser)
     parser.add_argument("--db", metavar="PATH", help=db_help or "database file or "
                         "postgresql:// URL (default: [database] url of the configuration)")
@@ -46,7 +46,10 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def database_url(path: str) -> str:
-    """The ``[database] url`` naming the file ``path`` (relative or absolute)."""
+    """The ``[database] url`` for ``--db``: a URL (``postgresql://…``, ``sqlite:///…``) as it
+    is, otherwise the URL naming the file ``path`` (relative or absolute)."""
+    if "://" in path:
+        return path
     return "sqlite:///" + quote(path, safe="/")
 
 

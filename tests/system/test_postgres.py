@@ -114,6 +114,33 @@ def test_live_replay_on_postgres_forwards_events_committed_after_it_caught_up(
     assert sidecar.terminate() == 0
 
 
+def test_db_option_takes_a_postgres_url(pg_server: Postgres) -> None:
+    """``--db postgresql://...`` names the database on every command, writers included (it was
+    once taken for a file name): migrate, kv put/get/list/delete, search-index status, check."""
+    url = pg_server.fresh_database()
+    done = cli("migrate", "--db", url)
+    assert done.returncode == 0, done.stderr
+    done = cli("kv", "put", "plugin/weather", '{"enabled": true}', "--db", url)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["version"] == 1
+    done = cli("kv", "put", "plugin/weather", '{"enabled": false}', "--if-version", "1",
+               "--db", url)
+    assert done.returncode == 0, done.stderr
+    done = cli("kv", "get", "plugin/weather", "--db", url)
+    got = json.loads(done.stdout)
+    assert (got["value"], got["version"]) == ({"enabled": False}, 2)
+    done = cli("kv", "list", "plugin/", "--db", url)
+    assert [json.loads(line)["key"] for line in done.stdout.splitlines()] == ["plugin/weather"]
+    assert cli("kv", "delete", "plugin/weather", "--db", url).returncode == 0
+    assert _store(url).execute("SELECT count(*) FROM kv_store") == [(0,)]
+    assert _store(url).execute(
+        "SELECT count(*) FROM events WHERE type LIKE 'kairo.kv.%'") == [(3,)]
+    done = cli("search-index", "status", "--db", url)
+    assert done.returncode == 0 and "search: off" in done.stdout, done.stderr
+    done = cli("check", "--db", url)
+    assert done.returncode == 0 and "integrity     not applicable" in done.stdout, done.stderr
+
+
 def test_commands_on_postgres(pg_server: Postgres, tmp_path: Path) -> None:
     """migrate, import, export, query/get/replay --db, stats --db, dead-letters list, purge and
     check work on a postgresql:// URL; backup says to use pg_dump (exit 2)."""
