@@ -18,12 +18,11 @@ from msgspec import Meta
 
 from sidecar.core import choices, paths, projections, topics, units
 from sidecar.core.codecs import explain_validation
-from sidecar.core.units import ByteSize, Duration, FreeSpace
+from sidecar.core.units import BYTES, SECONDS, ByteSize, Duration, FreeSpace
 from sidecar.errors import ConfigError
 
 ENV_PREFIX = "KAIRO_SIDECAR_"
 
-PositiveInt = Annotated[int, Meta(ge=1)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 
 
@@ -53,8 +52,8 @@ class MQTTConfig(_Section, frozen=True):
     keepalive: Annotated[int, Meta(ge=5, le=65535)] = 60
     session_expiry: Annotated[int, Meta(ge=0, le=4294967295)] = 7 * 24 * 3600
     max_inflight: Annotated[int, Meta(ge=1, le=65535)] = 20
-    reconnect_min_delay: Annotated[float, Meta(gt=0, le=3600)] = 1.0
-    reconnect_max_delay: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    reconnect_min_delay: Annotated[float, Meta(gt=0, le=3600), SECONDS] = 1.0
+    reconnect_max_delay: Annotated[float, Meta(gt=0, le=3600), SECONDS] = 30.0
     state_topic: Annotated[str, Meta(min_length=1)] = "kairo-sidecar/state"
     # paho's Client with buffered reads and batched acks (sidecar.broker.paho_client, which
     # relies on paho internals); false: paho's own Client as it ships, slower under load.
@@ -87,7 +86,7 @@ class DatabaseConfig(_Section, frozen=True):
     key: str | None = None
     durability: Durability = "group"
     synchronous: Synchronous = "NORMAL"
-    sync_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    sync_interval: Annotated[float, Meta(gt=0, le=60), SECONDS] = 1.0
     busy_timeout_ms: Annotated[int, Meta(ge=0)] = 5000
     cache_size_kib: Annotated[int, Meta(ge=0)] = 8192
     migrate_on_start: bool = True
@@ -118,15 +117,15 @@ class WriterConfig(_Section, frozen=True):
     batch_size: Annotated[int, Meta(ge=1, le=10000)] = 500
     # 5 s: fewer, fuller commits at a trickle; each commit writes ~16 pages however few events
     # it holds (10 events/s: 24x the event JSON written at 1 s, 9.5x at 5 s; BENCHMARKS.md)
-    flush_interval: Annotated[float, Meta(gt=0, le=60)] = 5.0
+    flush_interval: Annotated[float, Meta(gt=0, le=60), SECONDS] = 5.0
     queue_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 5000
-    retry_max_delay: Annotated[float, Meta(gt=0)] = 5.0
-    shutdown_timeout: Annotated[float, Meta(gt=0)] = 10.0
+    retry_max_delay: Annotated[float, Meta(gt=0), SECONDS] = 5.0
+    shutdown_timeout: Annotated[float, Meta(gt=0), SECONDS] = 10.0
 
 
 class IngestConfig(_Section, frozen=True):
-    max_payload_bytes: PositiveInt = 262144
-    dead_letter_max_bytes: Annotated[int, Meta(ge=0)] = 65536
+    max_payload_bytes: Annotated[int, Meta(gt=0), BYTES] = 262144
+    dead_letter_max_bytes: Annotated[int, Meta(ge=0), BYTES] = 65536
 
 
 class LogConfig(_Section, frozen=True):
@@ -143,9 +142,9 @@ class ApiConfig(_Section, frozen=True):
     max_limit: Annotated[int, Meta(ge=1, le=100_000)] = 1000
     max_streams: Annotated[int, Meta(ge=1, le=1000)] = 4
     replay_inflight: Annotated[int, Meta(ge=1, le=1000)] = 8
-    max_duration: Annotated[float, Meta(gt=0)] = 3600.0
-    max_request_bytes: Annotated[int, Meta(ge=256, le=16_777_216)] = 65536
-    max_response_bytes: Annotated[int, Meta(ge=4096, le=268_435_455)] = 1_048_576
+    max_duration: Annotated[float, Meta(gt=0), SECONDS] = 3600.0
+    max_request_bytes: Annotated[int, Meta(ge=256, le=16_777_216), BYTES] = 65536
+    max_response_bytes: Annotated[int, Meta(ge=4096, le=268_435_455), BYTES] = 1_048_576
     workers: Annotated[int, Meta(ge=1, le=64)] = 2
     queue_size: Annotated[int, Meta(ge=1, le=100_000)] = 64
 
@@ -153,7 +152,7 @@ class ApiConfig(_Section, frozen=True):
 class KvConfig(_Section, frozen=True):
     """The key-value store (README "Key-value store")."""
 
-    max_value_bytes: Annotated[int, Meta(ge=16, le=16_777_216)] = 65536
+    max_value_bytes: Annotated[int, Meta(ge=16, le=16_777_216), BYTES] = 65536
     publish_retained: bool = False  # mirror each key's value retained on <base>/kv/state/<key>
 
 

@@ -143,9 +143,14 @@ def _free_space_text(value: object) -> str:
     return format_free_space(*parse_free_space(value))
 
 
-Duration = Annotated[float, msgspec.Meta(ge=0), _Unit(parse_duration)]
+SECONDS = _Unit(parse_duration)
+"""The marker of a number of seconds given as a duration: ``Annotated[float, Meta(gt=0, le=60),
+SECONDS]`` is a bounded ``Duration`` (the config accepts ``0.2``, ``"200ms"``, ``"5s"``)."""
+Duration = Annotated[float, msgspec.Meta(ge=0), SECONDS]
 """Seconds; the config accepts ``30``, ``"90s"``, ``"1h30m"``, ``"30d"``, ``"forever"`` (0)."""
-ByteSize = Annotated[int, msgspec.Meta(ge=0), _Unit(parse_size)]
+BYTES = _Unit(parse_size)
+"""The marker of a number of bytes given as a size: ``Annotated[int, Meta(ge=256), BYTES]``."""
+ByteSize = Annotated[int, msgspec.Meta(ge=0), BYTES]
 """Bytes; the config accepts ``1048576``, ``"512MiB"``, ``"2GB"``, ``"off"`` (0)."""
 FreeSpace = Annotated[str, _Unit(_free_space_text)]
 """A share of a file system or a size, kept as canonical text (``"10%"``, ``"2147483648"``,

@@ -250,6 +250,38 @@ def test_wrong_type_in_file_names_the_key(tmp_path: Path, text: str, key: str) -
     assert f"{path}: {key}: " in str(error)
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("writer", "flush_interval", '"200ms"', 0.2),
+        ("writer", "flush_interval", "0.5", 0.5),
+        ("writer", "shutdown_timeout", '"1m"', 60.0),
+        ("database", "sync_interval", '"2s"', 2.0),
+        ("mqtt", "reconnect_max_delay", '"1m30s"', 90.0),
+        ("api", "max_duration", '"2h"', 7200.0),
+        ("kv", "max_value_bytes", '"1MiB"', 1048576),
+        ("ingest", "max_payload_bytes", '"512KiB"', 524288),
+        ("api", "max_request_bytes", "4096", 4096),
+    ],
+)
+def test_every_time_and_size_key_takes_a_unit(tmp_path: Path, section: str, key: str,
+                                               value: str, expected: float) -> None:
+    """Keys in seconds take a number or a duration with a unit, like checkpoint_interval; keys
+    in bytes a number or a size, like journal_size_limit."""
+    config = load_config(write(tmp_path, f"[{section}]\n{key} = {value}\n"), environ={})
+    assert getattr(getattr(config, section), key) == expected
+
+
+@pytest.mark.parametrize(("value", "words"), [('"forever"', "greater than 0"),
+                                             ('"90s"', "at most 60"),
+                                             ('"soon"', "invalid duration")])
+def test_a_bad_duration_in_seconds_names_the_key(tmp_path: Path, value: str, words: str) -> None:
+    """A duration out of a seconds key's bounds, or unreadable, names the key and says why."""
+    error = config_error(write(tmp_path, f"[writer]\nflush_interval = {value}\n"))
+    assert error.key == "writer.flush_interval"
+    assert words in str(error)
+
+
 def test_wrong_list_item_names_the_index(tmp_path: Path) -> None:
     """A bad item inside topics is reported with its index (mqtt.topics[1])."""
     path = write(tmp_path, '[mqtt]\ntopics = ["a/#", 3]\n')
