@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -24,6 +24,7 @@ from sidecar.api.replay import CommitSignal
 from sidecar.broker.subscriber import Subscriber
 from sidecar.config import Config, compile_projections
 from sidecar.core.kv import KvEntry
+from sidecar.core.projections import Projection
 from sidecar.core.stats import Stats
 from sidecar.http.console import PUBLIC, Console, login_page
 from sidecar.http.health import health_route
@@ -110,6 +111,7 @@ class Sidecar:
                                        pending=lambda: self.writer.depth if self.writer else 0)
         durability = cfg.database.effective_durability
         self.journal_sync = journal_sync_for(self.db, durability=durability)
+        rules = compile_projections(cfg.projections)
         self.writer = Writer(self.db, cfg.writer, ack=subscriber.ack, window=subscriber.window,
                              stats=self.stats, on_commit=commits.notify,
                              maintenance=self.maintenance, on_full=self.maintenance.make_room,
@@ -117,12 +119,11 @@ class Sidecar:
                              sync_interval=cfg.database.sync_interval,
                              kv_topic_base=cfg.api.base_topic,
                              on_kv_change=self._kv_mirror(subscriber),
-                             projections=Folder(compile_projections(cfg.projections),
-                                                max_value_bytes=cfg.kv.max_value_bytes),
+                             projections=Folder(rules, max_value_bytes=cfg.kv.max_value_bytes),
                              delivery_id_base=member_id_base(cfg.mqtt))
-        self.handlers = self._make_handlers(commits, subscriber)
+        self.handlers = self._make_handlers(commits, subscriber, rules)
         intake = Intake(self.writer, cfg.ingest, kv_prefix=kv_prefix,
-                        kv_max_value_bytes=cfg.kv.max_value_bytes)
+                        kv_max_value_bytes=cfg.kv.max_value_bytes, projections=rules)
         subscriber.attach(on_event=intake.receive,
                           on_request=self.handlers.receive if self.handlers else None,
                           on_new_session=self.writer.session_reset)
@@ -139,7 +140,8 @@ class Sidecar:
         code = self._main_loop(on_ready)
         return self._shutdown(code)
 
-    def _make_handlers(self, commits: CommitSignal, subscriber: Subscriber) -> Handlers | None:
+    def _make_handlers(self, commits: CommitSignal, subscriber: Subscriber,
+                       projections: Sequence[Projection]) -> Handlers | None:
         """The request API (``[api]``): workers answer through the subscriber's client."""
         cfg = self.config
         if not cfg.api.enabled:
@@ -152,7 +154,7 @@ class Sidecar:
                         disk_guard=self._disk_guard_state,
                         shared_group=cfg.mqtt.shared_group is not None,
                         kv_write=writer.kv if writer is not None else None,
-                        kv_max_value_bytes=cfg.kv.max_value_bytes,
+                        kv_max_value_bytes=cfg.kv.max_value_bytes, projections=projections,
                         search_rank_window=cfg.search.rank_window)
 
     def _sources(self) -> Sources:

@@ -50,6 +50,7 @@ from sidecar.config import ApiConfig
 from sidecar.core import kv, topics
 from sidecar.core.filters import Filter
 from sidecar.core.inbound import InboundMessage
+from sidecar.core.projections import Projection, refuse_owned
 from sidecar.core.search_query import parse
 from sidecar.core.stats import Stats
 from sidecar.errors import FilterError, RequestError, StorageError
@@ -160,6 +161,7 @@ class Handlers:
                  disk_guard: Callable[[], dict[str, Any] | None] = lambda: None,
                  kv_write: Callable[[kv.KvWrite], kv.KvEntry | None] | None = None,
                  kv_max_value_bytes: int = 65536, shared_group: bool = False,
+                 projections: Sequence[Projection] = (),
                  search_rank_window: int = 2000) -> None:
         self._config = config
         self._rank_window = search_rank_window  # [search] rank_window
@@ -167,6 +169,7 @@ class Handlers:
         self._tag = uuid.uuid4().hex[:_TAG_LENGTH]  # starts the id of every stream started here
         self._kv_write = kv_write  # the writer's ``kv``: applied on its thread, waits for durable
         self._kv_max_value_bytes = kv_max_value_bytes
+        self._projections = projections  # their prefixes take no kv/put or kv/delete
         self._reader = reader
         self._publish = publish
         self._stats = stats
@@ -458,6 +461,7 @@ class Handlers:
         return requests.kv_value(entry, fmt)
 
     def _kv_apply(self, write: kv.KvWrite) -> kv.KvEntry | None:
+        refuse_owned(self._projections, write.key)
         if self._kv_write is None:
             raise RequestError("busy", "the key-value store takes no writes here")
         return self._kv_write(write)

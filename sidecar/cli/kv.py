@@ -15,8 +15,9 @@ from typing import Any
 import msgspec
 
 from sidecar.cli import history
-from sidecar.config import Config
+from sidecar.config import Config, compile_projections
 from sidecar.core import kv
+from sidecar.core.projections import refuse_owned
 from sidecar.errors import RequestError, UsageError
 
 
@@ -81,6 +82,7 @@ def _write_local(args: argparse.Namespace, config: Config, write: kv.KvWrite) ->
     from sidecar.storage import kv as store
     from sidecar.storage.transfer import open_for_import
 
+    refuse_owned(compile_projections(config.projections), write.key)
     db = open_for_import(config.database)
     try:
         entry = store.apply_now(db, write, topic_base=config.api.base_topic)

@@ -188,6 +188,17 @@ class Projection:
         return f"Projection({self.name!r}, {self.type_glob!r}, {self.template!r}, {self.mode!r})"
 
 
+def refuse_owned(rules: Sequence[Projection], key: str, *, field: str = "key") -> None:
+    """``bad_request`` naming ``field`` if a rule owns ``key``: a put or delete there would be
+    undone by the rule's next event and by a rebuild (the log is the state's only source)."""
+    for rule in rules:
+        if rule.owns(key):
+            raise RequestError(
+                "bad_request", f"{field}: {key!r:.300} is under projection {rule.name!r} (prefix "
+                f"{rule.prefix!r}), kept from events of type {rule.type_glob!r}: publish such an "
+                "event, or use a key outside the prefix", field=field)
+
+
 def check_all(rules: Sequence[Projection]) -> tuple[int, str, str] | None:
     """The first problem among ``rules`` taken together: ``(index, field, message)``."""
     for i, rule in enumerate(rules):

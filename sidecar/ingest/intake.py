@@ -8,7 +8,7 @@ logged here, rate-limited); a QoS 1 one waits for room instead (see ``Writer.sub
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -18,6 +18,7 @@ from sidecar.core import kv
 from sidecar.core.decode_errors import decode_failure
 from sidecar.core.events import DeadLetterRow, EventRow
 from sidecar.core.inbound import InboundMessage
+from sidecar.core.projections import Projection, refuse_owned
 from sidecar.core.stats import Stats
 from sidecar.errors import PayloadError, RequestError
 from sidecar.ingest.decode import dead_letter, decode_message
@@ -45,10 +46,11 @@ class Intake:
     """Turns inbound event messages into deliveries queued on the writer."""
 
     def __init__(self, writer: Submit, config: IngestConfig, *, kv_prefix: str | None = None,
-                 kv_max_value_bytes: int = 65536) -> None:
+                 kv_max_value_bytes: int = 65536, projections: Sequence[Projection] = ()) -> None:
         self._writer = writer
         self._kv_prefix = kv_prefix  # "<base>/kv/set/": the MQTT form of kv put/delete
         self._kv_max_value_bytes = kv_max_value_bytes
+        self._projections = projections  # their prefixes take no kv/set
         self._max_payload_bytes = config.max_payload_bytes
         self._dead_letter_max_bytes = config.dead_letter_max_bytes
         self._dead_log = RateLimited(period=10.0, burst=10)
@@ -81,6 +83,7 @@ class Intake:
         key = msg.topic[len(self._kv_prefix):]
         try:
             kv.check_key(key, field="topic")
+            refuse_owned(self._projections, key, field="topic")
             if not bytes(msg.payload).strip():
                 write = kv.KvWrite(op="delete", key=key)
             else:

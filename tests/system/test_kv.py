@@ -41,7 +41,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     run = start_inprocess(tmp, broker, KV__MAX_VALUE_BYTES="1024", KV__PUBLISH_RETAINED="true",
                           API__MAX_STREAMS="3", PROJECTIONS=json.dumps([
                               {"name": "devices", "type": "kairo.device.*",
-                               "key": "pw/{payload.name}", "mode": "merge"}]))
+                               "key": "pw/dev/{payload.name}", "mode": "merge"}]))
     try:
         yield Env(broker, run)
     finally:
@@ -219,7 +219,7 @@ def test_watch_sees_projected_changes_between_kv_writes(env: Env, client: Sideca
         publish(pub, "kairo/dev/state", json.dumps(body).encode())
 
     device("pw-1", name="lamp", on=True)
-    wait_until(lambda: env.rows("SELECT count(*) FROM kv_store WHERE key = 'pw/lamp'") == [(1,)])
+    wait_until(lambda: env.rows("SELECT count(*) FROM kv_store WHERE key = 'pw/dev/lamp'") == [(1,)])
     try:
         with env.client() as watcher:
             stream = watcher.kv_watch("pw/")
@@ -230,9 +230,9 @@ def test_watch_sees_projected_changes_between_kv_writes(env: Env, client: Sideca
                 if message.get("caught_up"):
                     break
             assert [(e["key"], e["value"], e["version"]) for e in entries] == [
-                ("pw/lamp", {"name": "lamp", "on": True}, 1)]
+                ("pw/dev/lamp", {"name": "lamp", "on": True}, 1)]
             device("pw-2", name="lamp", level=3)
-            wait_until(lambda: env.rows("SELECT version FROM kv_store WHERE key = 'pw/lamp'")
+            wait_until(lambda: env.rows("SELECT version FROM kv_store WHERE key = 'pw/dev/lamp'")
                        == [(2,)])
             client.kv_put("pw/manual", "m")
             device("pw-1", name="lamp", on=True)  # a redelivery: not folded again
@@ -243,13 +243,13 @@ def test_watch_sees_projected_changes_between_kv_writes(env: Env, client: Sideca
                 if len(changes) >= 3:
                     break
             assert [(c["op"], c["key"], c["value"], c["version"]) for c in changes] == [
-                ("put", "pw/lamp", {"name": "lamp", "on": True, "level": 3}, 2),
+                ("put", "pw/dev/lamp", {"name": "lamp", "on": True, "level": 3}, 2),
                 ("put", "pw/manual", "m", 1),
-                ("put", "pw/fan", {"name": "fan", "on": False}, 1)]
+                ("put", "pw/dev/fan", {"name": "fan", "on": False}, 1)]
             stream.cancel()
             list(messages)
         assert env.rows("SELECT count(*) FROM events WHERE type = 'kairo.kv.put' AND "
-                        "topic LIKE '%/kv/state/pw/lamp'") == [(0,)]
+                        "topic LIKE '%/kv/state/pw/dev/lamp'") == [(0,)]
     finally:
         pub.loop_stop()
         pub.disconnect()
@@ -292,6 +292,38 @@ def test_mqtt_set_form_and_retained_mirror(env: Env, client: SidecarClient) -> N
     finally:
         device.loop_stop()
         device.disconnect()
+
+
+def test_writes_under_a_projection_prefix_are_refused(env: Env, client: SidecarClient) -> None:
+    """kv/put, kv/delete, kv/set and ``kv put --db`` under a projection's prefix (pw/dev/) are
+    refused naming the projection, and store nothing: the next event or a rebuild would undo
+    them. A key beside the prefix (pw/other) is written."""
+    for call in (lambda: client.kv_put("pw/dev/x", 1), lambda: client.kv_delete("pw/dev/x"),
+                 lambda: client.kv_put("pw/dev/x", 1, if_version=0)):
+        with pytest.raises(RequestError) as refused:
+            call()
+        assert (refused.value.code, refused.value.field) == ("bad_request", "key")
+        assert "projection 'devices'" in refused.value.message
+    assert client.kv_put("pw/other", 1) == 1
+    device = publisher(env.broker)
+    try:
+        publish(device, "kairo-sidecar/kv/set/pw/dev/y", b"2")
+        assert wait_until(lambda: env.rows(
+            "SELECT reason FROM dead_letters WHERE topic = 'kairo-sidecar/kv/set/pw/dev/y'"))
+    finally:
+        device.loop_stop()
+        device.disconnect()
+    reason = env.rows("SELECT reason FROM dead_letters "
+                      "WHERE topic = 'kairo-sidecar/kv/set/pw/dev/y'")[0][0]
+    assert reason.startswith("kv set refused: topic: 'pw/dev/y' is under projection 'devices'")
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "kv", "put", "pw/dev/z", "3", "--db",
+         str(env.run.db_path)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "KAIRO_SIDECAR_PROJECTIONS": json.dumps(
+            [{"name": "devices", "type": "kairo.device.*", "key": "pw/dev/{payload.name}"}])})
+    assert done.returncode == 2 and "projection 'devices'" in done.stderr, done.stderr
+    assert env.rows("SELECT key FROM kv_store WHERE key IN ('pw/dev/x', 'pw/dev/y', "
+                    "'pw/dev/z')") == []
 
 
 def _value(client: SidecarClient, key: str) -> Any:
