@@ -1,4 +1,5 @@
-"""The history commands: ``kairo-sidecar query|get|latest|replay``, printing JSON lines.
+"""The history commands: ``kairo-sidecar query|get|latest|replay``, printing JSON lines (or,
+with ``--format table``, what ``render`` lays out for a terminal).
 
 They talk to a running sidecar through the broker (``sidecar.client``), so they work from
 another machine; with ``--db PATH`` they read a local database file directly (no sidecar

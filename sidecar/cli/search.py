@@ -1,7 +1,8 @@
 """``kairo-sidecar search QUERY`` and ``kairo-sidecar search-index status|rebuild|check``.
 
 ``search`` asks a running sidecar through the broker (``SidecarClient.search``) or, with
-``--db``, reads the file directly; hits print as JSON lines ``{"event", "snippet", "rank"}``.
+``--db``, reads the file directly; hits print as JSON lines ``{"event", "snippet", "rank"}``
+(``--format table``: ``render.SearchTable``).
 ``search-index`` looks after the index (``sidecar.storage.search``): ``rebuild`` makes it
 that of the configuration and indexes every existing event now with a progress bar
 (resumable: interrupted, it goes on where it stopped; safe beside the running daemon: one
