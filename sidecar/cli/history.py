@@ -1,4 +1,5 @@
-"""The history commands: ``kairo-sidecar query|get|latest|replay``, printing JSON lines.
+"""The history commands: ``kairo-sidecar query|get|latest|replay``, printing JSON lines (or,
+with ``--format table``, what ``render`` lays out for a terminal).
 
 They talk to a running sidecar through the broker (``sidecar.client``), so they work from
 another machine; with ``--db PATH`` they read a local database file directly (no sidecar
@@ -47,9 +48,7 @@ def add_parsers(sub: Any) -> None:
                        help="sequence order (default asc)")
     query.add_argument("--all", action="store_true", help="walk every page (default: one page; "
                        "the next cursor is printed on stderr)")
-    query.add_argument("--format", type=cliargs.choice(render.FORMATS), default="json",
-                       metavar="{json,table}",
-                       help="json lines (default) or table: readable columns for a terminal")
+    _format(query)
     _connection(query)
 
     latest = sub.add_parser(
@@ -65,12 +64,14 @@ def add_parsers(sub: Any) -> None:
                         "it parses, else a string)")
     latest.add_argument("--limit", type=int, help="keys per page (default 100)")
     latest.add_argument("--all", action="store_true", help="walk every page")
+    _format(latest, table="the key's value, then the event's columns")
     _connection(latest)
 
     get = sub.add_parser("get", help="print one event by id",
                          description="Print the event with this id as JSON. Example: "
                                      "kairo-sidecar get 5b0c6c1e-8f0a-4a8e-9a57-3f7e1c2d9b10")
     get.add_argument("id", help="the event id")
+    _format(get, table="one field per line, payload.* flattened")
     _connection(get)
 
     replay = sub.add_parser(
@@ -89,6 +90,7 @@ def add_parsers(sub: Any) -> None:
                         help="after the stored events, keep forwarding new ones (Ctrl-C stops)")
     replay.add_argument("--max-duration", type=float, metavar="SECONDS",
                         help="end the stream after this long")
+    _format(replay)
     _connection(replay)
 
 
@@ -106,7 +108,14 @@ def _filters(parser: argparse.ArgumentParser, *, cursor: Callable[[str], Any] = 
     parser.add_argument("--where", action="append", metavar="PATH=VALUE")
 
 
-def _connection(parser: argparse.ArgumentParser) -> None:
+def _format(parser: argparse.ArgumentParser, *,
+            table: str = "readable columns cut to the terminal width") -> None:
+    parser.add_argument("--format", type=cliargs.choice(render.FORMATS), default="json",
+                        metavar="{json,table}",
+                        help=f"json lines (default) or table: {table}")
+
+
+def _connection(parser: argparse.ArgumentParser, *, db_help: str | None = None) -> None:
     parser.add_argument("--host", help="broker host (default: [mqtt] host)")
     parser.add_argument("--port", type=int, help="broker port (default: [mqtt] port)")
     parser.add_argument("--protocol", type=cliargs.choice(("5", "3.1.1")), metavar="{5,3.1.1}",
@@ -114,23 +123,16 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-topic", help="default: [api] base_topic")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for an answer (default 10)")
-    cliargs.add_database_options(parser, db_help="read this database file directly instead "
-                                 "of asking a running sidecar")
+    cliargs.add_database_options(parser, db_help=db_help or "read this database file (or "
+                                 "postgresql:// URL) directly instead of asking a running "
+                                 "sidecar")
 
 
 # ------------------------------------------------------------------------------ commands
 def cmd_query(args: argparse.Namespace, config: Config) -> int:
     body = {**_filter_body(args), "limit": args.limit, "order": args.order}
     body = {k: v for k, v in body.items() if v is not None}
-    out = sys.stdout.buffer
-    table = render.EventTable(sys.stdout) if args.format == "table" else None
-
-    def show(events: Iterable[Any]) -> None:
-        if table is not None:
-            table.events(events)
-        else:
-            _print(out, events)
-
+    show = _events_out(args.format)
     if args.db:
         reader = _local(args, config)
         request = _convert(body, requests.QueryRequest)
@@ -166,7 +168,7 @@ def cmd_latest(args: argparse.Namespace, config: Config) -> int:
             "where": _where(args.where), "after": None if args.after is None else _json_or_text(args.after),
             "limit": args.limit}
     body = {k: v for k, v in body.items() if v is not None}
-    out = sys.stdout.buffer
+    show = _events_out(args.format, key=args.key)
     if args.db:
         from sidecar.storage.queries import json_path
 
@@ -182,7 +184,7 @@ def cmd_latest(args: argparse.Namespace, config: Config) -> int:
         while True:
             found = reader.latest_page(cond, path, limit=request.limit, after=after,
                                        max_bytes=config.api.max_response_bytes)
-            _print(out, [_event(e) for e in found.events])
+            show([_event(e) for e in found.events])
             indexed, after = found.indexed, found.next
             if after is None or not args.all:
                 break
@@ -190,7 +192,7 @@ def cmd_latest(args: argparse.Namespace, config: Config) -> int:
         with _client(args, config) as client:
             while True:
                 data = client.request("latest", body)
-                _print(out, data["events"])
+                show(data["events"])
                 indexed, after = data["indexed"], data["next"]
                 if after is None or not args.all:
                     break
@@ -219,7 +221,10 @@ def cmd_get(args: argparse.Namespace, config: Config) -> int:
     else:
         with _client(args, config) as client:
             event = client.get(args.id)
-    _print(sys.stdout.buffer, [event])
+    if args.format == "table":
+        render.key_values(sys.stdout, event)
+    else:
+        _print(sys.stdout.buffer, [event])
     return 0
 
 
@@ -229,14 +234,16 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     body = {k: v for k, v in body.items() if v is not None}
     bar = Progress("replay", unit=" events")  # count, rate and the last seq; a terminal only
     progress = bar if bar.enabled else None
+    show = _events_out(args.format)
     if args.db:
         for option in ("rate", "pace", "speed", "live", "max_duration"):
             if option in body:
                 raise UsageError("needs a running sidecar (leave out --db)",
                                  option=f"--{option.replace('_', '-')}")
-        events: Iterable[Any] = _local_replay(_local(args, config), body)
+        pages = _local_replay(_local(args, config), body)
         try:
-            _print(sys.stdout.buffer, events, progress)
+            for page in pages:
+                show(page, progress)
         finally:
             bar.close()
         return 0
@@ -247,7 +254,7 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
             try:
                 for message in messages:
                     if message.get("events"):
-                        _print(sys.stdout.buffer, message["events"], progress)
+                        show(message["events"], progress)
                     elif message.get("caught_up") and progress is not None:
                         progress.note(f"caught up at seq {message.get('last')}; waiting for new "
                                       "events (Ctrl-C stops)")
@@ -354,14 +361,15 @@ def _local(args: argparse.Namespace, config: Config) -> Reader:
     return Reader(open_reader(config.database, path=args.db))
 
 
-def _local_replay(reader: Reader, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _local_replay(reader: Reader, body: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+    """The pages (``batch`` events each) a replay of the file sends, in sequence order."""
     request = _convert(body, requests.ReplayRequest)
     cond = _conditions(request)
     after = request.after
     while True:
         rows = reader.page(cond, limit=request.batch, after=after)
-        for row in rows:
-            yield _event(row)
+        if rows:
+            yield [_event(row) for row in rows]
         if len(rows) < request.batch:
             return
         after = rows[-1].seq
@@ -396,6 +404,26 @@ class _Connected:
             raise BrokerError(str(exc)) from None
 
 
+def _events_out(fmt: str, *, key: str | None = None) -> Callable[..., None]:
+    """How a command prints each page of events: JSON lines, or (``table``) the rows of one
+    ``render.EventTable`` (its header before the first row; ``key``: ``latest``'s column)."""
+    if fmt != "table":
+        return lambda events, progress=None: _print(sys.stdout.buffer, events, progress)
+    table = render.EventTable(sys.stdout, key=key)
+
+    def show(events: Iterable[Any], progress: Progress | None = None) -> None:
+        table.events(_counted(events, progress))
+
+    return show
+
+
+def _counted(events: Iterable[Any], progress: Progress | None) -> Iterator[Any]:
+    for event in events:
+        yield event
+        if progress is not None:
+            progress.advance(detail=f"seq {event.get('seq')}")
+
+
 def _print(out: Any, events: Iterable[Any], progress: Progress | None = None) -> None:
     encode = msgspec.json.encode
     for event in events:
@@ -407,6 +435,7 @@ def _print(out: Any, events: Iterable[Any], progress: Progress | None = None) ->
 
 # what other command modules (``cli.kv``, ``cli.search``) share of these
 add_connection_options = _connection
+add_format_option = _format
 add_filter_options = _filters
 FILTERS_HELP = _FILTERS_HELP
 filter_body = _filter_body

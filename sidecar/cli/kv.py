@@ -2,7 +2,8 @@
 
 Through the broker (``sidecar.client``) by default; with ``--db PATH`` get, list, put and delete
 work on the database file directly (no sidecar needed; a put/delete then writes in its own
-transaction beside the daemon's writer). Values print as JSON lines.
+transaction beside the daemon's writer). Values print as JSON lines, or with ``--format
+table`` as ``render`` lays them out (get: one field per line; list, watch: a table).
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from typing import Any
 
 import msgspec
 
-from sidecar.cli import history
+from sidecar.cli import history, render
 from sidecar.config import Config, compile_projections
 from sidecar.core import kv
 from sidecar.core.projections import refuse_owned
 from sidecar.errors import RequestError, UsageError
+
+_READ = ("read this database file, or a postgresql:// URL, directly instead of asking a "
+         "running sidecar")
+_WRITE = ("write to this database file, or a postgresql:// URL, directly (its own transaction "
+          "beside the daemon's writer) instead of asking a running sidecar")
+_TABLE = "key, version, updated, the value as compact JSON cut to the terminal width"
 
 
 def add_parsers(sub: Any) -> None:
@@ -31,7 +38,8 @@ def add_parsers(sub: Any) -> None:
                          description="Print {key, value, version, updated_at}. Example: "
                                      "kairo-sidecar kv get plugin/weather")
     get.add_argument("key")
-    history.add_connection_options(get)
+    history.add_format_option(get, table="one field per line, the value as compact JSON")
+    history.add_connection_options(get, db_help=_READ)
     put = ops.add_parser("put", help="store a value under a key (prints the new version)",
                          description="VALUE is JSON if it parses, else a string. Example: "
                                      "kairo-sidecar kv put plugin/weather '{\"enabled\": true}' "
@@ -40,25 +48,27 @@ def add_parsers(sub: Any) -> None:
     put.add_argument("value")
     put.add_argument("--if-version", type=int, help="only if the key is at this version "
                      "(0: only if absent); else error 'conflict'")
-    history.add_connection_options(put)
+    history.add_connection_options(put, db_help=_WRITE)
     delete = ops.add_parser("delete", help="delete a key",
                             description="Example: kairo-sidecar kv delete plugin/weather")
     delete.add_argument("key")
     delete.add_argument("--if-version", type=int, help="only if the key is at this version")
-    history.add_connection_options(delete)
+    history.add_connection_options(delete, db_help=_WRITE)
     listing = ops.add_parser("list", help="print the entries under a prefix (JSON lines)",
                              description="Every entry whose key starts with PREFIX, in key "
                                          "order. Example: kairo-sidecar kv list plugin/")
     listing.add_argument("prefix", nargs="?", default="")
     listing.add_argument("--limit", type=int, help="entries per request (default 100)")
-    history.add_connection_options(listing)
+    history.add_format_option(listing, table=_TABLE)
+    history.add_connection_options(listing, db_help=_READ)
     watch = ops.add_parser("watch", help="print the entries under a prefix, then every change",
                            description="Current values, then every change as it is made, until "
                                        "Ctrl-C. Example: kairo-sidecar kv watch plugin/")
     watch.add_argument("prefix", nargs="?", default="")
     watch.add_argument("--max-duration", type=float, help="seconds to watch (default: "
                        "[api] max_duration)")
-    history.add_connection_options(watch)
+    history.add_format_option(watch, table="op, " + _TABLE)
+    history.add_connection_options(watch, db_help="(not for watch: it needs a running sidecar)")
 
 
 def _value(text: str) -> Any:
@@ -97,10 +107,14 @@ def cmd_get(args: argparse.Namespace, config: Config) -> int:
         entry = history.local_reader(args, config).kv_get(kv.check_key(args.key))
         if entry is None:
             raise RequestError("not_found", f"no key {args.key!r}", field="key")
-        _print(_entry(entry))
-        return 0
-    with history.connected(args, config) as client:
-        _print(client.kv_get(args.key))
+        found: Any = _entry(entry)
+    else:
+        with history.connected(args, config) as client:
+            found = client.kv_get(args.key)
+    if args.format == "table":
+        render.kv_entry(sys.stdout, found)
+    else:
+        _print(found)
     return 0
 
 
@@ -128,21 +142,33 @@ def cmd_delete(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _entries_out(fmt: str, *, ops: bool = False) -> Callable[[list[Any]], None]:
+    """How a command prints each page of entries: JSON lines, or the rows of one table."""
+    if fmt == "table":
+        return render.KvTable(sys.stdout, ops=ops).entries
+
+    def lines(entries: list[Any]) -> None:
+        for entry in entries:
+            _print(entry)
+
+    return lines
+
+
 def cmd_list(args: argparse.Namespace, config: Config) -> int:
+    show = _entries_out(args.format)
     if args.db:
         reader = history.local_reader(args, config)
         after: str | None = None
         while True:
             page = reader.kv_page(prefix=kv.check_prefix(args.prefix), after=after,
                                   limit=args.limit or 100)
-            for entry in page.entries:
-                _print(_entry(entry))
+            show([_entry(entry) for entry in page.entries])
             if page.next is None:
                 return 0
             after = page.next
     with history.connected(args, config) as client:
         for item in client.kv_list(args.prefix, limit=args.limit):
-            _print(item)
+            show([item])
     return 0
 
 
@@ -150,13 +176,15 @@ def cmd_watch(args: argparse.Namespace, config: Config) -> int:
     if args.db:
         raise UsageError("needs a running sidecar (leave out --db)", option="--db")
     options = {} if args.max_duration is None else {"max_duration": args.max_duration}
+    show = _entries_out(args.format, ops=True)
     with history.connected(args, config) as client:
         stream = client.kv_watch(args.prefix, **options)
         messages = stream.messages()
         try:
             for message in messages:
-                for item in (*message.get("entries", ()), *message.get("changes", ())):
-                    _print(item)
+                items = [*message.get("entries", ()), *message.get("changes", ())]
+                if items:
+                    show(items)
                 if message.get("caught_up"):
                     print(f"caught up at seq {message.get('last')}; watching (Ctrl-C stops)",
                           file=sys.stderr)

@@ -1,7 +1,8 @@
 """``kairo-sidecar search QUERY`` and ``kairo-sidecar search-index status|rebuild|check``.
 
 ``search`` asks a running sidecar through the broker (``SidecarClient.search``) or, with
-``--db``, reads the file directly; hits print as JSON lines ``{"event", "snippet", "rank"}``.
+``--db``, reads the file directly; hits print as JSON lines ``{"event", "snippet", "rank"}``
+(``--format table``: ``render.SearchTable``).
 ``search-index`` looks after the index (``sidecar.storage.search``): ``rebuild`` makes it
 that of the configuration and indexes every existing event now with a progress bar
 (resumable: interrupted, it goes on where it stopped; safe beside the running daemon: one
@@ -20,7 +21,7 @@ import msgspec
 
 from sidecar.api import protocol as requests
 from sidecar.cli import args as cliargs
-from sidecar.cli import history
+from sidecar.cli import history, render
 from sidecar.cli.progress import Progress
 from sidecar.config import Config
 from sidecar.core.search_query import parse
@@ -51,6 +52,8 @@ def add_parsers(sub: Any) -> None:
                         help="rank: most relevant first (default); desc/asc: by time")
     search.add_argument("--all", action="store_true", help="walk every page (default: one page; "
                         "the next cursor is printed on stderr)")
+    history.add_format_option(search, table="seq, time, type, rank, snippet (as the terminal "
+                              "width allows), id")
     history.add_connection_options(search)
 
     index = sub.add_parser("search-index", help="the full-text index: status, rebuild, check",
@@ -82,15 +85,15 @@ def cmd_search(args: argparse.Namespace, config: Config) -> int:
     body = {**history.filter_body(args), "query": args.query, "limit": args.limit,
             "order": args.order}
     body = {k: v for k, v in body.items() if v is not None}
-    out = sys.stdout.buffer
+    show = _hits_out(args.format)
     after: int | str | None = None
     if args.db:
-        after, complete = _local_search(args, config, body, out)
+        after, complete = _local_search(args, config, body, show)
     else:
         with history.connected(args, config) as client:
             while True:
                 data = client.request("search", body)
-                history.print_lines(out, data["hits"])
+                show(data["hits"])
                 after, complete = data["next"], data["complete"]
                 if data.get("rank_window") is not None:
                     _window_note(data["rank_window"])
@@ -105,8 +108,15 @@ def cmd_search(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _hits_out(fmt: str) -> Callable[[list[Any]], None]:
+    """How ``search`` prints each page of hits: JSON lines, or the rows of one table."""
+    if fmt == "table":
+        return render.SearchTable(sys.stdout).hits
+    return lambda hits: history.print_lines(sys.stdout.buffer, hits)
+
+
 def _local_search(args: argparse.Namespace, config: Config, body: dict[str, Any],
-                  out: Any) -> tuple[int | str | None, bool]:
+                  show: Callable[[list[Any]], None]) -> tuple[int | str | None, bool]:
     from sidecar.storage.search import SearchUnavailable
 
     request = history.convert(body, requests.SearchRequest)
@@ -128,7 +138,7 @@ def _local_search(args: argparse.Namespace, config: Config, body: dict[str, Any]
             raise RequestError(exc.code, str(exc)) from None
         except FilterError as exc:
             raise requests.bad_filter(exc) from None
-        history.print_lines(out, [{"event": history.event_json(event), "snippet": hit.snippet,
+        show([{"event": history.event_json(event), "snippet": hit.snippet,
                                    "rank": hit.rank} for hit, event in page.hits])
         after = page.next
         if page.window is not None:

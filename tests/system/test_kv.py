@@ -5,6 +5,7 @@ its own key prefix."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -374,3 +375,44 @@ def test_cli_through_the_broker(env: Env) -> None:
     assert [json.loads(line)["value"] for line in listed.stdout.splitlines()] == [{"n": 1}, "text"]
     assert _cli(env, "kv", "delete", "cli/b").returncode == 0
     assert _cli(env, "kv", "get", "cli/b").returncode == 1
+
+
+def test_cli_tables_through_the_broker(env: Env, client: SidecarClient,
+                                       capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """kv list/get/watch --format table through the running sidecar (in-process CLI): one line
+    per entry, the value as compact JSON; watch shows the current values (op -), its caught-up
+    notice on stderr, then each put and delete with its op."""
+    from sidecar.cli import commands
+
+    monkeypatch.setattr(commands, "configure_logging", lambda config: None)
+    monkeypatch.setenv("COLUMNS", "100")
+    address = ("--host", env.broker.host, "--port", str(env.broker.port))
+    client.kv_put("tab/a", {"n": 1, "s": "x\ny"})
+    client.kv_put("tab/b", "z" * 200)
+    assert commands.main(["kv", "list", "tab/", *address, "--format", "table"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["key", "version", "updated", "value"]
+    assert [r.split()[0] for r in rows] == ["tab/a", "tab/b"]
+    assert rows[0].endswith('{"n":1,"s":"x\\ny"}') and rows[1].endswith("…")
+    assert all(len(r) <= 100 for r in rows)
+    assert commands.main(["kv", "get", "tab/a", *address, "--format", "table"]) == 0
+    fields = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert fields["value"] == '{"n":1,"s":"x\\ny"}' and fields["version"] == "1"
+
+    out, err = io.StringIO(), io.StringIO()  # read while the watch writes: no capsys snaps
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    done: list[int] = []
+    watch = threading.Thread(target=lambda: done.append(commands.main(
+        ["kv", "watch", "tab/", *address, "--max-duration", "2", "--format", "table"])))
+    watch.start()
+    wait_until(lambda: "caught up" in err.getvalue())
+    client.kv_put("tab/a", 2)
+    client.kv_delete("tab/b")
+    watch.join(30)
+    header, *rows = out.getvalue().splitlines()
+    assert done == [0] and header.split() == ["op", "key", "version", "updated", "value"]
+    assert [r.split()[:3] for r in rows] == [["-", "tab/a", "1"], ["-", "tab/b", "1"],
+                                             ["put", "tab/a", "2"], ["delete", "tab/b", "1"]]
+    assert rows[2].endswith(" 2") and rows[3].endswith(" -")

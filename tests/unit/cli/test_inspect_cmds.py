@@ -208,3 +208,69 @@ def test_reingest_beside_a_running_daemon(tmp_path, capsys, broker: Broker, side
         client.loop_stop()
         client.disconnect()
         proc.close()
+
+
+# ------------------------------------------------------------------------------ kv tables
+def test_kv_list_and_get_as_tables(tmp_path, capsys, monkeypatch):
+    """kv list --format table: key/version/updated/value, one line per entry (a newline in a
+    value stays \\n, a long value is cut to COLUMNS); kv get --format table: one field per
+    line; JSON lines stay the default, byte for byte."""
+    monkeypatch.setenv("COLUMNS", "90")
+    db = str(seed.create_db(tmp_path / "kv.db"))
+    values = {"a/long": json.dumps({"text": "x" * 300}), "a/notes": '"one\\ntwo"',
+              "a/obj": '{"c": "Zü", "on": true}'}
+    for key, value in values.items():
+        assert run(capsys, "kv", "put", key, value, "--db", db)[0] == 0
+    code, json_out, _ = run(capsys, "kv", "list", "a/", "--db", db)
+    assert code == 0 and [e["key"] for e in lines(json_out)] == list(values)
+    code, out, _ = run(capsys, "kv", "list", "a/", "--db", db, "--format", "TABLE")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["key", "version", "updated", "value"]
+    assert [r.split()[:2] for r in rows] == [["a/long", "1"], ["a/notes", "1"], ["a/obj", "1"]]
+    assert rows[0].endswith("…") and all(len(line) <= 90 for line in out.splitlines())
+    assert rows[1].split()[2].startswith(time.strftime("%Y-", time.gmtime()))
+    assert rows[1].split()[-1] == '"one\\ntwo"' and rows[2].endswith('{"c":"Zü","on":true}')
+
+    code, out, _ = run(capsys, "kv", "get", "a/notes", "--db", db, "--format", "table")
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert code == 0 and fields["key"] == "a/notes" and fields["version"] == "1"
+    assert fields["value"] == '"one\\ntwo"' and fields["updated_at"].endswith(")")
+    code, out, _ = run(capsys, "kv", "get", "a/long", "--db", db, "--format", "table")
+    (long_line,) = [line for line in out.splitlines() if line.startswith("value")]
+    assert code == 0 and len(out.splitlines()) == 4 and len(long_line) == 90
+    assert long_line.endswith("…")
+    code, out, _ = run(capsys, "kv", "get", "a/obj", "--db", db)
+    assert out == '{"key":"a/obj","value":{"c":"Zü","on":true},"version":1,' \
+                  f'"updated_at":{lines(json_out)[2]["updated_at"]}}}\n'
+
+
+# ------------------------------------------------------------------------------ event tables
+def test_latest_get_and_replay_as_tables(tmp_path, capsys, monkeypatch):
+    """latest --format table puts the key's value first; get --format table prints one field
+    per line (payload flattened, long values cut); replay --format table prints one header
+    and every page's rows in seq order."""
+    monkeypatch.setenv("COLUMNS", "100")
+    db = str(seed.create_db(tmp_path / "e.db", [
+        seed.event(i, type=f"kairo.t.{i % 2}", correlation_id="wf-1" if i == 2 else None)
+        for i in range(1, 6)]))
+    code, out, _ = run(capsys, "latest", "payload.i", "--type", "kairo.t.*", "--db", db,
+                       "--format", "table")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["payload.i", "seq", "time", "type", "source", "id"]
+    assert [r.split()[:2] for r in rows] == [[str(i), str(i)] for i in range(1, 6)]
+    assert rows[0].split()[-1] == "e-0000001" and all(len(line) <= 100 for line in out.splitlines())
+
+    code, out, _ = run(capsys, "get", "e-0000002", "--db", db, "--format", "table")
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert code == 0 and fields["id"] == "e-0000002" and fields["payload.i"] == "2"
+    assert fields["metadata.correlationId"] == "wf-1" and fields["seq"] == "2"
+    assert fields["payload.pad"].endswith("…") and all(len(line) <= 100 for line in out.splitlines())
+    assert fields["created_at"].startswith(time.strftime("%Y-", time.gmtime()))
+
+    code, out, _ = run(capsys, "replay", "--db", db, "--batch", "2", "--format", "table")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split()[:3] == ["seq", "time", "type"]
+    assert [r.split()[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert rows[1].split()[-2:] == ["wf-1", "e-0000002"]
+    code, out, _ = run(capsys, "replay", "--db", db, "--batch", "2")
+    assert [e["seq"] for e in lines(out)] == [1, 2, 3, 4, 5]

@@ -113,3 +113,19 @@ def test_search_index_and_search_on_postgresql(any_store: Store, capsys: pytest.
     hits = [json.loads(line) for line in out.splitlines()]
     assert [h["event"]["id"] for h in hits] == [f"p-{i:03d}" for i in range(30)]
     assert "[row]" in hits[0]["snippet"]
+
+
+def test_search_as_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """search --format table: seq, time, type, rank, the snippet with its marks, the id; one
+    line per hit, none wider than COLUMNS."""
+    monkeypatch.setenv("COLUMNS", "130")
+    d = str(create_db(tmp_path / "kairo.db", [event(i) for i in range(1, 4)]))
+    assert cli(capsys, "search-index", "rebuild", "--db", d)[0] == 0
+    code, out, err = cli(capsys, "search", "row", "--order", "asc", "--db", d, "--format", "table")
+    header, *rows = out.splitlines()
+    assert code == 0, err
+    assert header.split() == ["seq", "time", "type", "rank", "snippet", "id"]
+    assert [r.split()[0] for r in rows] == ["1", "2", "3"]
+    assert all("[row]" in r and r.endswith(f"e-000000{i}") for i, r in enumerate(rows, 1))
+    assert all(len(line) <= 130 for line in out.splitlines())
