@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.harness import time_calls
 from sidecar.app import Sidecar
 from sidecar.client import SidecarClient
 from sidecar.config import LogConfig, load_config
@@ -54,12 +55,7 @@ def seed(path: Path, n: int) -> None:
 
 
 def timed(fn: Callable[[], Any], rounds: int) -> tuple[float, float]:
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
+    times = sorted(time_calls(fn, rounds))
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 

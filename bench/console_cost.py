@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.events import chunks, insert_sql, make_messages, rows_for
-from bench.harness import percentile
+from bench.harness import percentile, time_calls
 from sidecar.app import Sidecar
 from sidecar.config import LogConfig, load_config
 from sidecar.http import console
@@ -64,14 +64,15 @@ def seed_recent(path: Path, n: int, hours: float, chunk: int = 50_000) -> float:
 
 
 def _time_gets(url: str, rounds: int, token: str) -> tuple[list[float], int]:
-    times, size = [], 0
-    for _ in range(rounds):
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        started = time.perf_counter()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    size = 0
+
+    def get() -> None:
+        nonlocal size
         with urllib.request.urlopen(request, timeout=60) as answer:
             size = len(answer.read())
-        times.append((time.perf_counter() - started) * 1000)
-    return times, size
+
+    return time_calls(get, rounds), size
 
 
 PAGES = (

@@ -35,6 +35,16 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
+def time_calls(fn: Callable[[], object], calls: int) -> list[float]:
+    """Call ``fn`` ``calls`` times in a row: how long each call took, in ms, in call order."""
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def interleave(rounds: int, variants: dict[str, Callable[[int], None]]) -> None:
     """Run every variant once per round, rotating the order each round (A B C, B C A, ...),
     so drift and noise on a shared machine hit every variant alike."""

@@ -16,12 +16,11 @@ import socket
 import statistics
 import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 from bench.api_latency import seed
-from bench.harness import percentile
+from bench.harness import percentile, time_calls
 from sidecar.app import Sidecar
 from sidecar.config import LogConfig, load_config
 from sidecar.http.metrics import written_bytes
@@ -37,13 +36,14 @@ def _port() -> int:
 
 
 def _time_gets(url: str, rounds: int) -> tuple[list[float], int]:
-    times, size = [], 0
-    for _ in range(rounds):
-        started = time.perf_counter()
+    size = 0
+
+    def get() -> None:
+        nonlocal size
         with urllib.request.urlopen(url, timeout=10) as answer:
             size = len(answer.read())
-        times.append((time.perf_counter() - started) * 1000)
-    return times, size
+
+    return time_calls(get, rounds), size
 
 
 def main() -> None:
@@ -82,11 +82,7 @@ def main() -> None:
             written = (written_bytes() or 0) - before
             announcer = sidecar.announcer
             assert announcer is not None
-            state_ms = []
-            for _ in range(5):
-                started = time.perf_counter()
-                announcer.state()
-                state_ms.append((time.perf_counter() - started) * 1000)
+            state_ms = time_calls(announcer.state, 5)
         finally:
             sidecar.request_stop()
             thread.join(30)

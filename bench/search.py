@@ -57,6 +57,7 @@ from sidecar.storage.db import migrate, open_database
 
 from .commit_wear import _schema_version, push_through_writer, write_bytes
 from .events import BASE_TS, SPACING_MS, Message, insert_sql, mean_size, rows_for
+from .harness import time_calls
 from .procs import settle
 
 REAL = ("boiler", "kettle", "pressure", "garage", "door", "window", "heating", "alarm", "battery",
@@ -241,12 +242,7 @@ def latency(args: argparse.Namespace) -> None:
                 if only and not any(w in name for w in only):
                     continue
                 fn()  # warm
-                times = []
-                for _ in range(args.rounds):
-                    started = time.perf_counter()
-                    fn()
-                    times.append((time.perf_counter() - started) * 1000)
-                p50, p99 = _percentiles(times)
+                p50, p99 = _percentiles(time_calls(fn, args.rounds))
                 print(f"| {name} | {p50:.1f} | {p99:.1f} |", flush=True)
     finally:
         sidecar.request_stop()
