@@ -16,21 +16,19 @@ import socket
 import sqlite3
 import statistics
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from bench.events import chunks, insert_sql, make_messages, rows_for
 from bench.harness import percentile, time_calls
-from sidecar.app import Sidecar
+from bench.inprocess import sidecar_thread
 from sidecar.config import LogConfig, load_config
 from sidecar.http import console
 from sidecar.http.metrics import written_bytes
 from sidecar.logs import configure_logging
 from sidecar.storage import keys
 from sidecar.storage.db import migrate, open_database
-from tests.support.broker import start_broker
 
 
 def _port() -> int:
@@ -104,17 +102,8 @@ def main() -> None:
         migrate(db)
         db.close()
         seeded_s = seed_recent(db_path, args.events, args.hours)
-        broker = start_broker(root / "broker")
-        env.update({"KAIRO_SIDECAR_MQTT__HOST": broker.host,
-                    "KAIRO_SIDECAR_MQTT__PORT": str(broker.port)})
-        sidecar = Sidecar(load_config(environ=env))
-        ready = threading.Event()
-        thread = threading.Thread(target=sidecar.run, daemon=True,
-                                  kwargs={"install_signals": False, "on_ready": ready.set})
-        thread.start()
-        assert ready.wait(60)
-        rows = []
-        try:
+        with sidecar_thread(root / "broker", env):
+            rows = []
             base = f"http://127.0.0.1:{port}"
             last = sqlite3.connect(db_path).execute("SELECT max(seq) FROM events").fetchone()[0]
             _time_gets(base + "/api/events", 3, token)  # warm up
@@ -124,10 +113,6 @@ def main() -> None:
                 times, size = _time_gets(base + path, args.rounds, token)
                 rows.append((path, statistics.median(times), percentile(times, 95), size))
             written = (written_bytes() or 0) - before
-        finally:
-            sidecar.request_stop()
-            thread.join(30)
-            broker.close()
     print(f"{args.events:,} events over the last {args.hours:g} h (seeded in {seeded_s:.0f} s), "
           f"{args.rounds} GETs per page, client included, chart uncached")
     print("| page | median ms | p95 ms | bytes |")

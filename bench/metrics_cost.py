@@ -15,18 +15,16 @@ import argparse
 import socket
 import statistics
 import tempfile
-import threading
 import urllib.request
 from pathlib import Path
 
 from bench.api_latency import seed
 from bench.harness import percentile, time_calls
-from sidecar.app import Sidecar
+from bench.inprocess import sidecar_thread
 from sidecar.config import LogConfig, load_config
 from sidecar.http.metrics import written_bytes
 from sidecar.logs import configure_logging
 from sidecar.storage.db import migrate, open_database
-from tests.support.broker import start_broker
 
 
 def _port() -> int:
@@ -62,16 +60,7 @@ def main() -> None:
         migrate(db)
         db.close()
         seed(db_path, args.events)
-        broker = start_broker(root / "broker")
-        env.update({"KAIRO_SIDECAR_MQTT__HOST": broker.host,
-                    "KAIRO_SIDECAR_MQTT__PORT": str(broker.port)})
-        sidecar = Sidecar(load_config(environ=env))
-        ready = threading.Event()
-        thread = threading.Thread(target=sidecar.run, daemon=True,
-                                  kwargs={"install_signals": False, "on_ready": ready.set})
-        thread.start()
-        assert ready.wait(30)
-        try:
+        with sidecar_thread(root / "broker", env, ready_timeout=30) as (_, sidecar):
             base = f"http://127.0.0.1:{port}"
             _time_gets(base + "/metrics", 5)  # warm up
             before = written_bytes() or 0
@@ -83,10 +72,6 @@ def main() -> None:
             announcer = sidecar.announcer
             assert announcer is not None
             state_ms = time_calls(announcer.state, 5)
-        finally:
-            sidecar.request_stop()
-            thread.join(30)
-            broker.close()
     print(f"{args.events} events in the database, {args.rounds} GETs per page (client included)")
     print("| page | median ms | p95 ms | bytes |")
     print("|---|---:|---:|---:|")
