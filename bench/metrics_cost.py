@@ -12,36 +12,18 @@ GETs of each page with ``urllib`` (client included) and reads ``write_bytes`` of
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from bench.api_latency import seed
-from bench.harness import percentile, time_calls
+from bench.harness import percentile, time_calls, time_gets
 from bench.inprocess import sidecar_thread
 from sidecar.config import LogConfig, load_config
 from sidecar.http.metrics import written_bytes
 from sidecar.logs import configure_logging
 from sidecar.storage.db import migrate, open_database
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _time_gets(url: str, rounds: int) -> tuple[list[float], int]:
-    size = 0
-
-    def get() -> None:
-        nonlocal size
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            size = len(answer.read())
-
-    return time_calls(get, rounds), size
+from tests.support.broker import free_port
 
 
 def main() -> None:
@@ -53,7 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         db_path = root / "kairo.db"
-        port = _port()
+        port = free_port()
         env = {"KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{db_path}",
                "KAIRO_SIDECAR_HTTP__LISTEN": f"127.0.0.1:{port}"}
         db = open_database(load_config(environ=env).database)
@@ -62,11 +44,11 @@ def main() -> None:
         seed(db_path, args.events)
         with sidecar_thread(root / "broker", env, ready_timeout=30) as (_, sidecar):
             base = f"http://127.0.0.1:{port}"
-            _time_gets(base + "/metrics", 5)  # warm up
+            time_gets(base + "/metrics", 5, timeout=10)  # warm up
             before = written_bytes() or 0
             rows = []
             for page in ("/metrics", "/healthz"):
-                times, size = _time_gets(base + page, args.rounds)
+                times, size = time_gets(base + page, args.rounds, timeout=10)
                 rows.append((page, statistics.median(times), percentile(times, 95), size))
             written = (written_bytes() or 0) - before
             announcer = sidecar.announcer
