@@ -54,13 +54,6 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             yield Env(d.broker, d.run)
 
 
-@pytest.fixture
-def client(env: Env) -> Iterator[SidecarClient]:
-    c = env.client()
-    yield c
-    c.close()
-
-
 def event(i: int, tag: str, **extra: Any) -> dict[str, Any]:
     return {"id": f"{tag}-{i:06d}", "type": f"kairo.{tag}.event", "source": "test",
             "payload": {"i": i, "tag": tag, **extra},

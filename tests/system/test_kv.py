@@ -35,13 +35,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield d
 
 
-@pytest.fixture
-def client(env: Env) -> Iterator[SidecarClient]:
-    c = env.client()
-    yield c
-    c.close()
-
-
 def test_put_get_delete_round_trip(client: SidecarClient, env: Env) -> None:
     """A put answers version 1, then 2; get returns the value; delete removes it, and each write
     stored its kairo.kv.* event."""

@@ -45,13 +45,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield Env(d.broker, d.run)
 
 
-@pytest.fixture
-def client(env: Env) -> Iterator[SidecarClient]:
-    c = env.client()
-    yield c
-    c.close()
-
-
 def note(i: int, tag: str, text: str, **extra: Any) -> dict[str, Any]:
     return {"id": f"{tag}-{i:05d}", "type": f"kairo.{tag}.note", "source": extra.pop("source", "pi"),
             "payload": {"text": text, "i": i, **extra}}
