@@ -17,19 +17,18 @@ import random
 import sqlite3
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sidecar.app import Sidecar
+from bench.harness import time_calls
+from bench.inprocess import sidecar_thread
 from sidecar.client import SidecarClient
 from sidecar.config import LogConfig, load_config
 from sidecar.logs import configure_logging
 from sidecar.storage import keys
 from sidecar.storage.db import migrate, open_database
-from tests.support.broker import start_broker
 
 KINDS = ["user.message", "sensor.temp", "door.open", "audit.login", "alert"]
 
@@ -54,12 +53,7 @@ def seed(path: Path, n: int) -> None:
 
 
 def timed(fn: Callable[[], Any], rounds: int) -> tuple[float, float]:
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
+    times = sorted(time_calls(fn, rounds))
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
@@ -79,53 +73,41 @@ def main() -> None:
         migrate(db)
         db.close()
         seed(db_path, args.events)
-        broker = start_broker(root / "broker", extra_conf="set_tcp_nodelay true\n"
-                              if args.broker_nodelay else "")
-        env.update({"KAIRO_SIDECAR_MQTT__HOST": broker.host,
-                    "KAIRO_SIDECAR_MQTT__PORT": str(broker.port)})
-        sidecar = Sidecar(load_config(environ=env))
-        ready = threading.Event()
-        thread = threading.Thread(target=sidecar.run, daemon=True,
-                                  kwargs={"install_signals": False, "on_ready": ready.set})
-        thread.start()
-        assert ready.wait(30)
         n = args.events
         mid = n // 2
-        try:
-            with SidecarClient(broker.host, broker.port) as client:
-                cases: list[tuple[str, Callable[[], Any]]] = [
-                    ("stats", client.stats),
-                    ("get by id", lambda: client.get(f"ev-{mid:08d}")),
-                    ("query limit 100 (no filter, mid cursor)",
-                     lambda: client.query(limit=100, after=mid)),
-                    ("query limit 1000 (no filter, mid cursor)",
-                     lambda: client.query(limit=1000, after=mid)),
-                    ("query correlation_id", lambda: client.query(correlation_id="wf-17")),
-                    ("query type exact, limit 100, mid cursor",
-                     lambda: client.query(type="kairo.alert", limit=100, after=mid)),
-                    ("query type glob, limit 100, mid cursor",
-                     lambda: client.query(type="kairo.user.*", limit=100, after=mid)),
-                    ("query where payload.session_id, limit 100",
-                     lambda: client.query(where={"payload.session_id": "s5"}, limit=100)),
-                    ("query topic kairo/+/temp, limit 100",
-                     lambda: client.query(topic="kairo/+/temp", limit=100)),
-                ]
-                print(f"{n:,} events; {args.rounds} round trips each (ms); broker "
-                      f"set_tcp_nodelay {'true' if args.broker_nodelay else 'false'}")
-                print("| request | median | p95 |\n|---|---:|---:|")
-                for name, fn in cases:
-                    median, p95 = timed(fn, args.rounds)
-                    print(f"| {name} | {median:.1f} | {p95:.1f} |")
-                for batch in (100, 1000):
-                    started = time.perf_counter()
-                    count = sum(1 for _ in client.replay(batch=batch))
-                    seconds = time.perf_counter() - started
-                    print(f"| replay all, batch {batch} | {count:,} events in {seconds:.2f}s | "
-                          f"{count / seconds:,.0f} events/s |")
-        finally:
-            sidecar.request_stop()
-            thread.join(30)
-            broker.close()
+        nodelay = "set_tcp_nodelay true\n" if args.broker_nodelay else ""
+        with (sidecar_thread(root / "broker", env, extra_conf=nodelay,
+                             ready_timeout=30) as (broker, _),
+              SidecarClient(broker.host, broker.port) as client):
+            cases: list[tuple[str, Callable[[], Any]]] = [
+                ("stats", client.stats),
+                ("get by id", lambda: client.get(f"ev-{mid:08d}")),
+                ("query limit 100 (no filter, mid cursor)",
+                 lambda: client.query(limit=100, after=mid)),
+                ("query limit 1000 (no filter, mid cursor)",
+                 lambda: client.query(limit=1000, after=mid)),
+                ("query correlation_id", lambda: client.query(correlation_id="wf-17")),
+                ("query type exact, limit 100, mid cursor",
+                 lambda: client.query(type="kairo.alert", limit=100, after=mid)),
+                ("query type glob, limit 100, mid cursor",
+                 lambda: client.query(type="kairo.user.*", limit=100, after=mid)),
+                ("query where payload.session_id, limit 100",
+                 lambda: client.query(where={"payload.session_id": "s5"}, limit=100)),
+                ("query topic kairo/+/temp, limit 100",
+                 lambda: client.query(topic="kairo/+/temp", limit=100)),
+            ]
+            print(f"{n:,} events; {args.rounds} round trips each (ms); broker "
+                  f"set_tcp_nodelay {'true' if args.broker_nodelay else 'false'}")
+            print("| request | median | p95 |\n|---|---:|---:|")
+            for name, fn in cases:
+                median, p95 = timed(fn, args.rounds)
+                print(f"| {name} | {median:.1f} | {p95:.1f} |")
+            for batch in (100, 1000):
+                started = time.perf_counter()
+                count = sum(1 for _ in client.replay(batch=batch))
+                seconds = time.perf_counter() - started
+                print(f"| replay all, batch {batch} | {count:,} events in {seconds:.2f}s | "
+                      f"{count / seconds:,.0f} events/s |")
 
 
 if __name__ == "__main__":

@@ -12,31 +12,22 @@ times ``--rounds`` GETs of each page (the chart with its cache off: every GET co
 from __future__ import annotations
 
 import argparse
-import socket
 import sqlite3
 import statistics
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.events import chunks, insert_sql, make_messages, rows_for
-from bench.harness import percentile
-from sidecar.app import Sidecar
+from bench.harness import percentile, time_gets
+from bench.inprocess import sidecar_thread
 from sidecar.config import LogConfig, load_config
 from sidecar.http import console
 from sidecar.http.metrics import written_bytes
 from sidecar.logs import configure_logging
 from sidecar.storage import keys
 from sidecar.storage.db import migrate, open_database
-from tests.support.broker import start_broker
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.broker import free_port
 
 
 def seed_recent(path: Path, n: int, hours: float, chunk: int = 50_000) -> float:
@@ -63,17 +54,6 @@ def seed_recent(path: Path, n: int, hours: float, chunk: int = 50_000) -> float:
     return time.perf_counter() - started
 
 
-def _time_gets(url: str, rounds: int, token: str) -> tuple[list[float], int]:
-    times, size = [], 0
-    for _ in range(rounds):
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            size = len(answer.read())
-        times.append((time.perf_counter() - started) * 1000)
-    return times, size
-
-
 PAGES = (
     "/", "/api/health", "/api/events", "/api/events?limit=500",
     "/api/events?type=kairo.door.*", "/api/events?source=device-007",
@@ -95,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         db_path = root / "kairo.db"
-        port = _port()
+        port = free_port()
         env = {"KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{db_path}",
                "KAIRO_SIDECAR_HTTP__LISTEN": f"127.0.0.1:{port}",
                "KAIRO_SIDECAR_HTTP__TOKEN": token}
@@ -103,30 +83,17 @@ def main() -> None:
         migrate(db)
         db.close()
         seeded_s = seed_recent(db_path, args.events, args.hours)
-        broker = start_broker(root / "broker")
-        env.update({"KAIRO_SIDECAR_MQTT__HOST": broker.host,
-                    "KAIRO_SIDECAR_MQTT__PORT": str(broker.port)})
-        sidecar = Sidecar(load_config(environ=env))
-        ready = threading.Event()
-        thread = threading.Thread(target=sidecar.run, daemon=True,
-                                  kwargs={"install_signals": False, "on_ready": ready.set})
-        thread.start()
-        assert ready.wait(60)
-        rows = []
-        try:
+        with sidecar_thread(root / "broker", env):
+            rows = []
             base = f"http://127.0.0.1:{port}"
             last = sqlite3.connect(db_path).execute("SELECT max(seq) FROM events").fetchone()[0]
-            _time_gets(base + "/api/events", 3, token)  # warm up
+            time_gets(base + "/api/events", 3, token=token)  # warm up
             before = written_bytes() or 0
             for page in PAGES:
                 path = page.format(last=last)
-                times, size = _time_gets(base + path, args.rounds, token)
+                times, size = time_gets(base + path, args.rounds, token=token)
                 rows.append((path, statistics.median(times), percentile(times, 95), size))
             written = (written_bytes() or 0) - before
-        finally:
-            sidecar.request_stop()
-            thread.join(30)
-            broker.close()
     print(f"{args.events:,} events over the last {args.hours:g} h (seeded in {seeded_s:.0f} s), "
           f"{args.rounds} GETs per page, client included, chart uncached")
     print("| page | median ms | p95 ms | bytes |")

@@ -17,6 +17,7 @@ import sqlite3
 import statistics
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
@@ -33,6 +34,32 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+def time_calls(fn: Callable[[], object], calls: int) -> list[float]:
+    """Call ``fn`` ``calls`` times in a row: how long each call took, in ms, in call order."""
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def time_gets(url: str, calls: int, *, token: str | None = None,
+              timeout: float = 60) -> tuple[list[float], int]:
+    """GET ``url`` ``calls`` times (``token`` as a Bearer token): each GET's ms (the answer read
+    whole, client included) and the size of the last answer in bytes."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(url, headers=headers)
+    size = 0
+
+    def get() -> None:
+        nonlocal size
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            size = len(answer.read())
+
+    return time_calls(get, calls), size
 
 
 def interleave(rounds: int, variants: dict[str, Callable[[int], None]]) -> None:

@@ -28,17 +28,13 @@ from sidecar.storage.db import migrate, open_database
 
 from .commit_wear import push_through_writer
 from .events import make_messages, rows_for
+from .harness import percentile
 
 _SET = "INSERT INTO event_keys(event_keys, rank) VALUES ('{}', {})"
 SETTINGS = {"automerge 4 (FTS5 default)": [_SET.format("automerge", 4)],
             "automerge 16 (migration 010)": [_SET.format("automerge", 16)],
             "automerge 16, crisismerge 32": [_SET.format("crisismerge", 32),
                                              _SET.format("automerge", 16)]}
-
-
-def _percentile(values: list[float], q: int) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
 
 
 def _prepare(base: Path, path: Path, sqls: list[str], events: int) -> None:
@@ -118,8 +114,8 @@ def main() -> None:
     for name, con in cons.items():
         rows = con.execute("SELECT count(*) FROM event_keys_idx").fetchone()[0]
         t = times[name]
-        print(f"| {name} | {rows:,} | {_percentile(t['id'], 50):.3f} / {_percentile(t['id'], 99):.3f} "
-              f"| {_percentile(t['corr'], 50):.3f} / {_percentile(t['corr'], 99):.3f} |")
+        print(f"| {name} | {rows:,} | {percentile(t['id'], 50):.3f} / {percentile(t['id'], 99):.3f} "
+              f"| {percentile(t['corr'], 50):.3f} / {percentile(t['corr'], 99):.3f} |")
     for con in cons.values():
         con.close()
     for path in paths.values():

@@ -17,15 +17,12 @@ from typing import Any
 
 from sidecar.storage import keys
 
+from .harness import percentile
+
 COLUMNS = "seq, id, topic, type, source, payload, metadata, created_at, received_at"
 _KEYED = (f"SELECT {COLUMNS} FROM events WHERE seq IN "
           "(SELECT rowid FROM event_keys WHERE event_keys MATCH ?) AND {column} = ? {tail}")
 _INDEXED = f"SELECT {COLUMNS} FROM events WHERE {{column}} = ? {{tail}}"
-
-
-def _percentile(values: list[float], q: int) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
 
 
 def _values(con: sqlite3.Connection, column: str, seqs: list[int]) -> list[str]:
@@ -66,8 +63,8 @@ def main() -> None:
                 times[variant].append((time.perf_counter() - started) * 1000)
             assert answers["old"] == answers["new"], (name, value)
         o, w = times["old"], times["new"]
-        print(f"| {name} ({len(values)} values) | {_percentile(o, 50):.3f} / "
-              f"{_percentile(o, 99):.3f} ms | {_percentile(w, 50):.3f} / {_percentile(w, 99):.3f} ms |")
+        print(f"| {name} ({len(values)} values) | {percentile(o, 50):.3f} / "
+              f"{percentile(o, 99):.3f} ms | {percentile(w, 50):.3f} / {percentile(w, 99):.3f} ms |")
 
 
 if __name__ == "__main__":

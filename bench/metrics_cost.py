@@ -12,38 +12,18 @@ GETs of each page with ``urllib`` (client included) and reads ``write_bytes`` of
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import tempfile
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 from bench.api_latency import seed
-from bench.harness import percentile
-from sidecar.app import Sidecar
+from bench.harness import percentile, time_calls, time_gets
+from bench.inprocess import sidecar_thread
 from sidecar.config import LogConfig, load_config
 from sidecar.http.metrics import written_bytes
 from sidecar.logs import configure_logging
 from sidecar.storage.db import migrate, open_database
-from tests.support.broker import start_broker
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _time_gets(url: str, rounds: int) -> tuple[list[float], int]:
-    times, size = [], 0
-    for _ in range(rounds):
-        started = time.perf_counter()
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            size = len(answer.read())
-        times.append((time.perf_counter() - started) * 1000)
-    return times, size
+from tests.support.broker import free_port
 
 
 def main() -> None:
@@ -55,42 +35,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         db_path = root / "kairo.db"
-        port = _port()
+        port = free_port()
         env = {"KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{db_path}",
                "KAIRO_SIDECAR_HTTP__LISTEN": f"127.0.0.1:{port}"}
         db = open_database(load_config(environ=env).database)
         migrate(db)
         db.close()
         seed(db_path, args.events)
-        broker = start_broker(root / "broker")
-        env.update({"KAIRO_SIDECAR_MQTT__HOST": broker.host,
-                    "KAIRO_SIDECAR_MQTT__PORT": str(broker.port)})
-        sidecar = Sidecar(load_config(environ=env))
-        ready = threading.Event()
-        thread = threading.Thread(target=sidecar.run, daemon=True,
-                                  kwargs={"install_signals": False, "on_ready": ready.set})
-        thread.start()
-        assert ready.wait(30)
-        try:
+        with sidecar_thread(root / "broker", env, ready_timeout=30) as (_, sidecar):
             base = f"http://127.0.0.1:{port}"
-            _time_gets(base + "/metrics", 5)  # warm up
+            time_gets(base + "/metrics", 5, timeout=10)  # warm up
             before = written_bytes() or 0
             rows = []
             for page in ("/metrics", "/healthz"):
-                times, size = _time_gets(base + page, args.rounds)
+                times, size = time_gets(base + page, args.rounds, timeout=10)
                 rows.append((page, statistics.median(times), percentile(times, 95), size))
             written = (written_bytes() or 0) - before
             announcer = sidecar.announcer
             assert announcer is not None
-            state_ms = []
-            for _ in range(5):
-                started = time.perf_counter()
-                announcer.state()
-                state_ms.append((time.perf_counter() - started) * 1000)
-        finally:
-            sidecar.request_stop()
-            thread.join(30)
-            broker.close()
+            state_ms = time_calls(announcer.state, 5)
     print(f"{args.events} events in the database, {args.rounds} GETs per page (client included)")
     print("| page | median ms | p95 ms | bytes |")
     print("|---|---:|---:|---:|")

@@ -38,6 +38,7 @@ from sidecar.storage.reads import Reader, open_reader
 
 from .commit_wear import base_database, push_through_writer, write_bytes
 from .events import insert_sql, make_messages, mean_size, rows_for
+from .harness import time_calls
 from .procs import settle
 
 NONE_HAVE = ["payload.fingerprint", "payload.conversation_id", "payload.name"]
@@ -137,12 +138,7 @@ def wear(directory: Path, base: Path, base_events: int, events: int, batch: int)
 
 def _timed(fn: Any, repeat: int) -> tuple[float, float]:
     fn()
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
+    times = sorted(time_calls(fn, repeat))
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 

@@ -41,7 +41,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -50,13 +49,14 @@ from typing import Any
 
 import msgspec
 
-from sidecar.config import DatabaseConfig, LogConfig, SearchConfig, load_config
+from sidecar.config import DatabaseConfig, LogConfig, SearchConfig
 from sidecar.logs import configure_logging
 from sidecar.storage import keys, search
 from sidecar.storage.db import migrate, open_database
 
 from .commit_wear import _schema_version, push_through_writer, write_bytes
 from .events import BASE_TS, SPACING_MS, Message, insert_sql, mean_size, rows_for
+from .harness import time_calls
 from .procs import settle
 
 REAL = ("boiler", "kettle", "pressure", "garage", "door", "window", "heating", "alarm", "battery",
@@ -189,9 +189,9 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 
 
 def latency(args: argparse.Namespace) -> None:
-    from sidecar.app import Sidecar
     from sidecar.client import SidecarClient
-    from tests.support.broker import start_broker
+
+    from .inprocess import sidecar_thread
 
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -201,57 +201,39 @@ def latency(args: argparse.Namespace) -> None:
     env = {"KAIRO_SIDECAR_DATABASE__URL": f"sqlite:///{base}", "KAIRO_SIDECAR_SEARCH__ENABLED":
            "true", "KAIRO_SIDECAR_LOG__LEVEL": "warning",
            "KAIRO_SIDECAR_SEARCH__RANK_WINDOW": str(args.rank_window)}
-    broker = start_broker(directory / "broker", extra_conf="set_tcp_nodelay true\n")
-    env.update({"KAIRO_SIDECAR_MQTT__HOST": broker.host,
-                "KAIRO_SIDECAR_MQTT__PORT": str(broker.port)})
-    sidecar = Sidecar(load_config(environ=env))
-    ready = threading.Event()
-    thread = threading.Thread(target=sidecar.run, daemon=True,
-                              kwargs={"install_signals": False, "on_ready": ready.set})
-    thread.start()
-    assert ready.wait(60)
     mid = BASE_TS + args.events // 2 * SPACING_MS
     rare, middling, common = words[2500], words[300], words[5]
-    try:
-        with SidecarClient(broker.host, broker.port, timeout=60) as client:
-            cases: list[tuple[str, Callable[[], Any]]] = [
-                (f"rare word ({counts[rare]:,} matches), ranked", lambda: client.search(rare)),
-                (f"middling word ({counts[middling]:,}), ranked",
-                 lambda: client.search(middling)),
-                (f"'boiler' ({counts['boiler']:,}), ranked", lambda: client.search("boiler")),
-                ("prefix 'boil*', ranked", lambda: client.search("boil*")),
-                ("phrase '\"boiler pressure\"', ranked",
-                 lambda: client.search('"boiler pressure"')),
-                (f"'boiler' AND '{middling}', ranked",
-                 lambda: client.search(f"boiler {middling}")),
-                (f"common word ({counts[common]:,}), newest first",
-                 lambda: client.search(common, order="desc")),
-                ("'boiler', newest first, type kairo.alert.*",
-                 lambda: client.search("boiler", order="desc", type="kairo.alert.*")),
-                ("'boiler', ranked, a 1 % time range",
-                 lambda: client.search("boiler", since=mid,
-                                       until=mid + args.events // 100 * SPACING_MS)),
-                (f"common word ({counts[common]:,}), ranked", lambda: client.search(common)),
-            ]
-            print(f"{args.events:,} events, search on (unicode61), {args.rounds} round trips each "
-                  f"over MQTT 5 (ms), 20 hits per answer, rank_window {args.rank_window}")
-            print("| search | p50 | p99 |\n|---|---:|---:|")
-            only = [w for w in args.only.split(",") if w]
-            for name, fn in cases:
-                if only and not any(w in name for w in only):
-                    continue
-                fn()  # warm
-                times = []
-                for _ in range(args.rounds):
-                    started = time.perf_counter()
-                    fn()
-                    times.append((time.perf_counter() - started) * 1000)
-                p50, p99 = _percentiles(times)
-                print(f"| {name} | {p50:.1f} | {p99:.1f} |", flush=True)
-    finally:
-        sidecar.request_stop()
-        thread.join(30)
-        broker.close()
+    with (sidecar_thread(directory / "broker", env, extra_conf="set_tcp_nodelay true\n")
+          as (broker, _), SidecarClient(broker.host, broker.port, timeout=60) as client):
+        cases: list[tuple[str, Callable[[], Any]]] = [
+            (f"rare word ({counts[rare]:,} matches), ranked", lambda: client.search(rare)),
+            (f"middling word ({counts[middling]:,}), ranked",
+             lambda: client.search(middling)),
+            (f"'boiler' ({counts['boiler']:,}), ranked", lambda: client.search("boiler")),
+            ("prefix 'boil*', ranked", lambda: client.search("boil*")),
+            ("phrase '\"boiler pressure\"', ranked",
+             lambda: client.search('"boiler pressure"')),
+            (f"'boiler' AND '{middling}', ranked",
+             lambda: client.search(f"boiler {middling}")),
+            (f"common word ({counts[common]:,}), newest first",
+             lambda: client.search(common, order="desc")),
+            ("'boiler', newest first, type kairo.alert.*",
+             lambda: client.search("boiler", order="desc", type="kairo.alert.*")),
+            ("'boiler', ranked, a 1 % time range",
+             lambda: client.search("boiler", since=mid,
+                                   until=mid + args.events // 100 * SPACING_MS)),
+            (f"common word ({counts[common]:,}), ranked", lambda: client.search(common)),
+        ]
+        print(f"{args.events:,} events, search on (unicode61), {args.rounds} round trips each "
+              f"over MQTT 5 (ms), 20 hits per answer, rank_window {args.rank_window}")
+        print("| search | p50 | p99 |\n|---|---:|---:|")
+        only = [w for w in args.only.split(",") if w]
+        for name, fn in cases:
+            if only and not any(w in name for w in only):
+                continue
+            fn()  # warm
+            p50, p99 = _percentiles(time_calls(fn, args.rounds))
+            print(f"| {name} | {p50:.1f} | {p99:.1f} |", flush=True)
 
 
 def _document_counts(path: Path, words: list[str]) -> dict[str, int]:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +18,10 @@ from sidecar.logs import configure_logging
 from tests.support.broker import Broker, start_broker
 from tests.support.postgres import Postgres, PostgresUnavailable, start_postgres
 from tests.support.stores import Store, Target, make_store, target_count
+
+if TYPE_CHECKING:
+    from sidecar.client import SidecarClient
+    from tests.support.inprocess import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +49,15 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture
+def client(env: Daemon) -> Iterator[SidecarClient]:
+    """A client connected to the module's ``env`` fixture (a ``tests.support.inprocess.Daemon``:
+    test_handlers, test_kv, test_search), closed after the test."""
+    c = env.client()
+    yield c
+    c.close()
 
 
 @pytest.fixture

@@ -86,13 +86,18 @@ class Postgres:
         auth = self.user if self.password is None else f"{self.user}:{self.password}"
         return f"postgresql://{auth}@{self.host}:{self.port}/{database}"
 
-    def _admin(self) -> Any:
+    def _admin(self, sql: str) -> None:
+        """Run ``sql`` on the admin database, outside a transaction (CREATE/DROP DATABASE)."""
         import psycopg2
 
         con = psycopg2.connect(host=self.host, port=self.port, user=self.user,
                                password=self.password, dbname=self.admin_db)
         con.autocommit = True
-        return con
+        try:
+            with con.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            con.close()
 
     def fresh_database(self, *, icu_locale: str | None = None) -> str:
         """A new empty database; its URL. ``icu_locale`` (e.g. ``"en-US"``) makes a language's
@@ -100,22 +105,12 @@ class Postgres:
         name = f"kairo_test_{os.getpid()}_{next(self._names)}"
         locale = "" if icu_locale is None else \
             f" LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}' LOCALE 'C'"
-        con = self._admin()
-        try:
-            with con.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}" TEMPLATE template0{locale}')
-        finally:
-            con.close()
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0{locale}')
         return self.url(name)
 
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1]
-        con = self._admin()
-        try:
-            with con.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            con.close()
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def stop(self) -> None:
         if self._stop is not None:

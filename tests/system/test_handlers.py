@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +28,20 @@ from sidecar.client import SidecarClient
 from sidecar.config import DatabaseConfig
 from sidecar.errors import RequestError
 from tests.conftest import ENGINES, ROOT, engine_database, wait_until
-from tests.support.broker import Broker, start_broker
+from tests.support.broker import Broker
+from tests.support.inprocess import Daemon, Running, daemon, start_inprocess
 from tests.support.publisher import Message, Publisher
 from tests.support.stores import Store
-from tests.system.test_subscriber import Running, start_inprocess
 
 MAX_STREAMS = 2
 
 
-@dataclass
-class Env:
-    broker: Broker
-    run: Running
-
+class Env(Daemon):
     @property
     def handlers(self) -> Handlers:
         handlers = self.run.sidecar.handlers
         assert handlers is not None
         return handlers
-
-    def client(self, **kwargs: Any) -> SidecarClient:
-        return SidecarClient(self.broker.host, self.broker.port, **kwargs).connect()
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -57,22 +49,9 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     """A sidecar in this process on each engine (every test here runs on SQLite and PostgreSQL)."""
     tmp = tmp_path_factory.mktemp("api")
     for url in engine_database(request, request.param, tmp):
-        broker = start_broker(tmp / "broker")
-        run = start_inprocess(tmp, broker, url=url, API__MAX_STREAMS=str(MAX_STREAMS),
-                              API__MAX_REQUEST_BYTES="4096")
-        try:
-            yield Env(broker, run)
-        finally:
-            run.sidecar.request_stop()
-            run.thread.join(15)
-            broker.close()
-
-
-@pytest.fixture
-def client(env: Env) -> Iterator[SidecarClient]:
-    c = env.client()
-    yield c
-    c.close()
+        with daemon(tmp, url=url, API__MAX_STREAMS=str(MAX_STREAMS),
+                    API__MAX_REQUEST_BYTES="4096") as d:
+            yield Env(d.broker, d.run)
 
 
 def event(i: int, tag: str, **extra: Any) -> dict[str, Any]:

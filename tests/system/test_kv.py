@@ -20,42 +20,20 @@ import pytest
 from sidecar.client import SidecarClient
 from sidecar.errors import RequestError
 from tests.conftest import ROOT, wait_until
-from tests.support.broker import Broker, start_broker
-from tests.system.test_subscriber import Running, publish, publisher, start_inprocess
+from tests.support.inprocess import Daemon, daemon
+from tests.system.test_subscriber import publish, publisher
 
-
-class Env:
-    def __init__(self, broker: Broker, run: Running) -> None:
-        self.broker, self.run = broker, run
-
-    def client(self, **kwargs: Any) -> SidecarClient:
-        return SidecarClient(self.broker.host, self.broker.port, **kwargs).connect()
-
-    def rows(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        return self.run.rows(sql, *args)
+Env = Daemon
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("kv")
-    broker = start_broker(tmp / "broker")
-    run = start_inprocess(tmp, broker, KV__MAX_VALUE_BYTES="1024", KV__PUBLISH_RETAINED="true",
-                          API__MAX_STREAMS="3", PROJECTIONS=json.dumps([
-                              {"name": "devices", "type": "kairo.device.*",
-                               "key": "pw/dev/{payload.name}", "mode": "merge"}]))
-    try:
-        yield Env(broker, run)
-    finally:
-        run.sidecar.request_stop()
-        run.thread.join(15)
-        broker.close()
-
-
-@pytest.fixture
-def client(env: Env) -> Iterator[SidecarClient]:
-    c = env.client()
-    yield c
-    c.close()
+    with daemon(tmp, KV__MAX_VALUE_BYTES="1024", KV__PUBLISH_RETAINED="true",
+                API__MAX_STREAMS="3", PROJECTIONS=json.dumps([
+                    {"name": "devices", "type": "kairo.device.*",
+                     "key": "pw/dev/{payload.name}", "mode": "merge"}])) as d:
+        yield d
 
 
 def test_put_get_delete_round_trip(client: SidecarClient, env: Env) -> None:

@@ -18,9 +18,9 @@ from sidecar.client import SidecarClient
 from sidecar.core import paths
 from sidecar.errors import RequestError
 from tests.conftest import ENGINES, ROOT, engine_database, wait_until
-from tests.support.broker import Broker, start_broker
+from tests.support.broker import Broker
+from tests.support.inprocess import Running, daemon, start_inprocess
 from tests.support.publisher import Message, publish_all
-from tests.system.test_subscriber import Running, start_inprocess
 
 PLUGIN = "kairo.plugin.state"
 
@@ -31,14 +31,8 @@ def sidecar(request: pytest.FixtureRequest,
     """The sidecar on each engine (every test of the module runs on both)."""
     tmp = tmp_path_factory.mktemp("latest")
     for url in engine_database(request, request.param, tmp):
-        broker = start_broker(tmp / "broker")
-        run = start_inprocess(tmp, broker, url=url, INDEXES__PATHS='["payload.name"]')
-        try:
-            yield broker, run
-        finally:
-            run.sidecar.request_stop()
-            run.thread.join(15)
-            broker.close()
+        with daemon(tmp, url=url, INDEXES__PATHS='["payload.name"]') as d:
+            yield d.broker, d.run
 
 
 def path_indexes(run: Running) -> set[str]:

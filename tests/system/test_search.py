@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +19,15 @@ import pytest
 from sidecar.client import SidecarClient
 from sidecar.errors import RequestError
 from tests.conftest import ROOT, wait_until
-from tests.support.broker import Broker, start_broker
+from tests.support.broker import Broker
+from tests.support.inprocess import Daemon, daemon, start_inprocess
 from tests.support.publisher import Message, Publisher
 from tests.support.seed import create_db, event
-from tests.system.test_subscriber import Running, start_inprocess
 
 SEEDED = 3000
 
 
-@dataclass
-class Env:
-    broker: Broker
-    run: Running
-
-    def client(self) -> SidecarClient:
-        return SidecarClient(self.broker.host, self.broker.port).connect()
-
+class Env(Daemon):
     def publish(self, events: list[dict[str, Any]]) -> None:
         msgs = [Message(e["id"], f"kairo/{e['type'].replace('.', '/')}", json.dumps(e).encode())
                 for e in events]
@@ -49,21 +41,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """A sidecar with search on, started on a file that already holds ``SEEDED`` events."""
     tmp = tmp_path_factory.mktemp("search")
     create_db(tmp / "kairo.db", [event(i, type="kairo.archive.item") for i in range(SEEDED)])
-    broker = start_broker(tmp / "broker")
-    run = start_inprocess(tmp, broker, SEARCH__ENABLED="true", SEARCH__BACKFILL_BATCH="500")
-    try:
-        yield Env(broker, run)
-    finally:
-        run.sidecar.request_stop()
-        run.thread.join(15)
-        broker.close()
-
-
-@pytest.fixture
-def client(env: Env) -> Iterator[SidecarClient]:
-    c = env.client()
-    yield c
-    c.close()
+    with daemon(tmp, SEARCH__ENABLED="true", SEARCH__BACKFILL_BATCH="500") as d:
+        yield Env(d.broker, d.run)
 
 
 def note(i: int, tag: str, text: str, **extra: Any) -> dict[str, Any]:

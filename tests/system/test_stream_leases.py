@@ -19,10 +19,10 @@ import pytest
 
 from sidecar.client import SidecarClient
 from tests.conftest import ROOT, wait_until
-from tests.support.broker import Broker, start_broker
+from tests.support.broker import Broker
+from tests.support.inprocess import Running, daemon
 from tests.support.publisher import Message, Publisher
 from tests.system.test_handlers import Requester
-from tests.system.test_subscriber import Running, start_inprocess
 
 
 @dataclass
@@ -40,16 +40,12 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("leases")
-    broker = start_broker(tmp / "broker")
-    run = start_inprocess(tmp, broker)
-    client = SidecarClient(broker.host, broker.port, lease=None).connect()
-    try:
-        yield Env(broker, run, client)
-    finally:
-        client.close()
-        run.sidecar.request_stop()
-        run.thread.join(15)
-        broker.close()
+    with daemon(tmp) as d:
+        client = d.client(lease=None)
+        try:
+            yield Env(d.broker, d.run, client)
+        finally:
+            client.close()
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,57 +13,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sidecar.app import Sidecar
-from sidecar.config import DatabaseConfig, load_config
 from tests.conftest import wait_until
 from tests.support.broker import Broker
-from tests.support.stores import Store
-
-
-class Running:
-    def __init__(self, sidecar: Sidecar, thread: threading.Thread, db_path: Path,
-                 url: str | None = None) -> None:
-        self.sidecar, self.thread, self.db_path = sidecar, thread, db_path
-        self.url = url or f"sqlite:///{db_path}"  # the database, on either engine
-
-    @property
-    def db(self) -> str:
-        """What ``--db`` takes: the SQLite file, or the PostgreSQL URL."""
-        return str(self.db_path) if self.url.startswith("sqlite:") else self.url
-
-    def rows(self, sql: str, *args: object) -> list[tuple]:
-        if not self.url.startswith("sqlite:"):
-            return Store("postgres", DatabaseConfig(url=self.url)).execute(sql, args)
-        con = sqlite3.connect(self.db_path, timeout=10)
-        try:
-            return con.execute(sql, args).fetchall()
-        finally:
-            con.close()
-
-    def event(self, event_id: str) -> dict:
-        con = sqlite3.connect(self.db_path, timeout=10)
-        con.row_factory = sqlite3.Row
-        try:
-            row = con.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone()
-        finally:
-            con.close()
-        return dict(row) if row else {}
-
-
-def start_inprocess(tmp_path: Path, broker: Broker, *, url: str | None = None,
-                    **env: str) -> Running:
-    environ = {"KAIRO_SIDECAR_MQTT__HOST": broker.host,
-               "KAIRO_SIDECAR_MQTT__PORT": str(broker.port),
-               "KAIRO_SIDECAR_DATABASE__URL": url or f"sqlite:///{tmp_path / 'kairo.db'}",
-               "KAIRO_SIDECAR_WRITER__FLUSH_INTERVAL": "0.05",
-               **{"KAIRO_SIDECAR_" + k.upper(): v for k, v in env.items()}}
-    sidecar = Sidecar(load_config(environ=environ))
-    ready = threading.Event()
-    thread = threading.Thread(target=sidecar.run,
-                              kwargs={"install_signals": False, "on_ready": ready.set}, daemon=True)
-    thread.start()
-    assert ready.wait(15), "sidecar did not become ready"
-    return Running(sidecar, thread, tmp_path / "kairo.db", url)
+from tests.support.inprocess import Running, start_inprocess
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ from sidecar.broker.subscriber import _as_publish
 from sidecar.config import load_config
 from tests.conftest import wait_until
 from tests.support.broker import Broker
-from tests.system.test_subscriber import publish, publisher, start_inprocess
+from tests.support.inprocess import start_inprocess
+from tests.system.test_subscriber import publish, publisher
 
 # Every private name of paho the subclass (and the subscriber) touch, with the parameters it
 # passes: a paho release that renames or reshapes one must fail here, by name.

@@ -16,7 +16,8 @@ from sidecar.storage.db import migrate, open_database
 from tests.conftest import count_rows, wait_until
 from tests.support import seed
 from tests.support.broker import Broker
-from tests.system.test_subscriber import publish, publisher, start_inprocess
+from tests.support.inprocess import start_inprocess
+from tests.system.test_subscriber import publish, publisher
 from tests.unit.ingest.test_letters import envelope, store
 
 
