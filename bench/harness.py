@@ -10,6 +10,7 @@ machine, and writes ``results.json`` (every run and median) and ``results.md`` (
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -32,7 +33,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(p * len(ordered) / 100)))  # the ceil(p% of n)-th
     return ordered[rank - 1]
 
 

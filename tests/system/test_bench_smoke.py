@@ -96,3 +96,15 @@ def test_search_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
                               timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert "|---|" in done.stdout, done.stdout
+
+
+def test_percentile_is_nearest_rank() -> None:
+    """bench.harness.percentile is the ceil(p% of n)-th smallest value (p99 of 100 values is the
+    99th, not the maximum; p50 of 300 the 150th)."""
+    from bench.harness import percentile
+
+    hundred = [float(v) for v in range(1, 101)]
+    assert (percentile(hundred, 99), percentile(hundred, 50), percentile(hundred, 100)) == (
+        99.0, 50.0, 100.0)
+    assert percentile([float(v) for v in range(1, 301)], 50) == 150.0
+    assert percentile([3.0], 1) == 3.0
