@@ -25,7 +25,8 @@ from sidecar.errors import FilterError, PayloadError
 from sidecar.storage import keys
 from sidecar.storage.dialect import MQTT_MATCH_FUNCTION, SQLITE, Dialect, Rendered
 
-__all__ = ["MQTT_MATCH_FUNCTION", "Conditions", "SeqWindow", "conditions", "page", "topic_term"]
+__all__ = ["MQTT_MATCH_FUNCTION", "Conditions", "SeqWindow", "conditions", "page", "topic_term",
+           "window_arms"]
 
 # The columns of an event in an answer, in ``StoredEvent`` order.
 EVENT_FIELDS = tuple(getattr(Event, name) for name in StoredEvent._fields)
@@ -183,35 +184,44 @@ def page(cond: Conditions, *, limit: int, order: str = "asc",
     return query.order_by(order_by).limit(limit).tuples()
 
 
+def window_arms(cond: Conditions, win: SeqWindow, *, limit: int, order: str,
+                cursor: int | None, columns: Sequence[peewee.Node] = (Event.seq,)
+                ) -> list[peewee.Select]:
+    """The reads of a page that walks ``seq`` only where ``cond``'s events can be
+    (``SeqWindow``): the stored ones between ``low`` and ``high``, and those stored after
+    ``newest``; each at most ``limit`` rows in ``seq`` order, in the order the page takes them
+    (read the next only when one comes short). The walk stops at ``high``, where without the
+    window a replay's last page read every later event to find none; it starts at ``low``,
+    where a page from the first event walked every earlier one. An arm the cursor has passed
+    is left out (one read per page but at the seam)."""
+    asc = order == "asc"
+    # each arm one seq range, the cursor folded in (SQLite walks from one lower bound only,
+    # and not always the cursor's)
+    first, last = (0, MAX_INT64) if cursor is None else \
+        ((cursor + 1, MAX_INT64) if asc else (0, cursor - 1))
+    ranges: list[tuple[int, int]] = []
+    if win.low is not None and win.high is not None:
+        ranges.append((max(first, win.low), min(last, win.high)))
+    ranges.insert(len(ranges) if asc else 0, (max(first, win.newest + 1), last))
+    ranges = [(lo, hi) for lo, hi in ranges if lo <= hi] or ranges[:1]
+    return [Event.select(*columns)
+            .where(*cond.terms, Event.seq >= lo, Event.seq <= hi)
+            .order_by(Event.seq.asc() if asc else Event.seq.desc()).limit(limit)
+            for lo, hi in ranges]
+
+
 def _window_page(cond: Conditions, win: SeqWindow, *, limit: int, order: str,
                  cursor: int | None, columns: Sequence[peewee.Node] = EVENT_FIELDS
                  ) -> peewee.SelectBase:
-    """A page that walks ``seq`` only where ``cond``'s events can be (``SeqWindow``): the
-    stored ones between ``low`` and ``high``, and those stored after ``newest``; in two arms
-    as ``_type_page``, each at most ``limit`` rows in ``seq`` order, merged and cut. The walk
-    stops at ``high``, where without the window a replay's last page read every later event
-    to find none; it starts at ``low``, where a page from the first event walked every
-    earlier one."""
-    asc = order == "asc"
-    arms: list[peewee.Select] = []
-    parts: list[list[peewee.ColumnBase]] = []
-    if win.low is not None and win.high is not None and (
-            cursor is None or (cursor < win.high if asc else cursor > win.low)):
-        parts.append([Event.seq >= win.low, Event.seq <= win.high])
-    if asc or cursor is None or cursor > win.newest + 1 or not parts:
-        parts.append([Event.seq > win.newest])  # (past the cursor, desc: an empty range)
-    for bounds in parts:
-        terms = [*cond.terms, *bounds]
-        if cursor is not None:
-            terms.append(Event.seq > cursor if asc else Event.seq < cursor)
-        arms.append(Event.select(*columns).where(*terms)
-                    .order_by(Event.seq.asc() if asc else Event.seq.desc()).limit(limit))
+    """``window_arms`` as one statement: merged as ``_type_page`` merges its arms, and cut."""
+    arms = window_arms(cond, win, limit=limit, order=order, cursor=cursor, columns=columns)
     if len(arms) == 1:
         return arms[0]
     first, second = (peewee.Select([arm.alias(name)], [peewee.SQL("*")])
-                     for arm, name in zip(arms, ("stored", "later"), strict=True))
+                     for arm, name in zip(arms, ("first", "second"), strict=True))
     seq = peewee.SQL('"seq"')
-    return first.union_all(second).order_by(seq.asc() if asc else seq.desc()).limit(limit)
+    return first.union_all(second).order_by(seq.asc() if order == "asc" else seq.desc()) \
+        .limit(limit)
 
 
 # event_keys as a table for joins: ``rowid`` is the event's seq, the hidden column named like

@@ -44,6 +44,7 @@ from sidecar.storage.queries import (
     page_keys,
     summary,
     window,
+    window_arms,
 )
 
 T = TypeVar("T")
@@ -220,9 +221,7 @@ class Reader:
         rows: list[StoredEvent] = []
         size = 0
         try:
-            seqs = [seq for (seq,) in self.db.execute(
-                page_keys(cond, limit=limit, order=order, after=after,
-                          dialect=self.dialect)).fetchall()]
+            seqs = self._keys(cond, limit=limit, order=order, after=after)
             if not seqs:
                 return _Bounded(rows, False, 0)
             cursor = self.db.execute(by_seqs(seqs, order=order))
@@ -242,6 +241,22 @@ class Reader:
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
         return _Bounded(rows, False, len(seqs))
+
+    def _keys(self, cond: Conditions, *, limit: int, order: str, after: int | None) -> list[int]:
+        """The ``seq`` keys of a page: one statement (``page_keys``), or with a ``window`` its
+        arms in turn until ``limit`` (the next arm's read starts after every seq of the one
+        before: nothing is skipped if a commit comes between them)."""
+        if cond.window is None:
+            return [seq for (seq,) in self.db.execute(
+                page_keys(cond, limit=limit, order=order, after=after,
+                          dialect=self.dialect)).fetchall()]
+        seqs: list[int] = []
+        cursor = cond.after if after is None else after
+        for arm in window_arms(cond, cond.window, limit=limit, order=order, cursor=cursor):
+            seqs += [seq for (seq,) in self.db.execute(arm.limit(limit - len(seqs))).fetchall()]
+            if len(seqs) >= limit:
+                break
+        return seqs
 
     def search_page(self, fts_query: str | Query, cond: Conditions, *, order: str, limit: int,
                     after: int | str | None, marks: tuple[str, str],

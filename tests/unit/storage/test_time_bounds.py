@@ -15,12 +15,15 @@ from typing import Any
 import pytest
 
 from sidecar.api.protocol import QueryRequest, ReplayRequest
+from sidecar.api.replay import CommitSignal
 from sidecar.core.events import StoredEvent
 from sidecar.storage import dialect as dialects
 from sidecar.storage.queries import Conditions, conditions, page_keys
 from sidecar.storage.reads import Reader, open_reader
+from tests.conftest import wait_until
 from tests.support.seed import COLUMNS
 from tests.support.stores import Store, make_store
+from tests.unit.api.test_replay import FakeSend, stream
 from tests.unit.storage.test_latest import explain
 
 BASE = 1_790_000_000_000
@@ -194,3 +197,23 @@ def test_a_replays_last_page_stops_at_the_window(tmp_path: Path) -> None:
         assert few * 10 < walked, (few, walked)
     finally:
         reader.close()
+
+
+def test_a_live_replay_with_until_forwards_a_late_back_dated_event(any_store: Store) -> None:
+    """A live replay bounded by until (its seq window read at the start) sends the range, then
+    after caught_up an event stored later but dated inside the range, not one dated after."""
+    any_store.insert_events(_rows(0, 500, lambda i: BASE + i * 10))
+    send = FakeSend()
+    commits = CommitSignal()
+    s = stream(any_store.config, send, commits=commits, live=True, until=BASE + 100 * 10)
+    s.start()
+    try:
+        wait_until(lambda: any(b.get("caught_up") for b in send.bodies), message="caught_up")
+        any_store.insert_events(_rows(500, 502, lambda i: BASE + 50 * 10 if i == 500
+                                      else BASE + 10**6))
+        commits.notify()
+        wait_until(lambda: len(send.events()) == 101, message="the late event")
+    finally:
+        s.cancel()
+        assert s.join(5)
+    assert [e["seq"] for e in send.events()] == [*range(1, 101), 501]
