@@ -1,15 +1,16 @@
 """Time-bounded reads in process: ``since``/``until`` with nothing keyed, and a replay's pages
 with ``until``, through the daemon's ``Reader`` (the storage floor; no MQTT).
 
-    python -m bench.time_bounds FILE.db|postgresql://... [--rounds 7] [--small-range 0]
+    python -m bench.time_bounds FILE.db|postgresql://... [--rounds 7] [--small-range N]
     python -m bench.time_bounds --pg-events 200000     # seeds SQLite + a local PostgreSQL
 
 On a store seeded by ``bench.bulk_seed`` (events ``SPACING_MS`` apart from ``BASE_TS``, ``seq``
-1..n). Each query case: ``Reader.answer_page`` with 100 events, p50 and max of ``--rounds``.
+1..n). Each query case: ``Reader.answer_page`` with 100 events, p50 of ``--rounds``.
 The replay case pages as ``api.replay`` does (``Reader.page_within``, 100 events, ``after`` and
 ``until`` 1,000 events later) from the middle, and over two small ranges: the whole stream and
-its last page, the one that finds nothing more. ``--small-range 0`` reads with the plans from
-before ``Reader.time_plan``/``seq_window`` (every range walked in seq order).
+its last page, the one that finds nothing more. Each case runs with two readers, interleaved:
+``small_range`` 0 (every range walked in seq order, the plans before ``Reader.time_plan`` and
+``seq_window``) and ``--small-range`` (default ``queries.SMALL_RANGE``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ import msgspec
 
 from sidecar.api.protocol import QueryRequest, ReplayRequest
 from sidecar.config import DatabaseConfig
-from sidecar.storage.queries import SMALL_RANGE, Conditions, conditions
-from sidecar.storage.reads import AnswerPage, Reader, open_reader
+from sidecar.storage.queries import SMALL_RANGE, conditions
+from sidecar.storage.reads import Reader, open_reader
 
 from .events import BASE_TS, SPACING_MS
 
@@ -54,16 +54,6 @@ def cases(n: int) -> list[tuple[str, dict[str, Any]]]:
         ("since + until: 1 min in the middle", {"since": mid, "until": mid + 60_000}),
         ("until the middle, page after it", {"until": mid, "after": n // 2 + 10}),
     ]
-
-
-def _timed(call: Callable[[], Any], rounds: int) -> tuple[float, float, Any]:
-    times = []
-    result = None
-    for _ in range(rounds):
-        started = time.perf_counter()
-        result = call()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), max(times), result
 
 
 def replays(n: int) -> list[tuple[str, ReplayRequest]]:
@@ -104,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                         "PostgreSQL (tests.support.postgres, bench.bulk_seed) and run on both")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--small-range", type=int, default=SMALL_RANGE,
-                        help="0: never read a range through its index (the plans before it)")
+                        help="a range with fewer events is read by its index (Reader)")
     args = parser.parse_args(argv)
     if args.pg_events:
         _on_both(args)
@@ -129,34 +119,46 @@ def _on_both(args: argparse.Namespace) -> None:
         lite = migrated_db(root / "kairo.db")
         seed_both(lite, url, args.pg_events, progress=False)
         for engine, target in (("SQLite", str(lite)), ("PostgreSQL", url)):
-            for small in (0, args.small_range):
-                print(f"{engine}, small_range {small}:")
-                run(target, rounds=args.rounds, small_range=small)
+            print(f"{engine}:")
+            run(target, rounds=args.rounds, small_range=args.small_range)
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
 def run(target: str, *, rounds: int, small_range: int) -> None:
-    reader = Reader(open_reader(DatabaseConfig(), path=target), small_range=small_range)
+    """Each case with ``small_range`` 0 (every range walked in seq order: the plans before
+    ``Reader.time_plan``/``seq_window``) and with ``small_range``, interleaved per round."""
+    readers = [Reader(open_reader(DatabaseConfig(), path=target), small_range=small)
+               for small in (0, small_range)]
     try:
-        n = reader.last_seq()
-        print(f"{n:,} events, {rounds} rounds, p50 / max")
+        n = readers[1].last_seq()
+        print(f"{n:,} events, {rounds} rounds interleaved; p50 ms: walked | small range by index")
         for name, body in cases(n):
             request = msgspec.convert(body, QueryRequest)
             cond = conditions(request)
-
-            def one(cond: Conditions = cond, order: str = request.order) -> AnswerPage:
-                return reader.answer_page(cond, limit=100, max_bytes=10**7, order=order)
-
-            p50, worst, found = _timed(one, rounds)
-            print(f"  {name:38s} {p50:8.2f} / {worst:8.2f} ms  {len(found.events)} events")
+            times: list[list[float]] = [[], []]
+            found = 0
+            for _ in range(rounds):
+                for i, reader in enumerate(readers):
+                    started = time.perf_counter()
+                    page = reader.answer_page(cond, limit=100, max_bytes=10**7,
+                                              order=request.order)
+                    times[i].append((time.perf_counter() - started) * 1000)
+                    found = len(page.events)
+            print(f"  {name:38s} {statistics.median(times[0]):8.2f} | "
+                  f"{statistics.median(times[1]):8.2f}   {found} events")
         for name, replay_request in replays(n):
-            runs = [replay(reader, replay_request) for _ in range(rounds)]
-            print(f"  {name:38s} {statistics.median(r[0] for r in runs):8.2f} ms, last page "
-                  f"{statistics.median(r[1] for r in runs):8.2f} ms  {runs[0][2]} events")
+            runs: list[list[tuple[float, float, int]]] = [[], []]
+            for _ in range(rounds):
+                for i, reader in enumerate(readers):
+                    runs[i].append(replay(reader, replay_request))
+            whole, last = ([statistics.median(r[k] for r in rs) for rs in runs] for k in (0, 1))
+            print(f"  {name:38s} {whole[0]:8.2f} | {whole[1]:8.2f}   {runs[1][0][2]} events; "
+                  f"last page {last[0]:.2f} | {last[1]:.2f}")
     finally:
-        reader.close()
+        for reader in readers:
+            reader.close()
 
 
 if __name__ == "__main__":
