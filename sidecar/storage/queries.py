@@ -60,7 +60,7 @@ class Conditions(NamedTuple):
     # since and/or until, and nothing keyed, no type: the range may drive the page (a reader
     # counts it, ``estimate``, then sets ``by_time`` or ``window``)
     ranged: bool = False
-    window: SeqWindow | None = None  # walk only these seqs (``window``; a replay sets it)
+    window: SeqWindow | None = None  # walk only these seqs (``Reader.seq_window``: a replay)
 
 
 def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozenset()) -> Conditions:

@@ -174,9 +174,10 @@ class Reader:
         """``cond`` to read through the ``(created_at, type)`` index and sort the seqs when
         its time range is small (one count of the index, at most ``small_range`` entries);
         as it is otherwise (walking seq finds a large range's events soon enough)."""
-        if cond.by_time or cond.window is not None or not self.small_range(cond):
+        if cond.by_time or cond.window is not None \
+                or (cond.time_only and not self.dialect.fts_keys):  # PostgreSQL: sorts already
             return cond
-        return cond._replace(by_time=True)
+        return cond._replace(by_time=True) if self.small_range(cond) else cond
 
     def seq_window(self, cond: Conditions) -> Conditions:
         """``cond`` to walk only the seqs its time range's events can have (``SeqWindow``),
