@@ -197,6 +197,8 @@ class ReplayStream:
                 self._on_end(self)
 
     def _stream(self) -> None:
+        # a small time range: its seqs once, then each page walks only those (and new ones)
+        self._cond = self._reader.seq_window(self._cond)
         cursor = self._request.after
         batch: list[StoredEvent] = []
         size = 0

@@ -138,6 +138,7 @@ def cmd_query(args: argparse.Namespace, config: Config) -> int:
         request = _convert(body, requests.QueryRequest)
         cond = _conditions(request, reader.path_indexes() if request.where else set())
         _unindexed_hint(list(cond.unindexed))
+        cond = reader.time_plan(cond)  # a small time range: through its index, as the API
         after = request.after
         while True:
             rows = reader.page(cond, limit=request.limit + 1, order=request.order, after=after)

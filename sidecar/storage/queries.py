@@ -25,11 +25,23 @@ from sidecar.errors import FilterError, PayloadError
 from sidecar.storage import keys
 from sidecar.storage.dialect import MQTT_MATCH_FUNCTION, SQLITE, Dialect, Rendered
 
-__all__ = ["MQTT_MATCH_FUNCTION", "Conditions", "conditions", "page", "topic_term"]
+__all__ = ["MQTT_MATCH_FUNCTION", "Conditions", "SeqWindow", "conditions", "page", "topic_term",
+           "window_arms"]
 
 # The columns of an event in an answer, in ``StoredEvent`` order.
 EVENT_FIELDS = tuple(getattr(Event, name) for name in StoredEvent._fields)
 
+
+
+class SeqWindow(NamedTuple):
+    """Where a time range's events lie in ``seq``, read from the ``(created_at, type)`` index
+    in one snapshot: every event in the range stored by then (``seq <= newest``) has ``low <=
+    seq <= high`` (``None``: none was); an event stored later has ``seq > newest`` (seqs are
+    never reused, they commit in order on both engines, and ``created_at`` never changes)."""
+
+    low: int | None
+    high: int | None
+    newest: int
 
 
 class Conditions(NamedTuple):
@@ -45,6 +57,10 @@ class Conditions(NamedTuple):
     unindexed: tuple[str, ...] = ()  # the ``where`` keys no path index serves
     created: tuple[int | None, int | None] = (None, None)  # since, until (also in ``terms``)
     time_only: bool = False  # since and until, and nothing keyed: no type, id or indexed path
+    # since and/or until, and nothing keyed, no type: the range may drive the page (a reader
+    # counts it, ``estimate``, then sets ``by_time`` or ``window``)
+    ranged: bool = False
+    window: SeqWindow | None = None  # walk only these seqs (``Reader.seq_window``: a replay)
 
 
 def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozenset()) -> Conditions:
@@ -91,8 +107,47 @@ def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozense
     # 1,000,000 events; 3 ms through the index). As (type, created_at) did before 005.
     by_time = request.type is not None and not keyed and timed
     time_only = request.type is None and not keyed and since is not None and until is not None
+    ranged = request.type is None and not keyed and timed
     return Conditions(tuple(terms), request.after, types, by_time, tuple(unindexed),
-                      (since, until), time_only)
+                      (since, until), time_only, ranged)
+
+
+# A time range with fewer events than this is read through the (created_at, type) index and
+# its seqs sorted (at most this many: 1.5 ms at 10,000); counting up to it reads at most this
+# many index entries (0.6 ms; both at 1,000,000 events). See ``estimate``.
+SMALL_RANGE = 10_000
+
+
+def _range_terms(cond: Conditions) -> list[peewee.ColumnBase]:
+    since, until = cond.created
+    terms: list[peewee.ColumnBase] = []
+    if since is not None:
+        terms.append(Event.created_at >= since)
+    if until is not None:
+        terms.append(Event.created_at < until)
+    return terms
+
+
+def estimate(cond: Conditions, *, cap: int = SMALL_RANGE) -> peewee.Select:
+    """How many events ``cond``'s time range holds, counted up to ``cap`` in the
+    ``(created_at, type)`` index (no event row read). Nothing tells SQLite how many events a
+    range holds: with ``since`` alone it walks every event in seq order (270 ms at 1,000,000
+    events when none matches), where a range of a few thousand is read from the index in a
+    few ms. A range of ``cap`` or more is left to that walk: matches are then plentiful, and
+    sorting them all could cost more than the walk finds them in."""
+    inner = Event.select(peewee.SQL("1")).where(*_range_terms(cond)).limit(cap)
+    return peewee.Select([inner.alias("range_rows")],
+                         [peewee.fn.COUNT(peewee.SQL("*"))]).tuples()
+
+
+def window(cond: Conditions) -> peewee.Select:
+    """``(low, high, newest)`` of ``SeqWindow`` for ``cond``'s time range, in one statement:
+    a read of the range in the ``(created_at, type)`` index (``seq + 0``: no min/max walk of
+    the seq order) and of the newest seq. Cheap for a small range only (``estimate``)."""
+    seq = peewee.Expression(Event.seq, "+", peewee.SQL("0"))
+    newest = Event.select(peewee.fn.COALESCE(peewee.fn.MAX(Event.seq), 0))
+    return (Event.select(peewee.fn.MIN(seq), peewee.fn.MAX(seq), newest)
+            .where(*_range_terms(cond)).tuples())
 
 
 def page(cond: Conditions, *, limit: int, order: str = "asc",
@@ -103,10 +158,17 @@ def page(cond: Conditions, *, limit: int, order: str = "asc",
     cursor = cond.after if after is None else after
     if cond.types is not None and dialect.fts_keys:
         return _type_page(cond, limit=limit, order=order, cursor=cursor)
+    if cond.window is not None:
+        return _window_page(cond, cond.window, limit=limit, order=order, cursor=cursor)
     query = Event.select(*EVENT_FIELDS)
     terms = list(cond.terms)
+    by_time = cond.by_time or (cond.time_only and not dialect.fts_keys)
     if cursor is not None:
-        terms.append(Event.seq > cursor if order == "asc" else Event.seq < cursor)
+        # read on the index entries when the range drives the page (``seq + 0``: with a
+        # term the index does not cover, SQLite would otherwise walk seq from the cursor
+        # and sort all it finds)
+        seq = peewee.Expression(Event.seq, "+", peewee.SQL("0")) if by_time else Event.seq
+        terms.append(seq > cursor if order == "asc" else seq < cursor)
     if terms:
         query = query.where(*terms)
     # ``seq + 0`` is no index's column: SQLite then sorts, and reads the index that narrows
@@ -116,10 +178,50 @@ def page(cond: Conditions, *, limit: int, order: str = "asc",
     # the middle (1.0 s at 5,000,000 events; BENCHMARKS.md, "PostgreSQL next to SQLite at
     # 5,000,000 events"). Not with one bound only: a replay's pages (a cursor and ``until``)
     # would each sort every event before ``until``; walking from the cursor finds them at once.
-    by_time = cond.by_time or (cond.time_only and not dialect.fts_keys)
+    # A reader also sets ``by_time`` for one bound when the range is small (``estimate``).
     key = peewee.Expression(Event.seq, "+", peewee.SQL("0")) if by_time else Event.seq
     order_by = key.asc() if order == "asc" else key.desc()
     return query.order_by(order_by).limit(limit).tuples()
+
+
+def window_arms(cond: Conditions, win: SeqWindow, *, limit: int, order: str,
+                cursor: int | None, columns: Sequence[peewee.Node] = (Event.seq,)
+                ) -> list[peewee.Select]:
+    """The reads of a page that walks ``seq`` only where ``cond``'s events can be
+    (``SeqWindow``): the stored ones between ``low`` and ``high``, and those stored after
+    ``newest``; each at most ``limit`` rows in ``seq`` order, in the order the page takes them
+    (read the next only when one comes short). The walk stops at ``high``, where without the
+    window a replay's last page read every later event to find none; it starts at ``low``,
+    where a page from the first event walked every earlier one. An arm the cursor has passed
+    is left out (one read per page but at the seam)."""
+    asc = order == "asc"
+    # each arm one seq range, the cursor folded in (SQLite walks from one lower bound only,
+    # and not always the cursor's)
+    first, last = (0, MAX_INT64) if cursor is None else \
+        ((cursor + 1, MAX_INT64) if asc else (0, cursor - 1))
+    ranges: list[tuple[int, int]] = []
+    if win.low is not None and win.high is not None:
+        ranges.append((max(first, win.low), min(last, win.high)))
+    ranges.insert(len(ranges) if asc else 0, (max(first, win.newest + 1), last))
+    ranges = [(lo, hi) for lo, hi in ranges if lo <= hi] or ranges[:1]
+    return [Event.select(*columns)
+            .where(*cond.terms, Event.seq >= lo, Event.seq <= hi)
+            .order_by(Event.seq.asc() if asc else Event.seq.desc()).limit(limit)
+            for lo, hi in ranges]
+
+
+def _window_page(cond: Conditions, win: SeqWindow, *, limit: int, order: str,
+                 cursor: int | None, columns: Sequence[peewee.Node] = EVENT_FIELDS
+                 ) -> peewee.SelectBase:
+    """``window_arms`` as one statement: merged as ``_type_page`` merges its arms, and cut."""
+    arms = window_arms(cond, win, limit=limit, order=order, cursor=cursor, columns=columns)
+    if len(arms) == 1:
+        return arms[0]
+    first, second = (peewee.Select([arm.alias(name)], [peewee.SQL("*")])
+                     for arm, name in zip(arms, ("first", "second"), strict=True))
+    seq = peewee.SQL('"seq"')
+    return first.union_all(second).order_by(seq.asc() if order == "asc" else seq.desc()) \
+        .limit(limit)
 
 
 # event_keys as a table for joins: ``rowid`` is the event's seq, the hidden column named like
@@ -172,6 +274,10 @@ def page_keys(cond: Conditions, *, limit: int, order: str = "asc",
     if cond.types is not None and dialect.fts_keys:
         cursor = cond.after if after is None else after
         return _type_page(cond, limit=limit, order=order, cursor=cursor, columns=(Event.seq,))
+    if cond.window is not None:
+        cursor = cond.after if after is None else after
+        return _window_page(cond, cond.window, limit=limit, order=order, cursor=cursor,
+                            columns=(Event.seq,))
     query = page(cond, limit=limit, order=order, after=after, dialect=dialect)
     assert isinstance(query, peewee.Select)  # not a type page: one SELECT
     return query.select(Event.seq)

@@ -33,13 +33,18 @@ from sidecar.storage import indexes, kv, latest, search
 from sidecar.storage.cipher import database_key
 from sidecar.storage.db import is_sqlite, pragmas, sqlite_database, sqlite_path
 from sidecar.storage.queries import (
+    SMALL_RANGE,
     Conditions,
+    SeqWindow,
     by_id,
     by_seqs,
     counts_by_type,
+    estimate,
     page,
     page_keys,
     summary,
+    window,
+    window_arms,
 )
 
 T = TypeVar("T")
@@ -133,9 +138,10 @@ def _nul_text(exc: ValueError) -> bool:
 class Reader:
     """Runs queries on the calling thread's read connection."""
 
-    def __init__(self, db: peewee.Database) -> None:
+    def __init__(self, db: peewee.Database, *, small_range: int = SMALL_RANGE) -> None:
         self.db = db
         self.dialect = dialects.of(db)
+        self.small = small_range  # a time range with fewer events is read by its index
 
     @property
     def path(self) -> Path:
@@ -156,11 +162,40 @@ class Reader:
         return list(map(_stored, self._all(page(cond, limit=limit, order=order, after=after,
                                                 dialect=self.dialect))))
 
+    def small_range(self, cond: Conditions) -> bool:
+        """Whether ``cond`` is a time range (nothing keyed) of fewer than ``small_range``
+        events, counted in the ``(created_at, type)`` index (``queries.estimate``)."""
+        if not cond.ranged:
+            return False
+        (count,) = self._all(estimate(cond, cap=self.small))[0]
+        return int(count) < self.small
+
+    def time_plan(self, cond: Conditions) -> Conditions:
+        """``cond`` to read through the ``(created_at, type)`` index and sort the seqs when
+        its time range is small (one count of the index, at most ``small_range`` entries);
+        as it is otherwise (walking seq finds a large range's events soon enough)."""
+        if cond.by_time or cond.window is not None \
+                or (cond.time_only and not self.dialect.fts_keys):  # PostgreSQL: sorts already
+            return cond
+        return cond._replace(by_time=True) if self.small_range(cond) else cond
+
+    def seq_window(self, cond: Conditions) -> Conditions:
+        """``cond`` to walk only the seqs its time range's events can have (``SeqWindow``),
+        when the range is small: for a stream that pages on from a cursor (a replay), where
+        sorting the range again on each page would cost more than the walk. A stream that
+        pages on after new commits keeps finding them (``seq > newest``)."""
+        if cond.window is not None or not self.small_range(cond):
+            return cond
+        low, high, newest = self._all(window(cond))[0]
+        return cond._replace(window=SeqWindow(low, high, int(newest)))
+
     def answer_page(self, cond: Conditions, *, limit: int, max_bytes: int,
                     order: str = "asc") -> AnswerPage:
         """The page a ``query`` answers: at most ``limit`` events, and no more than fit in
         ``max_bytes`` of answer (``event_size``; always one, however large), read in bounded
-        memory (as ``page_within``); ``next`` is set when more events may match."""
+        memory (as ``page_within``); ``next`` is set when more events may match. A small time
+        range is read through its index (``time_plan``)."""
+        cond = self.time_plan(cond)
         read = self._read_within(cond, limit=limit + 1, max_bytes=max_bytes, order=order,
                                  after=None)
         rows = read.rows
@@ -187,9 +222,7 @@ class Reader:
         rows: list[StoredEvent] = []
         size = 0
         try:
-            seqs = [seq for (seq,) in self.db.execute(
-                page_keys(cond, limit=limit, order=order, after=after,
-                          dialect=self.dialect)).fetchall()]
+            seqs = self._keys(cond, limit=limit, order=order, after=after)
             if not seqs:
                 return _Bounded(rows, False, 0)
             cursor = self.db.execute(by_seqs(seqs, order=order))
@@ -209,6 +242,22 @@ class Reader:
         except (peewee.DatabaseError, sqlite3.Error) as exc:
             raise StorageError(f"read failed: {exc}", path=str(self.path)) from exc
         return _Bounded(rows, False, len(seqs))
+
+    def _keys(self, cond: Conditions, *, limit: int, order: str, after: int | None) -> list[int]:
+        """The ``seq`` keys of a page: one statement (``page_keys``), or with a ``window`` its
+        arms in turn until ``limit`` (the next arm's read starts after every seq of the one
+        before: nothing is skipped if a commit comes between them)."""
+        if cond.window is None:
+            return [seq for (seq,) in self.db.execute(
+                page_keys(cond, limit=limit, order=order, after=after,
+                          dialect=self.dialect)).fetchall()]
+        seqs: list[int] = []
+        cursor = cond.after if after is None else after
+        for arm in window_arms(cond, cond.window, limit=limit, order=order, cursor=cursor):
+            seqs += [seq for (seq,) in self.db.execute(arm.limit(limit - len(seqs))).fetchall()]
+            if len(seqs) >= limit:
+                break
+        return seqs
 
     def search_page(self, fts_query: str | Query, cond: Conditions, *, order: str, limit: int,
                     after: int | str | None, marks: tuple[str, str],
