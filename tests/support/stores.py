@@ -76,11 +76,13 @@ class Store:
                 con.close()
             return
         import psycopg2
+        from psycopg2.extras import execute_values
 
         con = psycopg2.connect(self.url)
         try:
-            with con, con.cursor() as cur:
-                cur.executemany(sql.replace("?", "%s"), values)
+            with con, con.cursor() as cur:  # many rows a statement: executemany is a round trip each
+                execute_values(cur, f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES %s",
+                               values, page_size=1000)
         finally:
             con.close()
 
