@@ -198,8 +198,10 @@ def run_suite(results: Results, size: Size, only: tuple[str, ...], out: Path, *,
         scenario("queries", lambda r: api.queries(env, r, big_db(r), size.query_rounds,
                                                   replay_events=min(size.replay, size.big),
                                                   replay_rounds=size.replay_rounds))
+        smoke = {"writer__flush_interval": "0.5"} if size is SIZES["smoke"] else None
         scenario("wear", lambda r: wear.wear(env, r, seed_n=size.wear_seed,
-                                             paces=size.wear_paces, drain_n=size.wear_drain))
+                                             paces=size.wear_paces, drain_n=size.wear_drain,
+                                             overrides=smoke))
         scenario("kv", lambda r: kv.kv(env, r, size.kv_rounds,
                                        keys=1000 if size.kv_rounds > 5 else 20))
     finally:

@@ -103,11 +103,12 @@ def _send_paced(env: Env, messages: list[Message], rate: float) -> float:
 
 
 # --------------------------------------------------------------------------- one run each
-def _sidecar_paced(env: Env, template: Path, seed_n: int, pace: Pace, seed: int) -> dict[str, Any]:
+def _sidecar_paced(env: Env, template: Path, seed_n: int, pace: Pace, seed: int,
+                   overrides: dict[str, str]) -> dict[str, Any]:
     work = env.workdir("wear")
     db = _copy(template, work, "kairo.db")
     messages = _paced_messages(pace, seed)
-    sc = Sidecar(work, env.port, env.client_id("wear"))
+    sc = Sidecar(work, env.port, env.client_id("wear"), overrides=overrides)
     sc.start()
     sc.wait_log("sidecar_ready")
     pid = sc.pid
@@ -147,10 +148,11 @@ def _typical_paced(env: Env, template: Path, pace: Pace, seed: int) -> dict[str,
     return _measured(messages, at_exit, {}, seconds, syncs.result())
 
 
-def _sidecar_drain(env: Env, template: Path, seed_n: int, n: int, seed: int) -> dict[str, Any]:
+def _sidecar_drain(env: Env, template: Path, seed_n: int, n: int, seed: int,
+                   overrides: dict[str, str]) -> dict[str, Any]:
     work = env.workdir("wear-drain")
     db = _copy(template, work, "kairo.db")
-    sc = Sidecar(work, env.port, env.client_id("wear-drain"))
+    sc = Sidecar(work, env.port, env.client_id("wear-drain"), overrides=overrides)
     sc.start()  # once, to make the session; the broker then queues the backlog for it
     sc.wait_log("sidecar_ready")
     _stop(sc)
@@ -239,7 +241,10 @@ def _measured(messages: list[Message], at_exit: dict[str, int], before: dict[str
 
 
 # --------------------------------------------------------------------------- the scenario
-def wear(env: Env, report: Report, *, seed_n: int, paces: tuple[Pace, ...], drain_n: int) -> None:
+def wear(env: Env, report: Report, *, seed_n: int, paces: tuple[Pace, ...], drain_n: int,
+         overrides: dict[str, str] | None = None) -> None:
+    """``overrides``: settings of the daemon's runs (the smoke run shortens ``flush_interval``;
+    the measured runs keep the defaults)."""
     seeds = env.workdir("wear-seed")
     sidecar_db, s1 = seeded_sidecar_db(seeds / "kairo.db", seed_n)
     typical_db, s2 = seeded_typical_db(seeds / "typical.db", seed_n)
@@ -252,9 +257,11 @@ def wear(env: Env, report: Report, *, seed_n: int, paces: tuple[Pace, ...], drai
         f"{sidecar_db.stat().st_size / seed_n:.0f} / {typical_db.stat().st_size / seed_n:.0f} "
         "bytes/event on disk")
     for k, pace in enumerate(paces):
-        report.add(f"sidecar {pace.name}", **_sidecar_paced(env, sidecar_db, seed_n, pace, 200 + k))
+        report.add(f"sidecar {pace.name}", **_sidecar_paced(env, sidecar_db, seed_n, pace, 200 + k,
+                                                            overrides or {}))
         report.add(f"typical {pace.name}", **_typical_paced(env, typical_db, pace, 200 + k))
-    report.add("sidecar drain", **_sidecar_drain(env, sidecar_db, seed_n, drain_n, 300))
+    report.add("sidecar drain", **_sidecar_drain(env, sidecar_db, seed_n, drain_n, 300,
+                                                 overrides or {}))
     report.add("typical drain", **_typical_drain(env, typical_db, drain_n, 300))
 
     for pace in paces:
