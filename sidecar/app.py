@@ -65,6 +65,7 @@ class Sidecar:
         self.maintenance: Maintenance | None = None
         self.stats = Stats()
         self._stop = threading.Event()
+        self._signalled: int | None = None  # SIGTERM/SIGINT received (set by ``_signal`` only)
         self.db: peewee.Database | None = None
         self.writer: Writer | None = None
         self.subscriber: Subscriber | None = None
@@ -220,14 +221,20 @@ class Sidecar:
         return None if guard is None else guard.state.as_dict()
 
     def _signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name)
-        self._stop.set()
+        # Only an assignment. A handler runs in the main thread between two of its bytecodes,
+        # maybe while it holds a lock: inside ``self._stop.wait`` (the Event's own lock) or a
+        # log call. ``Event.set`` or a log line here would then wait for that lock forever: a
+        # SIGTERM once hung the daemon so. The main loop sees the flag within its 0.2 s tick.
+        self._signalled = signum
 
     def _main_loop(self, on_ready: Callable[[], None] | None) -> int:
         assert self.writer is not None and self.subscriber is not None
         ready = False
         watchdog = self._watchdog()
         while not self._stop.wait(0.2):
+            if self._signalled is not None:
+                log.info("stop_requested", signal=signal.Signals(self._signalled).name)
+                break
             if not self.writer.alive:
                 log.error("writer_died")
                 return 1

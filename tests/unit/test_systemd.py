@@ -246,3 +246,19 @@ def test_stuck_writer_stops_the_watchdog_pings(tmp_path: Path, broker: Broker,
 def _publish_one(broker: Broker) -> None:
     """Publish one QoS 1 event without waiting for the sidecar (the broker acks it)."""
     publish_all(broker.host, broker.port, event_messages(1, prefix="stuck"), timeout=10)
+
+
+def test_the_stop_signal_handler_waits_for_no_lock() -> None:
+    """SIGTERM's handler only records the signal, even while the stop Event's lock is held:
+    the main thread holds it inside ``Event.wait``, where a handler may run, and a handler
+    that waited for it (``Event.set``) hung the daemon at SIGTERM forever."""
+    import signal
+
+    sidecar = Sidecar(load_config(None, environ={}))
+    returned = threading.Event()
+    with sidecar._stop._cond:  # what the main loop's ``_stop.wait(0.2)`` holds at moments
+        handler = threading.Thread(target=lambda: (
+            sidecar._signal(signal.SIGTERM, None), returned.set()), daemon=True)
+        handler.start()
+        assert returned.wait(2), "the handler waited for the stop Event's lock"
+    assert sidecar._signalled == signal.SIGTERM
