@@ -453,13 +453,7 @@ def matches(db: peewee.Database, fts_query: str | Query, cond: Conditions, *, or
             rows = [(int(s), float(r)) for s, r in db.execute(query).fetchall()]
             if order == "rank" and rank_window:
                 # bm25 of the newest ``rank_window`` matches only (its cost is per match)
-                if len(rows) > rank_window:
-                    windowed = rank_window
-                    rows = rows[:rank_window]
-                ranked = sorted((r, s) for s, r in rows)
-                if cursor is not None:
-                    ranked = [(r, s) for r, s in ranked if (r, s) > cursor]
-                rows = [(s, r) for r, s in ranked[:limit + 1]]
+                rows, windowed = _rank_window(rows, rank_window, cursor, limit)
             more = len(rows) > limit
             rows = rows[:limit]
             snippets = _snippets(db, fts_query, [s for s, _ in rows], marks)
@@ -552,6 +546,22 @@ def _cursor_of(order: str, after: int | str | None) -> tuple[float, int] | None:
     return None
 
 
+def _rank_window(rows: list[tuple[int, float]], rank_window: int,
+                 cursor: tuple[float, int] | None, limit: int
+                 ) -> tuple[list[tuple[int, float]], int | None]:
+    """``(seq, rank)`` of the newest matches (at most ``rank_window + 1``, newest first): the
+    newest ``rank_window`` sorted by rank, then seq, after ``cursor``, ``limit + 1`` at most;
+    and ``rank_window`` if more matched than it holds (else ``None``)."""
+    windowed = None
+    if len(rows) > rank_window:
+        windowed = rank_window
+        rows = rows[:rank_window]
+    ranked = sorted((r, s) for s, r in rows)
+    if cursor is not None:
+        ranked = [(r, s) for r, s in ranked if (r, s) > cursor]
+    return [(s, r) for r, s in ranked[:limit + 1]], windowed
+
+
 def _matches_pg(db: peewee.Database, query: Query, cond: Conditions, *, order: str, limit: int,
                 after: int | str | None, marks: tuple[str, str], rank_window: int) -> Found:
     """``matches`` on PostgreSQL: the GIN index's ``@@``, ``-ts_rank`` as the rank (lower is
@@ -573,13 +583,7 @@ def _matches_pg(db: peewee.Database, query: Query, cond: Conditions, *, order: s
             if order == "rank" and rank_window:
                 rows = [(int(s), float(r)) for s, r in
                         db.execute(base.order_by(seq.desc()).limit(rank_window + 1)).fetchall()]
-                if len(rows) > rank_window:
-                    windowed = rank_window
-                    rows = rows[:rank_window]
-                ranked = sorted((r, s) for s, r in rows)
-                if cursor is not None:
-                    ranked = [(r, s) for r, s in ranked if (r, s) > cursor]
-                rows = [(s, r) for r, s in ranked[:limit + 1]]
+                rows, windowed = _rank_window(rows, rank_window, cursor, limit)
             elif order == "rank":
                 sub = base.alias("m")
                 m_seq, m_r = peewee.SQL('"m"."seq"'), peewee.SQL('"m"."r"')
