@@ -77,10 +77,7 @@ def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozense
         terms.append(_topic_term(request.topic))
     since = _time(request.since, "since")
     until = _time(request.until, "until")
-    if since is not None:
-        terms.append(Event.created_at >= since)
-    if until is not None:
-        terms.append(Event.created_at < until)
+    terms.extend(_created_terms(since, until))
     if since is not None and until is not None and since > until:
         raise FilterError("until: before since", field="until")
     for name in keys.FILTERS:
@@ -118,8 +115,8 @@ def conditions(request: Filter, *, indexed: frozenset[str] | set[str] = frozense
 SMALL_RANGE = 10_000
 
 
-def _range_terms(cond: Conditions) -> list[peewee.ColumnBase]:
-    since, until = cond.created
+def _created_terms(since: int | None, until: int | None) -> list[peewee.ColumnBase]:
+    """``since <= created_at < until``, each bound when given."""
     terms: list[peewee.ColumnBase] = []
     if since is not None:
         terms.append(Event.created_at >= since)
@@ -135,7 +132,7 @@ def estimate(cond: Conditions, *, cap: int = SMALL_RANGE) -> peewee.Select:
     events when none matches), where a range of a few thousand is read from the index in a
     few ms. A range of ``cap`` or more is left to that walk: matches are then plentiful, and
     sorting them all could cost more than the walk finds them in."""
-    inner = Event.select(peewee.SQL("1")).where(*_range_terms(cond)).limit(cap)
+    inner = Event.select(peewee.SQL("1")).where(*_created_terms(*cond.created)).limit(cap)
     return peewee.Select([inner.alias("range_rows")],
                          [peewee.fn.COUNT(peewee.SQL("*"))]).tuples()
 
@@ -147,7 +144,7 @@ def window(cond: Conditions) -> peewee.Select:
     seq = peewee.Expression(Event.seq, "+", peewee.SQL("0"))
     newest = Event.select(peewee.fn.COALESCE(peewee.fn.MAX(Event.seq), 0))
     return (Event.select(peewee.fn.MIN(seq), peewee.fn.MAX(seq), newest)
-            .where(*_range_terms(cond)).tuples())
+            .where(*_created_terms(*cond.created)).tuples())
 
 
 def page(cond: Conditions, *, limit: int, order: str = "asc",
